@@ -1,0 +1,51 @@
+# Project-wide compile flags, applied per target through regcache_target_defaults() so that
+# a parent project that add_subdirectory()s us keeps its own global flags.
+add_library(regcache_build_flags INTERFACE)
+target_compile_options(regcache_build_flags INTERFACE -Wall -Wextra
+  $<$<BOOL:${REGCACHE_WERROR}>:-Werror>
+  $<$<AND:$<BOOL:${REGCACHE_THREAD_SAFETY}>,$<CXX_COMPILER_ID:Clang>>:-Wthread-safety>)
+if(REGCACHE_SANITIZE STREQUAL "asan")
+  target_compile_options(regcache_build_flags INTERFACE -fsanitize=address,undefined
+                         -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
+  target_link_options(regcache_build_flags INTERFACE -fsanitize=address,undefined)
+  target_compile_definitions(regcache_build_flags INTERFACE REGCACHE_SANITIZE_ADDRESS=1)
+elseif(REGCACHE_SANITIZE STREQUAL "tsan")
+  target_compile_options(regcache_build_flags INTERFACE -fsanitize=thread -fno-omit-frame-pointer)
+  target_link_options(regcache_build_flags INTERFACE -fsanitize=thread)
+  target_compile_definitions(regcache_build_flags INTERFACE REGCACHE_SANITIZE_THREAD=1)
+elseif(NOT REGCACHE_SANITIZE STREQUAL "")
+  message(FATAL_ERROR "REGCACHE_SANITIZE must be '', asan or tsan (got '${REGCACHE_SANITIZE}')")
+endif()
+
+# Internal (non-installed) headers are included from the source root:
+#   #include "notifier/address_space.h", "regcache/cache.h", "drivers/driver.h".
+function(regcache_target_defaults tgt)
+  target_link_libraries(${tgt} PRIVATE regcache_build_flags)
+  target_include_directories(${tgt} PRIVATE ${PROJECT_SOURCE_DIR})
+endfunction()
+
+# Public headers of every module, for in-tree consumers (installed to include/regcache/).
+add_library(regcache_headers INTERFACE)
+
+# regcache_library_object(<target>): an OBJECT library that goes into libregcache.
+function(regcache_library_object tgt)
+  regcache_target_defaults(${tgt})
+  target_compile_definitions(${tgt} PRIVATE REGCACHE_BUILDING_LIBRARY=1)
+  target_link_libraries(${tgt} PUBLIC regcache_headers)
+  set_target_properties(${tgt} PROPERTIES CXX_VISIBILITY_PRESET hidden
+                        C_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
+endfunction()
+
+# regcache_add_driver(<object target>): drivers/<name>/CMakeLists.txt calls this; the
+# library in regcache/ links every registered driver.
+function(regcache_add_driver tgt)
+  regcache_library_object(${tgt})
+  set_property(GLOBAL APPEND PROPERTY REGCACHE_DRIVER_TARGETS ${tgt})
+endfunction()
+
+# regcache_public_include_dir(<dir>): adds <dir> (which holds regcache/*.h) to the public
+# header set, in the build tree and in the install tree.
+function(regcache_public_include_dir dir)
+  target_include_directories(regcache_headers INTERFACE $<BUILD_INTERFACE:${dir}>)
+  install(DIRECTORY ${dir}/regcache DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+endfunction()

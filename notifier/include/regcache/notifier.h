@@ -1,0 +1,146 @@
+/*
+ * regcache/notifier.h - the process's address space, with subscribers (C99).
+ *
+ * This is the Linux kernel's mmu_notifier moved into the process. The address space is
+ * one object; subscribers register on it and are told, through three callbacks, when
+ * memory they care about is about to change:
+ *
+ *   invalidate_range_start(arg, addr, len)  called BEFORE memory in [addr, addr+len)
+ *       is unmapped, remapped or discarded. From this point the subscriber must not hand
+ *       out translations (registrations) of that range.
+ *   invalidate_range_end(arg, addr, len)    called after the change; always paired with
+ *       exactly one earlier start with the same range, on the same thread.
+ *   release(arg)                            the address space is being torn down, or the
+ *       subscriber unregistered. Runs exactly once per subscriber; no callback follows.
+ *
+ * Any callback pointer may be NULL (that event is then not delivered); ops itself may not.
+ *
+ * EVENT SOURCES. REGCACHE_MONITOR=auto|patch|uffd|none selects how events are seen:
+ *   patch  libc's munmap/mremap/madvise/brk/sbrk/shmdt/shmat/mmap(MAP_FIXED) entry points
+ *          are patched, so glibc-internal callers (free, realloc, heap trim, thread-stack
+ *          release) are caught. start runs before the syscall, end after it.
+ *   uffd   a userfaultfd monitor thread sees UNMAP/REMOVE/REMAP of watched mappings.
+ *          The kernel reports UNMAP after the unmap; see docs/notifier.md for the window.
+ *   none   no automatic events: only regcache_notify_unmapped() (explicit source).
+ *   auto   patch if it can be installed, else uffd, else none; one log line says which.
+ * Explicit notification through regcache_notify_unmapped() always works, in every mode.
+ *
+ * WHERE CALLBACKS RUN. Inside the unmapping thread's munmap()/free()/madvise() (patch and
+ * explicit sources) or on the uffd monitor thread (uffd source), possibly while that
+ * thread holds malloc's arena lock. A callback therefore:
+ *   - MUST NOT block on a lock that any thread may hold while it frees or unmaps memory;
+ *   - SHOULD NOT allocate (it is tolerated: nested events are dispatched, recursion is
+ *     bounded, but the allocator may be in an inconsistent state);
+ *   - MUST NOT call regcache_notifier_register*() or the read-side calls
+ *     regcache_notifier_read_begin() (which may wait for the very range being delivered);
+ *   - MAY call regcache_notifier_unregister(), on itself or on any other subscriber.
+ * Callbacks of different ranges may run concurrently on different threads.
+ *
+ * GUARANTEES (each has a test in tests/notifier/):
+ *   1. register may fail cleanly (teardown in progress, event source not installable,
+ *      out of memory): it returns a negative errno and leaves no trace.
+ *   2. register is serialized against ranges in flight: a subscriber added while another
+ *      thread is between start and end never sees an end without its start.
+ *   3. unregister is safe at any time, from any thread, also inside a callback. Once it
+ *      returns (outside a callback) none of that subscriber's callbacks runs or will run.
+ *   4. release runs exactly once per subscriber: from teardown or from unregister,
+ *      whichever comes first. At process exit it runs from the library destructor
+ *      (after atexit handlers registered after the library was loaded; see
+ *      docs/notifier.md) and never waits for ranges in flight on other threads.
+ *   5. quiesce/resume: regcache_notifier_quiesce() returns once no range is in flight
+ *      and holds new ranges off (their unmapping threads wait) until resume.
+ *   6. interval subscriptions carry a sequence number: read_begin()/read_retry() tell
+ *      whether an invalidation of the interval started in between (mmu_interval_notifier).
+ *
+ * Every int-returning call returns 0 (or a documented non-negative value) on success or a
+ * negative errno on failure. All calls are thread-safe.
+ */
+#ifndef REGCACHE_NOTIFIER_H
+#define REGCACHE_NOTIFIER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <regcache/export.h>
+
+REGCACHE_EXTERN_C_BEGIN
+
+/* A subscription. Opaque; owned by the library from register until unregister. */
+typedef struct regcache_notifier regcache_notifier_t;
+
+typedef struct regcache_notifier_ops {
+  void (*invalidate_range_start)(void *arg, const void *addr, size_t len);
+  void (*invalidate_range_end)(void *arg, const void *addr, size_t len);
+  void (*release)(void *arg);
+} regcache_notifier_ops_t;
+
+/*
+ * Subscribes to every event the active source can see. ops must stay valid until
+ * release has run. Returns 0 and sets *notifier_p, or:
+ *   -EINVAL     ops or notifier_p is NULL;
+ *   -ESHUTDOWN  the address space is being or has been torn down;
+ *   -ENOMEM     out of memory;
+ *   other       the configured event source could not be installed (e.g. -ENOSYS).
+ */
+REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops, void *arg,
+                                            regcache_notifier_t **notifier_p);
+
+/*
+ * Subscribes to events that overlap [addr, addr+len) only. With the uffd source, the
+ * mappings under the interval become watched, so this works with every source. Errors as
+ * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range.
+ */
+REGCACHE_API int regcache_notifier_register_range(const regcache_notifier_ops_t *ops,
+                                                  void *arg, const void *addr, size_t len,
+                                                  regcache_notifier_t **notifier_p);
+
+/*
+ * Ends a subscription and runs its release callback (unless teardown already did).
+ * Outside a callback: waits until none of its callbacks is running, then returns; none
+ * runs afterwards. Inside a callback (of any subscriber): returns at once; the
+ * subscription receives nothing more, and its memory is reclaimed after the dispatch.
+ * Returns 0, or -EINVAL for NULL.
+ */
+REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier);
+
+/*
+ * Sequence protocol of an interval subscription (the kernel's mmu_interval_read_begin /
+ * mmu_interval_read_retry):
+ *
+ *     seq = read_begin(sub)          waits while an invalidation of sub is in flight
+ *     ... pin / register memory, no lock held ...
+ *     lock(user_lock)
+ *     if (read_retry(sub, seq)) { unlock; undo; goto again; }   an invalidation started
+ *     publish the registration
+ *     unlock(user_lock)
+ *
+ * read_begin stores the sequence in *seq_p and returns 0 (-EINVAL for NULL, -EDEADLK if
+ * called from inside a callback). read_retry returns 1 if an invalidation of the interval
+ * started after read_begin, 0 if not, negative errno on bad input.
+ */
+REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier, uint64_t *seq_p);
+REGCACHE_API int regcache_notifier_read_retry(const regcache_notifier_t *notifier, uint64_t seq);
+
+/*
+ * Explicit source: the caller says [addr, addr+len) is about to be (or has just been)
+ * unmapped or discarded. Delivers start and end to every overlapping subscriber before it
+ * returns. For hosts that already hook memory (Open MPI's patcher, UCX's ucm): call it
+ * from the hook, before the memory changes. Returns 0, -EINVAL for a wrapping range.
+ * len == 0 is a no-op.
+ */
+REGCACHE_API int regcache_notify_unmapped(const void *addr, size_t len);
+
+/*
+ * Quiesce / resume (EMM's stop/start). quiesce returns once no range is in flight and
+ * holds new ranges off until resume; nests (a counter). Not from inside a callback
+ * (-EDEADLK). resume without quiesce gives -EINVAL.
+ */
+REGCACHE_API int regcache_notifier_quiesce(void);
+REGCACHE_API int regcache_notifier_resume(void);
+
+/* The active event source: "patch", "uffd" or "none" (explicit only). Never NULL. */
+REGCACHE_API const char *regcache_notifier_source(void);
+
+REGCACHE_EXTERN_C_END
+
+#endif /* REGCACHE_NOTIFIER_H */

@@ -1,0 +1,211 @@
+/*
+ * regcache/regcache.h - the memory-registration cache, C API (C99).
+ *
+ * A regcache_t caches memory registrations (ibv_reg_mr, fi_mr_reg, or a host-provided
+ * callback) made through a driver. regcache_get() returns a region that covers at least
+ * the requested range with at least the requested access; regcache_put() gives it back.
+ * Unused regions stay registered (cached) until they are evicted (LRU; count and byte
+ * limits), flushed, or invalidated because their memory changed: the cache subscribes to
+ * the process's address-space notifier (regcache/notifier.h), so munmap, free, realloc,
+ * madvise(DONTNEED) and brk trims of cached memory never leave a stale registration to
+ * be returned by a later get.
+ *
+ * THREAD SAFETY. Every function may be called from any thread at any time. The hit path
+ * (a get that finds a valid cached region) takes no lock shared between threads: each
+ * thread keeps a small front table of recently used regions, validated against the
+ * region's generation with one atomic operation. Misses register outside the cache's
+ * lock and validate the insert with the notifier's sequence numbers.
+ *
+ * OWNERSHIP. A region returned by regcache_get() is the caller's until regcache_put();
+ * its keys and address stay valid until then, even if its memory is invalidated
+ * meanwhile (it then is deregistered at the last put). A driver must outlive every cache
+ * created on it (regcache_driver_close() after regcache_destroy()).
+ *
+ * ERRORS. Every int is 0 or a negative errno; regcache_strerror() names it. Bad input
+ * (NULL handle or out-pointer, len == 0, a wrapping range, unknown access bits) gives
+ * -EINVAL and changes nothing. Memory that is not mapped, or read-only memory asked for
+ * write, gives the driver's error (-EFAULT / -EACCES) with one log line.
+ *
+ * TUNABLES. Defaults come from REGCACHE_* environment variables (regcache-info -c lists
+ * them, README.md documents them); regcache_config_set() overrides them in-process.
+ */
+#ifndef REGCACHE_REGCACHE_H
+#define REGCACHE_REGCACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <regcache/export.h>
+#include <regcache/notifier.h>
+
+REGCACHE_EXTERN_C_BEGIN
+
+typedef struct regcache regcache_t;
+typedef struct regcache_region regcache_region_t;
+typedef struct regcache_driver regcache_driver_t;
+
+/* ---------------------------------------------------------------- version */
+#define REGCACHE_VERSION_MAJOR 0
+#define REGCACHE_VERSION_MINOR 1
+#define REGCACHE_VERSION_PATCH 0
+/* The library's version at run time (may be newer than the header). Any pointer may be
+ * NULL. */
+REGCACHE_API void regcache_version(unsigned *major, unsigned *minor, unsigned *patch);
+
+/* ---------------------------------------------------------------- access bits */
+/* 0 means local read only. A region with more access than asked for may be returned. */
+#define REGCACHE_ACCESS_LOCAL_WRITE 0x1u
+#define REGCACHE_ACCESS_REMOTE_READ 0x2u
+#define REGCACHE_ACCESS_REMOTE_WRITE 0x4u
+#define REGCACHE_ACCESS_REMOTE_ATOMIC 0x8u
+#define REGCACHE_ACCESS_ALL 0xfu
+
+/* ---------------------------------------------------------------- drivers */
+/* The host driver: pins with mlock (RLIMIT_MEMLOCK applies, -ENOMEM past it), issues
+ * unique keys, records each page's frame from /proc/self/pagemap when readable. For
+ * machines without an HCA and for tests. */
+REGCACHE_API int regcache_driver_host_open(regcache_driver_t **driver_p);
+
+/* A driver made of the host's own registration callbacks (Open MPI's and UCX's rcaches
+ * take such a table). ops->size must be sizeof(regcache_driver_ops_t) of the header the
+ * caller was built with (or larger); reg and dereg are required. The table and ctx must
+ * stay valid until regcache_driver_close(). Both callbacks may be called concurrently
+ * from several threads, never from inside a memory-event callback; they return 0 or a
+ * negative errno. reg may leave *lkey_p, *rkey_p, *desc_p untouched (they read 0/NULL). */
+typedef struct regcache_driver_ops {
+  size_t size; /* sizeof(regcache_driver_ops_t): lets the table grow */
+  int (*reg)(void *ctx, void *addr, size_t len, unsigned access, void **handle_p,
+             uint32_t *lkey_p, uint64_t *rkey_p, void **desc_p);
+  int (*dereg)(void *ctx, void *handle);
+} regcache_driver_ops_t;
+REGCACHE_API int regcache_driver_custom_open(const regcache_driver_ops_t *ops, void *ctx,
+                                             regcache_driver_t **driver_p);
+
+/* Name of the driver ("host", "custom", "verbs", "fabric"); NULL for NULL. */
+REGCACHE_API const char *regcache_driver_name(const regcache_driver_t *driver);
+
+/* Closes a driver. NULL is a no-op. REQUIRES: no cache still uses it. */
+REGCACHE_API void regcache_driver_close(regcache_driver_t *driver);
+
+/* ---------------------------------------------------------------- cache */
+/* Fields of regcache_params_t that the caller set; the others take their default
+ * (REGCACHE_* environment, else the built-in default). */
+enum {
+  REGCACHE_PARAM_MAX_REGIONS = 1u << 0,
+  REGCACHE_PARAM_MAX_BYTES = 1u << 1,
+  REGCACHE_PARAM_MERGE_MAX_BYTES = 1u << 2,
+  REGCACHE_PARAM_FLAGS = 1u << 3,
+  REGCACHE_PARAM_NAME = 1u << 4
+};
+/* flags */
+#define REGCACHE_FLAG_NO_MERGE 0x1u /* never merge neighbouring regions */
+
+typedef struct regcache_params {
+  uint64_t field_mask;    /* REGCACHE_PARAM_* bits: which fields below are set */
+  size_t max_regions;     /* unused regions beyond this are evicted (LRU); 0 = no cache */
+  size_t max_bytes;       /* registered bytes of unused regions beyond this are evicted */
+  size_t merge_max_bytes; /* a merged region never grows beyond this (0: no merging) */
+  uint64_t flags;         /* REGCACHE_FLAG_* */
+  const char *name;       /* for log lines and stats at exit; copied */
+} regcache_params_t;
+
+/*
+ * Creates a cache on driver. params NULL: defaults and REGCACHE_* environment. Returns 0
+ * and sets *cache_p, or -EINVAL (NULL driver/cache_p, bad params, bad REGCACHE_* value:
+ * the log names the variable), -ENOMEM, -ESHUTDOWN (process teardown), or the notifier's
+ * error if the event source cannot be installed.
+ */
+REGCACHE_API int regcache_create(regcache_driver_t *driver, const regcache_params_t *params,
+                                 regcache_t **cache_p);
+
+/* Deregisters every region and frees the cache. Regions the caller still holds are
+ * deregistered too; putting them afterwards is not allowed. NULL is a no-op. */
+REGCACHE_API void regcache_destroy(regcache_t *cache);
+
+/*
+ * Returns in *region_p a registered region covering [addr, addr+len) with at least
+ * `access`, and takes a reference on it. Hit: a cached region; miss: registers the
+ * page-aligned range, merged with overlapping and adjacent cached regions up to the merge
+ * bound, with the union of their access flags. Errors: -EINVAL (bad input), -ESHUTDOWN
+ * (the address space was torn down), -ENOMEM (the driver could not pin even after
+ * evicting every unused region), -EFAULT/-EACCES (memory not mapped / not writable),
+ * -EAGAIN (the memory kept changing while it was being registered), or the driver's error.
+ * On error *region_p is untouched.
+ */
+REGCACHE_API int regcache_get(regcache_t *cache, const void *addr, size_t len,
+                              unsigned access, regcache_region_t **region_p);
+
+/* Drops the reference taken by regcache_get(). An invalidated region is deregistered
+ * (outside the caller's path when possible) once its last reference is put. NULL region
+ * is a no-op. Putting a region twice is a caller bug: debug builds abort with a message;
+ * release builds log it once if the count would go negative and ignore it. */
+REGCACHE_API void regcache_put(regcache_t *cache, regcache_region_t *region);
+
+/* Deregisters every unused region (and drains pending deregistrations). Returns 0 or
+ * -EINVAL. */
+REGCACHE_API int regcache_flush(regcache_t *cache);
+
+/* Region accessors; valid while the region is held. NULL gives 0/NULL. */
+REGCACHE_API uint32_t regcache_region_lkey(const regcache_region_t *region);
+REGCACHE_API uint64_t regcache_region_rkey(const regcache_region_t *region);
+REGCACHE_API void *regcache_region_desc(const regcache_region_t *region); /* fi_mr_desc */
+REGCACHE_API void *regcache_region_addr(const regcache_region_t *region);
+REGCACHE_API size_t regcache_region_length(const regcache_region_t *region);
+REGCACHE_API unsigned regcache_region_access(const regcache_region_t *region);
+/* The driver's handle (struct ibv_mr *, struct fid_mr *, the custom reg's handle). */
+REGCACHE_API void *regcache_region_handle(const regcache_region_t *region);
+
+/* ---------------------------------------------------------------- stats */
+typedef struct regcache_stats {
+  uint64_t hits, misses, merges, evictions, invalidations;
+  uint64_t registrations, deregistrations, regions, bytes;
+  uint64_t pending;     /* invalidated regions waiting for deregistration */
+  uint64_t retries;     /* inserts retried because the memory changed while registering */
+  uint64_t peak_bytes;  /* highest `bytes` seen */
+  uint64_t failures;    /* driver registration failures returned to callers */
+} regcache_stats_t;
+/* Fills *stats_p (a consistent-enough snapshot: counters are per thread). */
+REGCACHE_API int regcache_get_stats(regcache_t *cache, regcache_stats_t *stats_p);
+/* Writes the stats as one human-readable line per counter to stream. */
+REGCACHE_API int regcache_print_stats(regcache_t *cache, FILE *stream);
+
+/* ---------------------------------------------------------------- errors, logging */
+/* Text for a negative errno (or 0). Never NULL; static storage. */
+REGCACHE_API const char *regcache_strerror(int err);
+
+enum {
+  REGCACHE_LOG_OFF = 0,
+  REGCACHE_LOG_ERROR = 1,
+  REGCACHE_LOG_WARN = 2,
+  REGCACHE_LOG_INFO = 3,
+  REGCACHE_LOG_DEBUG = 4,
+  REGCACHE_LOG_TRACE = 5
+};
+typedef void (*regcache_log_func_t)(void *arg, int level, const char *msg);
+/* Routes the library's log lines (level <= the current level) to fn instead of stderr.
+ * fn may be called from any thread, also from inside memory-event paths; it must not
+ * call back into regcache. fn NULL restores stderr. */
+REGCACHE_API void regcache_set_log_handler(regcache_log_func_t fn, void *arg);
+/* Sets the level (REGCACHE_LOG_*); overrides REGCACHE_LOG_LEVEL. -EINVAL if out of range. */
+REGCACHE_API int regcache_set_log_level(int level);
+
+/* ---------------------------------------------------------------- tunables */
+/* Overrides tunable `name` (with or without the REGCACHE_ prefix) for caches created
+ * afterwards, as if the environment said so. -ENOENT unknown name, -EINVAL bad value
+ * (logged with the accepted values). Lets an MPI map its own parameters onto ours. */
+REGCACHE_API int regcache_config_set(const char *name, const char *value);
+/* Copies the current value of tunable `name` into buf (NUL-terminated, truncated).
+ * Returns the full length, or -ENOENT / -EINVAL. */
+REGCACHE_API int regcache_config_get(const char *name, char *buf, size_t buflen);
+/* Prints every tunable: name, current value, and with REGCACHE_CONFIG_PRINT_HELP its
+ * type, default and help text. */
+#define REGCACHE_CONFIG_PRINT_HELP 0x1u
+/* Validates every tunable's current value; logs each bad one (naming the variable and the
+ * accepted values) and returns -EINVAL if any is bad, else 0. */
+REGCACHE_API int regcache_config_check(void);
+REGCACHE_API int regcache_config_print(FILE *stream, unsigned flags);
+
+REGCACHE_EXTERN_C_END
+
+#endif /* REGCACHE_REGCACHE_H */

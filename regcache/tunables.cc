@@ -1,0 +1,314 @@
+#include "regcache/tunables.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string_view>
+
+#include "regcache/log.h"
+
+namespace regcache::tunables {
+namespace {
+
+// THE table. Later features add their rows here and nowhere else.
+constexpr Spec kTable[] = {
+    {"LOG_LEVEL", Type::kEnum, "warn",
+     "Library log level. Log lines go to stderr, or to the handler set with "
+     "regcache_set_log_handler().",
+     "off|error|warn|info|debug|trace"},
+    {"MONITOR", Type::kEnum, "auto",
+     "How the notifier sees memory being unmapped: patch (patch libc's munmap/mremap/"
+     "madvise/brk/shmdt/mmap entry points), uffd (userfaultfd monitor thread), none "
+     "(explicit regcache_notify_unmapped() calls only), auto (patch, else uffd, else none).",
+     "auto|patch|uffd|none"},
+    {"MAX_REGIONS", Type::kUint, "16384",
+     "Most unused regions a cache keeps registered; least recently used ones beyond it are "
+     "deregistered. Default: well under the max_mr of common HCAs (rxe 524287, mlx5 "
+     "~16M) and 16x libfabric's 1024, whose default is known to thrash. 0 disables caching.",
+     nullptr},
+    {"MAX_BYTES", Type::kSize, "auto",
+     "Most bytes of unused regions a cache keeps registered (pinned). auto: 3/4 of "
+     "RLIMIT_MEMLOCK when that limit is finite, else 1/4 of physical RAM.",
+     "auto"},
+    {"MERGE_MAX_BYTES", Type::kSize, "64m",
+     "A region formed by merging overlapping and adjacent regions never grows beyond this "
+     "many bytes (a request larger than this is registered as it is). 0 disables merging.",
+     nullptr},
+    {"STATS", Type::kBool, "n",
+     "Print each cache's statistics to the log (info level, or stderr) when it is "
+     "destroyed or the process exits.",
+     nullptr},
+};
+
+struct State {
+  std::mutex mu;
+  std::map<std::string, std::string> overrides;
+  std::set<std::string> reported;  // bad values already logged
+};
+
+State &S() {
+  static State *s = new State;  // leaked: read during exit-time teardown
+  return *s;
+}
+
+std::string Lower(std::string v) {
+  for (auto &c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return v;
+}
+
+bool HasChoice(const char *choices, const std::string &v, int *index) {
+  if (choices == nullptr) return false;
+  std::string_view all(choices);
+  int i = 0;
+  size_t pos = 0;
+  while (pos <= all.size()) {
+    size_t bar = all.find('|', pos);
+    if (bar == std::string_view::npos) bar = all.size();
+    if (all.substr(pos, bar - pos) == v) {
+      if (index) *index = i;
+      return true;
+    }
+    ++i;
+    pos = bar + 1;
+  }
+  return false;
+}
+
+const char *Accepted(const Spec &s) {
+  switch (s.type) {
+    case Type::kBool: return "y|n|yes|no|1|0|on|off|true|false";
+    case Type::kEnum: return s.choices;
+    case Type::kSize:
+      return s.choices ? "a size like 4096, 64k, 256m, 2g, or inf, or auto"
+                       : "a size like 4096, 64k, 256m, 2g, or inf";
+    case Type::kUint:
+      return s.choices ? "a non-negative integer, inf, or auto"
+                       : "a non-negative integer, or inf";
+  }
+  return "";
+}
+
+// Validates v for s. 0 or -EINVAL.
+int Validate(const Spec &s, const std::string &raw, int *enum_index, size_t *size_out,
+             bool *is_auto) {
+  std::string v = Lower(raw);
+  switch (s.type) {
+    case Type::kBool: {
+      bool b;
+      return ParseBool(v, &b);
+    }
+    case Type::kEnum:
+      return HasChoice(s.choices, v, enum_index) ? 0 : -EINVAL;
+    case Type::kSize:
+    case Type::kUint: {
+      if (v == "auto") {
+        if (!s.choices) return -EINVAL;
+        if (is_auto) *is_auto = true;
+        return 0;
+      }
+      size_t n;
+      int rc;
+      if (s.type == Type::kSize) {
+        rc = ParseSize(v, &n);
+      } else if (v == "inf") {
+        n = SIZE_MAX;
+        rc = 0;
+      } else {
+        char *end = nullptr;
+        errno = 0;
+        unsigned long long x = std::strtoull(v.c_str(), &end, 10);
+        rc = (v.empty() || v[0] == '-' || *end != '\0' || errno) ? -EINVAL : 0;
+        n = static_cast<size_t>(x);
+      }
+      if (rc == 0 && size_out) *size_out = n;
+      if (rc == 0 && is_auto) *is_auto = false;
+      return rc;
+    }
+  }
+  return -EINVAL;
+}
+
+// Current raw value and where it came from. REQUIRES: S().mu held.
+std::string RawLocked(const Spec &s, const char **origin) {
+  auto it = S().overrides.find(s.name);
+  if (it != S().overrides.end()) {
+    *origin = "regcache_config_set";
+    return it->second;
+  }
+  std::string env = std::string("REGCACHE_") + s.name;
+  // The one and only getenv of a REGCACHE_ variable.
+  if (const char *e = std::getenv(env.c_str())) {
+    *origin = "environment";
+    return e;
+  }
+  *origin = "default";
+  return s.default_value;
+}
+
+int Read(const char *name, int *enum_index, size_t *size_out, bool *is_auto,
+         std::string *raw_out) {
+  const Spec *s = Find(name);
+  if (!s) return -ENOENT;
+  std::string raw;
+  const char *origin = nullptr;
+  bool first_report = false;
+  {
+    std::lock_guard<std::mutex> g(S().mu);
+    raw = RawLocked(*s, &origin);
+    int rc = Validate(*s, raw, enum_index, size_out, is_auto);
+    if (raw_out) *raw_out = raw;
+    if (rc == 0) return 0;
+    first_report = S().reported.insert(std::string(s->name) + "=" + raw).second;
+  }
+  if (first_report) {
+    log::Write(REGCACHE_LOG_ERROR,
+               fmt::format("invalid value '{}' for REGCACHE_{} (from {}); accepted: {}", raw,
+                           s->name, origin, Accepted(*s)));
+  }
+  return -EINVAL;
+}
+
+}  // namespace
+
+const Spec *Table(size_t *count) {
+  *count = sizeof(kTable) / sizeof(kTable[0]);
+  return kTable;
+}
+
+const Spec *Find(const char *name) {
+  if (name == nullptr) return nullptr;
+  std::string_view n(name);
+  if (n.substr(0, 9) == "REGCACHE_") n.remove_prefix(9);
+  for (const auto &s : kTable) {
+    if (n == s.name) return &s;
+  }
+  return nullptr;
+}
+
+int ParseBool(const std::string &raw, bool *out) {
+  std::string v = Lower(raw);
+  if (v == "y" || v == "yes" || v == "1" || v == "on" || v == "true") {
+    *out = true;
+    return 0;
+  }
+  if (v == "n" || v == "no" || v == "0" || v == "off" || v == "false") {
+    *out = false;
+    return 0;
+  }
+  return -EINVAL;
+}
+
+int ParseSize(const std::string &raw, size_t *out) {
+  std::string v = Lower(raw);
+  if (v == "inf") {
+    *out = SIZE_MAX;
+    return 0;
+  }
+  if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0]))) return -EINVAL;
+  char *end = nullptr;
+  errno = 0;
+  unsigned long long n = std::strtoull(v.c_str(), &end, 10);
+  if (errno) return -EINVAL;
+  std::string_view unit(end);
+  if (!unit.empty() && unit.back() == 'b') unit.remove_suffix(1);
+  unsigned shift = 0;
+  if (unit.empty()) shift = 0;
+  else if (unit == "k") shift = 10;
+  else if (unit == "m") shift = 20;
+  else if (unit == "g") shift = 30;
+  else if (unit == "t") shift = 40;
+  else return -EINVAL;
+  if (shift && n > (SIZE_MAX >> shift)) return -EINVAL;
+  *out = static_cast<size_t>(n) << shift;
+  return 0;
+}
+
+int GetString(const char *name, std::string *out) {
+  const Spec *s = Find(name);
+  if (!s) return -ENOENT;
+  std::lock_guard<std::mutex> g(S().mu);
+  const char *origin;
+  *out = RawLocked(*s, &origin);
+  return 0;
+}
+
+int GetBool(const char *name, bool *out) {
+  const Spec *s = Find(name);
+  if (!s) return -ENOENT;
+  if (s->type != Type::kBool) return -EINVAL;
+  std::string raw;
+  int rc = Read(name, nullptr, nullptr, nullptr, &raw);
+  if (rc == 0) ParseBool(raw, out);
+  return rc;
+}
+
+int GetEnum(const char *name, int *index_out) {
+  const Spec *s = Find(name);
+  if (!s) return -ENOENT;
+  if (s->type != Type::kEnum) return -EINVAL;
+  return Read(name, index_out, nullptr, nullptr, nullptr);
+}
+
+int GetSize(const char *name, size_t *out, bool *is_auto) {
+  const Spec *s = Find(name);
+  if (!s) return -ENOENT;
+  if (s->type != Type::kSize && s->type != Type::kUint) return -EINVAL;
+  bool a = false;
+  size_t v = 0;
+  int rc = Read(name, nullptr, &v, &a, nullptr);
+  if (rc) return rc;
+  if (is_auto) *is_auto = a;
+  if (!a) *out = v;
+  return 0;
+}
+
+int Set(const char *name, const char *value) {
+  const Spec *s = Find(name);
+  if (!s) return -ENOENT;
+  if (value == nullptr) return -EINVAL;
+  int rc = Validate(*s, value, nullptr, nullptr, nullptr);
+  if (rc) {
+    log::Write(REGCACHE_LOG_ERROR,
+               fmt::format("invalid value '{}' for REGCACHE_{}; accepted: {}", value, s->name,
+                           Accepted(*s)));
+    return rc;
+  }
+  std::lock_guard<std::mutex> g(S().mu);
+  S().overrides[s->name] = value;
+  return 0;
+}
+
+int CheckAll() {
+  int result = 0;
+  for (const auto &s : kTable) {
+    int rc = Read(s.name, nullptr, nullptr, nullptr, nullptr);
+    if (rc) result = rc;
+  }
+  return result;
+}
+
+void ClearOverridesForTesting() {
+  std::lock_guard<std::mutex> g(S().mu);
+  S().overrides.clear();
+  S().reported.clear();
+}
+
+int Print(FILE *stream, bool with_help) {
+  if (!stream) return -EINVAL;
+  static const char *kTypeName[] = {"bool", "enum", "size", "count"};
+  for (const auto &s : kTable) {
+    std::string v;
+    GetString(s.name, &v);
+    if (with_help) {
+      std::fprintf(stream, "#\n# %s\n#\n# syntax:  %s: %s\n# default: %s\n#\n", s.help,
+                   kTypeName[static_cast<int>(s.type)], Accepted(s), s.default_value);
+    }
+    std::fprintf(stream, "REGCACHE_%s=%s\n", s.name, v.c_str());
+  }
+  return 0;
+}
+
+}  // namespace regcache::tunables
