@@ -1,0 +1,183 @@
+// Tests of the tunables table (regcache/tunables.h) and the private logger (regcache/log.h).
+#include "regcache/tunables.h"
+
+#include <gtest/gtest.h>
+#include <regcache/regcache.h>
+#include <stdlib.h>
+
+#include <cerrno>
+#include <string>
+#include <vector>
+
+#include "regcache/log.h"
+
+namespace regcache {
+namespace {
+
+struct Captured {
+  std::vector<std::pair<int, std::string>> lines;
+};
+
+void Capture(void *arg, int level, const char *msg) {
+  static_cast<Captured *>(arg)->lines.emplace_back(level, msg);
+}
+
+class TunablesTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    tunables::ClearOverridesForTesting();
+    regcache_set_log_handler(Capture, &captured_);
+  }
+  void TearDown() override {
+    regcache_set_log_handler(nullptr, nullptr);
+    unsetenv("REGCACHE_LOG_LEVEL");
+    unsetenv("REGCACHE_MAX_BYTES");
+    unsetenv("REGCACHE_MONITOR");
+    tunables::ClearOverridesForTesting();
+  }
+  Captured captured_;
+};
+
+TEST_F(TunablesTest, EveryRowIsWellFormedAndItsDefaultValid) {
+  size_t n = 0;
+  const tunables::Spec *t = tunables::Table(&n);
+  ASSERT_GE(n, 4u);
+  for (size_t i = 0; i < n; ++i) {
+    SCOPED_TRACE(t[i].name);
+    EXPECT_NE(std::string(t[i].help), "");
+    EXPECT_EQ(tunables::Find(t[i].name), &t[i]);
+    EXPECT_EQ(tunables::Find((std::string("REGCACHE_") + t[i].name).c_str()), &t[i]);
+    if (t[i].type == tunables::Type::kEnum) ASSERT_NE(t[i].choices, nullptr);
+  }
+  EXPECT_EQ(tunables::CheckAll(), 0);
+  for (const char *name : {"LOG_LEVEL", "MONITOR", "MAX_REGIONS", "MAX_BYTES"}) {
+    EXPECT_NE(tunables::Find(name), nullptr) << name;
+  }
+}
+
+TEST_F(TunablesTest, ParsesSizesWithUnits) {
+  size_t v = 0;
+  EXPECT_EQ(tunables::ParseSize("4096", &v), 0);
+  EXPECT_EQ(v, 4096u);
+  EXPECT_EQ(tunables::ParseSize("64k", &v), 0);
+  EXPECT_EQ(v, 64u << 10);
+  EXPECT_EQ(tunables::ParseSize("256M", &v), 0);
+  EXPECT_EQ(v, 256u << 20);
+  EXPECT_EQ(tunables::ParseSize("2gb", &v), 0);
+  EXPECT_EQ(v, size_t{2} << 30);
+  EXPECT_EQ(tunables::ParseSize("inf", &v), 0);
+  EXPECT_EQ(v, SIZE_MAX);
+  for (const char *bad : {"", "-1", "k", "12q", "99999999999999999999", "1 k", "0x10"}) {
+    EXPECT_EQ(tunables::ParseSize(bad, &v), -EINVAL) << bad;
+  }
+}
+
+TEST_F(TunablesTest, ParsesBools) {
+  bool b = false;
+  for (const char *t : {"y", "YES", "1", "on", "true"}) {
+    EXPECT_EQ(tunables::ParseBool(t, &b), 0);
+    EXPECT_TRUE(b);
+  }
+  for (const char *f : {"n", "no", "0", "OFF", "false"}) {
+    EXPECT_EQ(tunables::ParseBool(f, &b), 0);
+    EXPECT_FALSE(b);
+  }
+  EXPECT_EQ(tunables::ParseBool("maybe", &b), -EINVAL);
+}
+
+TEST_F(TunablesTest, EnvironmentIsReadAndBadValuesNameTheVariable) {
+  setenv("REGCACHE_MONITOR", "uffd", 1);
+  int idx = -1;
+  EXPECT_EQ(tunables::GetEnum("MONITOR", &idx), 0);
+  EXPECT_EQ(idx, 2);  // auto|patch|uffd|none
+
+  setenv("REGCACHE_LOG_LEVEL", "loud", 1);
+  EXPECT_EQ(tunables::GetEnum("LOG_LEVEL", &idx), -EINVAL);
+  EXPECT_EQ(regcache_config_check(), -EINVAL);
+  ASSERT_FALSE(captured_.lines.empty());
+  const std::string &msg = captured_.lines.front().second;
+  EXPECT_NE(msg.find("REGCACHE_LOG_LEVEL"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("loud"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("off|error|warn|info|debug|trace"), std::string::npos) << msg;
+  EXPECT_EQ(captured_.lines.front().first, REGCACHE_LOG_ERROR);
+}
+
+TEST_F(TunablesTest, SizeAutoAndInf) {
+  size_t v = 7;
+  bool is_auto = false;
+  EXPECT_EQ(tunables::GetSize("MAX_BYTES", &v, &is_auto), 0);  // default: auto
+  EXPECT_TRUE(is_auto);
+  EXPECT_EQ(v, 7u);
+  setenv("REGCACHE_MAX_BYTES", "1g", 1);
+  EXPECT_EQ(tunables::GetSize("MAX_BYTES", &v, &is_auto), 0);
+  EXPECT_FALSE(is_auto);
+  EXPECT_EQ(v, size_t{1} << 30);
+  EXPECT_EQ(regcache_config_set("MAX_REGIONS", "auto"), -EINVAL);  // no auto for this one
+  EXPECT_EQ(regcache_config_set("MAX_REGIONS", "inf"), 0);
+  EXPECT_EQ(tunables::GetSize("MAX_REGIONS", &v), 0);
+  EXPECT_EQ(v, SIZE_MAX);
+}
+
+TEST_F(TunablesTest, ConfigSetOverridesEnvironmentAndValidates) {
+  setenv("REGCACHE_MAX_BYTES", "1g", 1);
+  EXPECT_EQ(regcache_config_set("REGCACHE_MAX_BYTES", "2m"), 0);
+  size_t v = 0;
+  EXPECT_EQ(tunables::GetSize("MAX_BYTES", &v), 0);
+  EXPECT_EQ(v, 2u << 20);
+  EXPECT_EQ(regcache_config_set("MAX_BYTES", "lots"), -EINVAL);
+  EXPECT_EQ(tunables::GetSize("MAX_BYTES", &v), 0);  // unchanged by the bad set
+  EXPECT_EQ(v, 2u << 20);
+  EXPECT_EQ(regcache_config_set("NO_SUCH_THING", "1"), -ENOENT);
+  EXPECT_EQ(regcache_config_set(nullptr, "1"), -EINVAL);
+  char buf[4];
+  EXPECT_EQ(regcache_config_get("MAX_BYTES", buf, sizeof(buf)), 2);
+  EXPECT_STREQ(buf, "2m");
+  EXPECT_EQ(regcache_config_get("MONITOR", buf, sizeof(buf)), 4);  // "auto", truncated
+  EXPECT_STREQ(buf, "aut");
+  EXPECT_EQ(regcache_config_get("NOPE", buf, sizeof(buf)), -ENOENT);
+}
+
+TEST_F(TunablesTest, PrintListsEveryTunableWithHelp) {
+  char *text = nullptr;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  ASSERT_EQ(regcache_config_print(f, REGCACHE_CONFIG_PRINT_HELP), 0);
+  fclose(f);
+  std::string out(text, len);
+  free(text);
+  size_t n = 0;
+  const tunables::Spec *t = tunables::Table(&n);
+  for (size_t i = 0; i < n; ++i) {
+    EXPECT_NE(out.find(std::string("REGCACHE_") + t[i].name + "="), std::string::npos);
+    EXPECT_NE(out.find(t[i].help), std::string::npos);
+  }
+  EXPECT_EQ(regcache_config_print(nullptr, 0), -EINVAL);
+}
+
+TEST_F(TunablesTest, LogLevelFiltersAndHandlerReceives) {
+  ASSERT_EQ(regcache_set_log_level(REGCACHE_LOG_WARN), 0);
+  REGCACHE_LOG(DEBUG, "hidden {}", 1);
+  REGCACHE_LOG(WARN, "shown {}", 2);
+  ASSERT_EQ(captured_.lines.size(), 1u);
+  EXPECT_EQ(captured_.lines[0].first, REGCACHE_LOG_WARN);
+  EXPECT_EQ(captured_.lines[0].second, "shown 2");
+  EXPECT_EQ(regcache_set_log_level(42), -EINVAL);
+  EXPECT_EQ(regcache_set_log_level(-1), -EINVAL);
+}
+
+TEST(StrerrorTest, NamesErrors) {
+  EXPECT_STREQ(regcache_strerror(0), "success");
+  EXPECT_NE(std::string(regcache_strerror(-EINVAL)).find("invalid"), std::string::npos);
+  EXPECT_NE(regcache_strerror(-ENOMEM), nullptr);
+  EXPECT_NE(regcache_strerror(5), nullptr);
+  EXPECT_NE(regcache_strerror(-100000), nullptr);
+  EXPECT_NE(regcache_strerror(-EHOSTDOWN), nullptr);
+  unsigned a = 9, b = 9, c = 9;
+  regcache_version(&a, &b, &c);
+  EXPECT_EQ(a, unsigned{REGCACHE_VERSION_MAJOR});
+  EXPECT_EQ(b, unsigned{REGCACHE_VERSION_MINOR});
+  regcache_version(nullptr, nullptr, nullptr);
+}
+
+}  // namespace
+}  // namespace regcache
