@@ -41,7 +41,15 @@
 
 REGCACHE_EXTERN_C_BEGIN
 
+/* In C the cache's tag is `struct regcache`. In C++ the name `regcache` is the
+ * namespace of the C++ API (regcache::Cache, ...), and a struct and a namespace cannot
+ * share a name, so C++ sees the tag `struct regcache_cache`. Struct tags are not part of
+ * the C ABI: both name the same opaque object, and code should use regcache_t anyway. */
+#ifdef __cplusplus
+typedef struct regcache_cache regcache_t;
+#else
 typedef struct regcache regcache_t;
+#endif
 typedef struct regcache_region regcache_region_t;
 typedef struct regcache_driver regcache_driver_t;
 
