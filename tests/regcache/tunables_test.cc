@@ -47,7 +47,9 @@ TEST_F(TunablesTest, EveryRowIsWellFormedAndItsDefaultValid) {
     EXPECT_NE(std::string(t[i].help), "");
     EXPECT_EQ(tunables::Find(t[i].name), &t[i]);
     EXPECT_EQ(tunables::Find((std::string("REGCACHE_") + t[i].name).c_str()), &t[i]);
-    if (t[i].type == tunables::Type::kEnum) ASSERT_NE(t[i].choices, nullptr);
+    if (t[i].type == tunables::Type::kEnum) {
+      ASSERT_NE(t[i].choices, nullptr);
+    }
   }
   EXPECT_EQ(tunables::CheckAll(), 0);
   for (const char *name : {"LOG_LEVEL", "MONITOR", "MAX_REGIONS", "MAX_BYTES"}) {
