@@ -37,6 +37,12 @@ constexpr Spec kTable[] = {
      "A region formed by merging overlapping and adjacent regions never grows beyond this "
      "many bytes (a request larger than this is registered as it is). 0 disables merging.",
      nullptr},
+    {"ODP", Type::kEnum, "auto",
+     "On-demand paging for the verbs driver (read when a driver is opened). auto: register "
+     "with IBV_ACCESS_ON_DEMAND (nothing pinned) when the device's RC ODP caps cover send, "
+     "recv, write, read and atomic, else pin (one info line). on: the same, but the "
+     "fallback to pinning is a warning. off: always pin.",
+     "auto|on|off"},
     {"STATS", Type::kBool, "n",
      "Print each cache's statistics to the log (info level, or stderr) when it is "
      "destroyed or the process exits.",
