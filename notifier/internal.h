@@ -1,0 +1,56 @@
+// notifier/internal.h - what the event sources (patch, uffd) need from the
+// core.
+//
+// Not part of address_space.h because only code inside notifier/ may use it: a
+// Frame is the token that pairs one start with its end (the frame lives on the
+// caller's stack, so the hooks need no per-thread storage and nesting depth
+// costs nothing but stack).
+#ifndef REGCACHE_NOTIFIER_INTERNAL_H_
+#define REGCACHE_NOTIFIER_INTERNAL_H_
+
+#include <cstddef>
+#include <cstdint>
+
+namespace regcache::notifier::internal {
+
+// One range in flight. Filled by BeginRange, consumed by EndRange on the same
+// thread.
+struct Frame {
+  uintptr_t start;
+  uintptr_t end;
+  uint64_t
+      gen;  // subscriptions with visible_gen <= gen take part in this range
+  unsigned
+      slot;  // which in-flight counter this range holds (SRCU-style two slots)
+  bool active;  // false: nothing subscribed (or the range is empty); End is a
+                // no-op
+};
+
+// Delivers invalidate_range_start for [start, end) to the overlapping
+// subscribers and marks the range in flight. Allocates nothing, takes no lock;
+// may wait only while the address space is quiesced (and never when the calling
+// thread is already inside a range or a callback). Every BeginRange must be
+// followed by EndRange(f) on this thread.
+void BeginRange(Frame *f, uintptr_t start, uintptr_t end);
+void EndRange(Frame *f);
+
+// printf-style logging through Options::log (a 256-byte stack buffer, no
+// allocation by us; the host's hook may allocate, so the munmap path only logs
+// errors).
+void Logf(int level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+// Log levels (REGCACHE_LOG_*; this module does not include
+// <regcache/regcache.h>).
+constexpr int kLogError = 1;
+constexpr int kLogWarn = 2;
+constexpr int kLogInfo = 3;
+constexpr int kLogDebug = 4;
+
+// True while the calling thread is inside a callback (same as
+// notifier::InCallback()).
+bool InCallback();
+
+}  // namespace regcache::notifier::internal
+
+#endif  // REGCACHE_NOTIFIER_INTERNAL_H_
