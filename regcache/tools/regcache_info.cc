@@ -1,5 +1,6 @@
-// regcache-info: what the library sees. -c tunables (with help), -d devices/providers,
-// -v version. Uses only the public C API plus libibverbs / libfabric directly.
+// regcache-info: what the library sees. -c tunables (with help), -d
+// devices/providers, -v version. Uses only the public C API plus libibverbs /
+// libfabric directly.
 #include <regcache/regcache.h>
 #include <unistd.h>
 
@@ -9,21 +10,25 @@
 
 #ifdef REGCACHE_HAVE_VERBS
 #include <infiniband/verbs.h>
+#include <regcache/verbs.h>
 #endif
 #ifdef REGCACHE_HAVE_LIBFABRIC
 #include <rdma/fabric.h>
 #include <rdma/fi_domain.h>
+#include <regcache/fabric.h>
 #endif
 
 namespace {
 
 void Usage(FILE *f) {
-  std::fprintf(f,
-               "usage: regcache-info [-c] [-d] [-v] [-h]\n"
-               "  -c  print every REGCACHE_* tunable: current value, syntax, default, help\n"
-               "  -d  list RDMA devices (libibverbs) and libfabric providers, with the\n"
-               "      capabilities the cache cares about (max MR size, ODP, mr_mode)\n"
-               "  -v  print the library version\n");
+  std::fprintf(
+      f,
+      "usage: regcache-info [-c] [-d] [-v] [-h]\n"
+      "  -c  print every REGCACHE_* tunable: current value, syntax, default, "
+      "help\n"
+      "  -d  list RDMA devices (libibverbs) and libfabric providers, with the\n"
+      "      capabilities the cache cares about (max MR size, ODP, mr_mode)\n"
+      "  -v  print the library version\n");
 }
 
 #ifdef REGCACHE_HAVE_VERBS
@@ -36,16 +41,59 @@ void OdpLine(const char *what, uint32_t caps) {
 }
 #endif
 
+#ifdef REGCACHE_HAVE_VERBS
+// What the verbs driver itself decides on this device (REGCACHE_ODP applied).
+void DriverLine(ibv_context *ctx) {
+  char mode[16] = "?";
+  regcache_config_get("ODP", mode, sizeof(mode));
+  ibv_pd *pd = ibv_alloc_pd(ctx);
+  if (pd == nullptr) {
+    std::printf("    regcache: ibv_alloc_pd failed: %s\n",
+                std::strerror(errno));
+    return;
+  }
+  regcache_driver_t *d = nullptr;
+  int rc = regcache_driver_verbs_open(pd, &d);
+  int odp = 0;
+  if (rc == 0 && regcache_driver_verbs_odp(d, &odp) == 0) {
+    std::printf(
+        "    regcache: %s (REGCACHE_ODP=%s; ODP needs rc send recv write read "
+        "atomic)\n",
+        odp ? "on-demand paging, nothing pinned" : "pins registered memory",
+        mode);
+  } else {
+    std::printf("    regcache: verbs driver open failed: %s\n",
+                regcache_strerror(rc));
+  }
+  regcache_driver_close(d);
+  ibv_dealloc_pd(pd);
+}
+
+const char *ForkState() {
+  switch (ibv_is_fork_initialized()) {
+    case IBV_FORK_UNNEEDED:
+      return "kernel copies pinned pages at fork (safe)";
+    case IBV_FORK_ENABLED:
+      return "rdma-core fork-safe mode (MADV_DONTFORK per MR)";
+    case IBV_FORK_DISABLED:
+      break;
+  }
+  return "UNSAFE: old kernel and RDMAV_FORK_SAFE unset (do not fork with "
+         "registrations)";
+}
+#endif
+
 void ListVerbs() {
 #ifdef REGCACHE_HAVE_VERBS
   int n = 0;
   errno = 0;
   ibv_device **list = ibv_get_device_list(&n);
   if (list == nullptr) {
-    std::printf("verbs: no RDMA devices (ibv_get_device_list: %s)\n", std::strerror(errno));
+    std::printf("verbs: no RDMA devices (ibv_get_device_list: %s)\n",
+                std::strerror(errno));
     return;
   }
-  std::printf("verbs: %d device(s)\n", n);
+  std::printf("verbs: %d device(s); fork: %s\n", n, ForkState());
   for (int i = 0; i < n; ++i) {
     std::printf("  %s\n", ibv_get_device_name(list[i]));
     ibv_context *ctx = ibv_open_device(list[i]);
@@ -55,13 +103,15 @@ void ListVerbs() {
     }
     ibv_device_attr_ex attr = {};
     if (ibv_query_device_ex(ctx, nullptr, &attr) == 0) {
-      std::printf("    max_mr_size 0x%llx max_mr %d page_size_cap 0x%llx\n",
-                  static_cast<unsigned long long>(attr.orig_attr.max_mr_size),
-                  attr.orig_attr.max_mr,
-                  static_cast<unsigned long long>(attr.orig_attr.page_size_cap));
+      std::printf(
+          "    max_mr_size 0x%llx max_mr %d page_size_cap 0x%llx\n",
+          static_cast<unsigned long long>(attr.orig_attr.max_mr_size),
+          attr.orig_attr.max_mr,
+          static_cast<unsigned long long>(attr.orig_attr.page_size_cap));
       const auto &odp = attr.odp_caps;
-      std::printf("    odp %s\n",
-                  (odp.general_caps & IBV_ODP_SUPPORT) ? "supported" : "not supported");
+      std::printf("    odp %s\n", (odp.general_caps & IBV_ODP_SUPPORT)
+                                      ? "supported"
+                                      : "not supported");
       if (odp.general_caps & IBV_ODP_SUPPORT) {
         OdpLine("rc", odp.per_transport_caps.rc_odp_caps);
         OdpLine("ud", odp.per_transport_caps.ud_odp_caps);
@@ -69,13 +119,30 @@ void ListVerbs() {
     } else {
       std::printf("    ibv_query_device_ex failed: %s\n", std::strerror(errno));
     }
+    DriverLine(ctx);
     ibv_close_device(ctx);
   }
   ibv_free_device_list(list);
 #else
-  std::printf("verbs: not built (libibverbs was not found at configure time)\n");
+  std::printf(
+      "verbs: not built (libibverbs was not found at configure time)\n");
 #endif
 }
+
+#ifdef REGCACHE_HAVE_LIBFABRIC
+// How the fabric driver serves a domain with this mr_mode (docs/drivers.md).
+const char *FabricSupport(int m) {
+  if (m & (FI_MR_RAW | FI_MR_BASIC | FI_MR_SCALABLE))
+    return "unsupported (raw/legacy keys)";
+  if (m & FI_MR_ENDPOINT) {
+    return (m & FI_MR_PROV_KEY)
+               ? "ok with an endpoint (open2 ep), provider keys"
+               : "ok with an endpoint (open2 ep), requested keys";
+  }
+  return (m & FI_MR_PROV_KEY) ? "ok, provider keys"
+                              : "ok, requested unique keys";
+}
+#endif
 
 void ListFabric() {
 #ifdef REGCACHE_HAVE_LIBFABRIC
@@ -100,15 +167,19 @@ void ListFabric() {
     last_dom = d;
     int m = i->domain_attr->mr_mode;
     std::printf("  %-16s %-20s 0x%x%s%s%s%s%s%s%s mr_key_size %zu\n", p, d, m,
-                (m & FI_MR_LOCAL) ? " LOCAL" : "", (m & FI_MR_VIRT_ADDR) ? " VIRT_ADDR" : "",
+                (m & FI_MR_LOCAL) ? " LOCAL" : "",
+                (m & FI_MR_VIRT_ADDR) ? " VIRT_ADDR" : "",
                 (m & FI_MR_ALLOCATED) ? " ALLOCATED" : "",
-                (m & FI_MR_PROV_KEY) ? " PROV_KEY" : "", (m & FI_MR_ENDPOINT) ? " ENDPOINT" : "",
+                (m & FI_MR_PROV_KEY) ? " PROV_KEY" : "",
+                (m & FI_MR_ENDPOINT) ? " ENDPOINT" : "",
                 (m & FI_MR_RAW) ? " RAW" : "", (m & FI_MR_HMEM) ? " HMEM" : "",
                 i->domain_attr->mr_key_size);
+    std::printf("  %-16s %-20s regcache: %s\n", "", "", FabricSupport(m));
   }
   fi_freeinfo(info);
 #else
-  std::printf("libfabric: not built (libfabric was not found at configure time)\n");
+  std::printf(
+      "libfabric: not built (libfabric was not found at configure time)\n");
 #endif
 }
 
@@ -119,11 +190,21 @@ int main(int argc, char **argv) {
   int opt;
   while ((opt = getopt(argc, argv, "cdvh")) != -1) {
     switch (opt) {
-      case 'c': config = true; break;
-      case 'd': devices = true; break;
-      case 'v': version = true; break;
-      case 'h': Usage(stdout); return 0;
-      default: Usage(stderr); return 2;
+      case 'c':
+        config = true;
+        break;
+      case 'd':
+        devices = true;
+        break;
+      case 'v':
+        version = true;
+        break;
+      case 'h':
+        Usage(stdout);
+        return 0;
+      default:
+        Usage(stderr);
+        return 2;
     }
   }
   if (!config && !devices && !version) {
@@ -139,7 +220,8 @@ int main(int argc, char **argv) {
   if (config) {
     int rc = regcache_config_print(stdout, REGCACHE_CONFIG_PRINT_HELP);
     if (rc) status = 1;
-    // Validate every value: a bad environment gives a clear error and a non-zero exit.
+    // Validate every value: a bad environment gives a clear error and a
+    // non-zero exit.
     rc = regcache_config_check();
     if (rc) {
       std::fprintf(stderr, "regcache-info: configuration rejected: %s\n",
