@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <set>
+#include <string>
 
 #ifdef REGCACHE_HAVE_VERBS
 #include <infiniband/verbs.h>
@@ -135,12 +137,10 @@ const char *FabricSupport(int m) {
   if (m & (FI_MR_RAW | FI_MR_BASIC | FI_MR_SCALABLE))
     return "unsupported (raw/legacy keys)";
   if (m & FI_MR_ENDPOINT) {
-    return (m & FI_MR_PROV_KEY)
-               ? "ok with an endpoint (open2 ep), provider keys"
-               : "ok with an endpoint (open2 ep), requested keys";
+    return (m & FI_MR_PROV_KEY) ? "ok with open2(ep), provider keys"
+                                : "ok with open2(ep), requested keys";
   }
-  return (m & FI_MR_PROV_KEY) ? "ok, provider keys"
-                              : "ok, requested unique keys";
+  return (m & FI_MR_PROV_KEY) ? "ok, provider keys" : "ok, requested keys";
 }
 #endif
 
@@ -159,22 +159,22 @@ void ListFabric() {
   }
   std::printf("libfabric %u.%u providers (provider / domain / mr_mode):\n",
               FI_MAJOR(fi_version()), FI_MINOR(fi_version()));
-  const char *last_prov = "", *last_dom = "";
+  // One line per provider / domain / mr_mode (fi_getinfo lists each for every
+  // endpoint type and address format).
+  std::set<std::string> seen;
   for (fi_info *i = info; i; i = i->next) {
     const char *p = i->fabric_attr->prov_name, *d = i->domain_attr->name;
-    if (!std::strcmp(p, last_prov) && !std::strcmp(d, last_dom)) continue;
-    last_prov = p;
-    last_dom = d;
     int m = i->domain_attr->mr_mode;
-    std::printf("  %-16s %-20s 0x%x%s%s%s%s%s%s%s mr_key_size %zu\n", p, d, m,
-                (m & FI_MR_LOCAL) ? " LOCAL" : "",
+    if (!seen.insert(std::string(p) + '/' + d + '/' + std::to_string(m)).second)
+      continue;
+    std::printf("  %-16s %-12s 0x%x%s%s%s%s%s%s%s key %zuB; regcache: %s\n", p,
+                d, m, (m & FI_MR_LOCAL) ? " LOCAL" : "",
                 (m & FI_MR_VIRT_ADDR) ? " VIRT_ADDR" : "",
                 (m & FI_MR_ALLOCATED) ? " ALLOCATED" : "",
                 (m & FI_MR_PROV_KEY) ? " PROV_KEY" : "",
                 (m & FI_MR_ENDPOINT) ? " ENDPOINT" : "",
                 (m & FI_MR_RAW) ? " RAW" : "", (m & FI_MR_HMEM) ? " HMEM" : "",
-                i->domain_attr->mr_key_size);
-    std::printf("  %-16s %-20s regcache: %s\n", "", "", FabricSupport(m));
+                i->domain_attr->mr_key_size, FabricSupport(m));
   }
   fi_freeinfo(info);
 #else
