@@ -495,6 +495,9 @@ void EndRange(Frame *f) {
   (void)woke;
 }
 
+unsigned EnterHold() { return EnterWindow(/*may_wait=*/true); }
+void ExitHold(unsigned slot) { ExitWindow(slot); }
+
 }  // namespace internal
 
 // ---------------------------------------------------------------- public C++

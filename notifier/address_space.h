@@ -1,12 +1,13 @@
 // notifier/address_space.h - the notifier's C++ core (internal; not installed).
 //
-// One AddressSpace per process (the kernel's mm_struct). Subscriptions are either
-// whole-space or interval ([start, end), page granularity not required). The public C
-// API in <regcache/notifier.h> is a thin wrapper over this; its header states the
-// contract (callback rules, guarantees 1-7), which this file implements.
+// One AddressSpace per process (the kernel's mm_struct). Subscriptions are
+// either whole-space or interval ([start, end), page granularity not required).
+// The public C API in <regcache/notifier.h> is a thin wrapper over this; its
+// header states the contract (callback rules, guarantees 1-7), which this file
+// implements.
 //
-// This module depends on nothing else in the project: the library layer injects the
-// event source choice and a log hook through Configure().
+// This module depends on nothing else in the project: the library layer injects
+// the event source choice and a log hook through Configure().
 #ifndef REGCACHE_NOTIFIER_ADDRESS_SPACE_H_
 #define REGCACHE_NOTIFIER_ADDRESS_SPACE_H_
 
@@ -20,40 +21,46 @@ namespace regcache::notifier {
 enum class Source { kAuto, kPatch, kUffd, kNone };
 const char *SourceName(Source s);  // "auto", "patch", "uffd", "none"
 
-// Log levels follow REGCACHE_LOG_* of <regcache/regcache.h> (1 error .. 5 trace).
+// Log levels follow REGCACHE_LOG_* of <regcache/regcache.h> (1 error .. 5
+// trace).
 using LogFn = void (*)(int level, const char *msg);
 
 struct Options {
   Source source = Source::kAuto;
-  LogFn log = nullptr;  // may be called from the munmap path: must not allocate... much
+  LogFn log =
+      nullptr;  // may be called from the munmap path: must not allocate... much
 };
 
-// A subscription. Opaque outside the notifier; the C type regcache_notifier_t is this.
+// A subscription. Opaque outside the notifier; the C type regcache_notifier_t
+// is this.
 class Subscription;
 
-// Applies options before the first Register(). Returns 0, or -EBUSY if an event source
-// is already installed with a different choice (the first configuration wins).
+// Applies options before the first Register(). Returns 0, or -EBUSY if an event
+// source is already installed with a different choice (the first configuration
+// wins).
 int Configure(const Options &opts);
 
-// Registers a subscriber. range_len == 0 means the whole address space (start ignored).
-// Installs the configured source on first use (auto: patch, else uffd, else none; one
-// log line at info level saying which). Errors: see regcache_notifier_register().
+// Registers a subscriber. range_len == 0 means the whole address space (start
+// ignored). Installs the configured source on first use (auto: patch, else
+// uffd, else none; one log line at info level saying which). Errors: see
+// regcache_notifier_register().
 int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
              size_t range_len, Subscription **out);
 
 // See regcache_notifier_unregister().
 int Unregister(Subscription *sub);
 
-// Interval sequence protocol (mmu_interval_read_begin / read_retry). ReadBegin waits
-// while an invalidation overlapping the interval is in flight (or, for a subscription
-// inserted while any invalidation was in flight, until those end) and returns the
-// sequence; ReadRetry is true when an invalidation of the interval started since.
-// Whole-space subscriptions count every invalidation.
+// Interval sequence protocol (mmu_interval_read_begin / read_retry). ReadBegin
+// waits while an invalidation overlapping the interval is in flight (or, for a
+// subscription inserted while any invalidation was in flight, until those end)
+// and returns the sequence; ReadRetry is true when an invalidation of the
+// interval started since. Whole-space subscriptions count every invalidation.
 uint64_t ReadBegin(Subscription *sub);
 bool ReadRetry(const Subscription *sub, uint64_t seq);
 
-// Explicit source: delivers start then end for [start, start+len) to overlapping
-// subscribers. Also what the patch/uffd sources call (with the syscall in between).
+// Explicit source: delivers start then end for [start, start+len) to
+// overlapping subscribers. Also what the patch/uffd sources call (with the
+// syscall in between).
 void InvalidateRangeStart(uintptr_t start, uintptr_t end);
 void InvalidateRangeEnd(uintptr_t start, uintptr_t end);
 int NotifyUnmapped(uintptr_t start, size_t len);
@@ -64,15 +71,15 @@ int Resume();
 // True while the calling thread is inside a notifier callback.
 bool InCallback();
 
-// Releases every subscriber (each release exactly once); later Register gets -ESHUTDOWN.
-// Called by the library destructor at process exit, and by tests.
+// Releases every subscriber (each release exactly once); later Register gets
+// -ESHUTDOWN. Called by the library destructor at process exit, and by tests.
 void Teardown();
 
 // The active source (kNone before the first Register).
 Source ActiveSource();
 
-// For tests: undoes Teardown and uninstalls sources so a fresh sequence can start.
-// REQUIRES: no subscriber registered, no range in flight.
+// For tests: undoes Teardown and uninstalls sources so a fresh sequence can
+// start. REQUIRES: no subscriber registered, no range in flight.
 void ResetForTesting();
 
 }  // namespace regcache::notifier

@@ -34,6 +34,14 @@ struct Frame {
 void BeginRange(Frame *f, uintptr_t start, uintptr_t end);
 void EndRange(Frame *f);
 
+// Holds the in-flight window open without delivering anything: registrations
+// made while it is held make their first ReadBegin wait for it. The uffd
+// monitor holds it from poll() wake-up until the events it read are delivered
+// (the "poll -> lock -> read -> invalidate" protocol: the unmapping thread is
+// released by read() only inside the hold).
+unsigned EnterHold();
+void ExitHold(unsigned slot);
+
 // printf-style logging through Options::log (a 256-byte stack buffer, no
 // allocation by us; the host's hook may allocate, so the munmap path only logs
 // errors).
