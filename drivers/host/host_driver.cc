@@ -1,0 +1,297 @@
+#include "drivers/host/host_driver.h"
+
+#include <fcntl.h>
+#include <regcache/regcache.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "regcache/log.h"
+
+namespace regcache::host {
+namespace {
+
+constexpr unsigned kWriteAccess = REGCACHE_ACCESS_LOCAL_WRITE |
+                                  REGCACHE_ACCESS_REMOTE_WRITE |
+                                  REGCACHE_ACCESS_REMOTE_ATOMIC;
+constexpr uint64_t kPfnMask = (uint64_t{1} << 55) - 1;
+constexpr uint64_t kPresent = uint64_t{1} << 63;
+
+uintptr_t PageSize() {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+
+struct Record {
+  uintptr_t start;
+  size_t len;
+  unsigned access;
+  uint64_t key;
+  bool frames_known;
+  std::vector<uint64_t> frames;  // pagemap PFN per page (0: not present)
+};
+
+// Process-wide pin counts: mlock is a per-page flag, not a counter.
+struct Pins {
+  std::mutex mu;
+  std::unordered_map<uintptr_t, uint32_t>
+      count;  // page address -> registrations
+  size_t live = 0;
+};
+Pins &ThePins() {
+  static Pins *p =
+      new Pins;  // leaked: deregistration may run during exit teardown
+  return *p;
+}
+
+std::atomic<uint64_t> g_next_key{1};
+
+int ReadAll(const char *path, std::string *out) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -errno;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      close(fd);
+      return -e;
+    }
+    if (n == 0) break;
+    out->append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return 0;
+}
+
+// Every page of [start, end) mapped, readable, and writable if `write`: 0,
+// -EFAULT (a hole or PROT_NONE), -EACCES (read-only asked for write).
+int CheckMapped(uintptr_t start, uintptr_t end, bool write) {
+  std::string maps;
+  int rc = ReadAll("/proc/self/maps", &maps);
+  if (rc) return rc;
+  uintptr_t cur = start;
+  size_t pos = 0;
+  while (pos < maps.size() && cur < end) {
+    size_t eol = maps.find('\n', pos);
+    if (eol == std::string::npos) eol = maps.size();
+    const char *line = maps.c_str() + pos;
+    char *p = nullptr;
+    uintptr_t lo = std::strtoull(line, &p, 16);
+    uintptr_t hi = (*p == '-') ? std::strtoull(p + 1, &p, 16) : 0;
+    const char *perms = p + 1;
+    pos = eol + 1;
+    if (hi <= cur) continue;
+    if (lo > cur) return -EFAULT;  // a hole
+    if (perms[0] != 'r') return -EFAULT;
+    if (write && perms[1] != 'w') return -EACCES;
+    cur = hi;
+  }
+  return cur >= end ? 0 : -EFAULT;
+}
+
+// Reads the frame of each page. False if frame numbers are not visible.
+bool ReadFrames(uintptr_t start, size_t len, std::vector<uint64_t> *frames) {
+  const size_t pages = len / PageSize();
+  frames->assign(pages, 0);
+  int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  std::vector<uint64_t> raw(pages);
+  const off_t off = static_cast<off_t>(start / PageSize() * sizeof(uint64_t));
+  ssize_t want = static_cast<ssize_t>(pages * sizeof(uint64_t));
+  ssize_t n = pread(fd, raw.data(), static_cast<size_t>(want), off);
+  close(fd);
+  if (n != want) return false;
+  bool any_pfn = false;
+  for (size_t i = 0; i < pages; ++i) {
+    uint64_t pfn = (raw[i] & kPresent) ? (raw[i] & kPfnMask) : 0;
+    (*frames)[i] = pfn;
+    any_pfn |= pfn != 0;
+  }
+  // Without CAP_SYS_ADMIN present pages read as PFN 0.
+  return any_pfn;
+}
+
+size_t LockLimit() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_MEMLOCK, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+    return SIZE_MAX;
+  return static_cast<size_t>(rl.rlim_cur);
+}
+
+class HostDriver final : public Driver {
+ public:
+  const char *Name() const override { return "host"; }
+
+  int Register(void *addr, size_t len, unsigned access,
+               Registration *out) override {
+    const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
+    if (len == 0 || start % PageSize() || len % PageSize()) return -EINVAL;
+    int rc = CheckMapped(start, start + len, access & kWriteAccess);
+    if (rc) {
+      REGCACHE_LOG(
+          ERROR, "host driver: cannot register region 0x{:x} len {}: {}", start,
+          len,
+          rc == -EACCES ? "memory is not writable" : "memory is not mapped");
+      return rc;
+    }
+    auto rec = std::make_unique<Record>();
+    rec->start = start;
+    rec->len = len;
+    rec->access = access;
+    rec->key = g_next_key.fetch_add(1, std::memory_order_relaxed);
+    const size_t pages = len / PageSize();
+    {
+      Pins &pins = ThePins();
+      std::lock_guard<std::mutex> g(pins.mu);
+      size_t new_pages = 0;
+      for (size_t i = 0; i < pages; ++i)
+        new_pages += pins.count.count(start + i * PageSize()) == 0;
+      const size_t limit = LockLimit();
+      const size_t pinned = pins.count.size() * PageSize();
+      if (new_pages * PageSize() > limit ||
+          pinned + new_pages * PageSize() > limit) {
+        REGCACHE_LOG(ERROR,
+                     "host driver: cannot register region 0x{:x} len {}: "
+                     "RLIMIT_MEMLOCK {} "
+                     "reached ({} bytes pinned)",
+                     start, len, limit, pinned);
+        return -ENOMEM;
+      }
+      // mlock even pages already counted: the mapping under them may be a new
+      // one (the old registration's deregistration is deferred past the unmap).
+      if (mlock(addr, len) != 0) {
+        int e = errno;
+        unsigned char vec;
+        // mlock says ENOMEM both for unmapped memory and for the lock limit.
+        if (e == ENOMEM && mincore(addr, PageSize(), &vec) != 0) e = EFAULT;
+        if (e == EPERM) e = ENOMEM;
+        REGCACHE_LOG(ERROR, "host driver: mlock(0x{:x}, {}) failed: {}", start,
+                     len, std::strerror(e));
+        return -e;
+      }
+      for (size_t i = 0; i < pages; ++i) ++pins.count[start + i * PageSize()];
+      ++pins.live;
+    }
+    rec->frames_known = ReadFrames(start, len, &rec->frames);
+    out->handle = rec.get();
+    out->lkey = static_cast<uint32_t>(rec->key);
+    out->rkey = rec->key | (uint64_t{0x4854} << 48);  // "HT"
+    out->desc = nullptr;
+    rec.release();
+    return 0;
+  }
+
+  int Deregister(const Registration &reg) override {
+    auto *rec = static_cast<Record *>(reg.handle);
+    if (rec == nullptr) return -EINVAL;
+    const size_t pages = rec->len / PageSize();
+    {
+      Pins &pins = ThePins();
+      std::lock_guard<std::mutex> g(pins.mu);
+      // Unlock maximal runs of pages nobody else pins. munlock of memory that
+      // is no longer mapped fails with ENOMEM: the pages went with the mapping,
+      // nothing to undo.
+      uintptr_t run = 0;
+      size_t run_len = 0;
+      for (size_t i = 0; i <= pages; ++i) {
+        bool unlock = false;
+        uintptr_t page = rec->start + i * PageSize();
+        if (i < pages) {
+          auto it = pins.count.find(page);
+          if (it != pins.count.end() && --it->second == 0) {
+            pins.count.erase(it);
+            unlock = true;
+          }
+        }
+        if (unlock) {
+          if (run_len == 0) run = page;
+          run_len += PageSize();
+        } else if (run_len) {
+          munlock(reinterpret_cast<void *>(run), run_len);
+          run_len = 0;
+        }
+      }
+      --pins.live;
+    }
+    delete rec;
+    return 0;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Driver> NewHostDriver() {
+  return std::make_unique<HostDriver>();
+}
+
+FrameCheck CheckFrames(const void *handle) {
+  auto *rec = static_cast<const Record *>(handle);
+  if (rec == nullptr || !rec->frames_known) return FrameCheck::kUnknown;
+  std::vector<uint64_t> now;
+  // A page that is not present now reads as frame 0: different from the
+  // recorded one.
+  ReadFrames(rec->start, rec->len, &now);
+  if (now.size() != rec->frames.size()) return FrameCheck::kStale;
+  for (size_t i = 0; i < now.size(); ++i)
+    if (now[i] != rec->frames[i]) return FrameCheck::kStale;
+  return FrameCheck::kFresh;
+}
+
+const char *FrameCheckName(FrameCheck c) {
+  switch (c) {
+    case FrameCheck::kFresh:
+      return "fresh";
+    case FrameCheck::kStale:
+      return "stale";
+    case FrameCheck::kUnknown:
+      return "unknown";
+  }
+  return "?";
+}
+
+bool FramesVisible() {
+  static const bool visible = [] {
+    void *p = mmap(nullptr, PageSize(), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    static_cast<volatile char *>(p)[0] = 1;
+    std::vector<uint64_t> f;
+    bool v = ReadFrames(reinterpret_cast<uintptr_t>(p), PageSize(), &f);
+    munmap(p, PageSize());
+    return v;
+  }();
+  return visible;
+}
+
+size_t PinnedBytes() {
+  Pins &pins = ThePins();
+  std::lock_guard<std::mutex> g(pins.mu);
+  return pins.count.size() * PageSize();
+}
+
+size_t LiveRegistrations() {
+  Pins &pins = ThePins();
+  std::lock_guard<std::mutex> g(pins.mu);
+  return pins.live;
+}
+
+}  // namespace regcache::host
+
+extern "C" REGCACHE_API int regcache_driver_host_open(
+    regcache_driver_t **driver_p) {
+  if (driver_p == nullptr) return -EINVAL;
+  auto *d = new (std::nothrow) regcache_driver(regcache::host::NewHostDriver());
+  if (d == nullptr) return -ENOMEM;
+  *driver_p = d;
+  return 0;
+}

@@ -1,0 +1,1133 @@
+#include "regcache/cache.h"
+
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "notifier/address_space.h"
+#include "regcache/log.h"
+#include "regcache/tunables.h"
+
+namespace regcache::core {
+namespace {
+
+uintptr_t PageSize() {
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+uintptr_t PageDown(uintptr_t a) { return a & ~(PageSize() - 1); }
+// Saturates at the last page boundary instead of wrapping.
+uintptr_t PageUp(uintptr_t a) {
+  if (a > UINTPTR_MAX - (PageSize() - 1)) return PageDown(UINTPTR_MAX);
+  return PageDown(a + PageSize() - 1);
+}
+
+// ---------------------------------------------------------------- type-stable
+// slab Regions are carved from 64 KiB mmap'ed chunks that are never unmapped,
+// so a stale Region pointer held by some thread's front table stays
+// dereferenceable forever; the generation in the region word tells incarnations
+// apart. mmap rather than malloc: the memory must never go back to any
+// allocator.
+class Slab {
+ public:
+  Region *Alloc() {
+    MutexLock l(&mu_);
+    if (free_ == nullptr && !GrowLocked()) return nullptr;
+    Region *r = free_;
+    free_ = r->next;
+    r->next = nullptr;
+    r->where = Region::kWhereOwned;
+    --nfree_;
+    return r;
+  }
+  void Free(Region *r) {
+    r->where = Region::kWhereFree;
+    r->left = r->right = r->prev = nullptr;
+    r->cache = nullptr;
+    MutexLock l(&mu_);
+    r->next = free_;
+    free_ = r;
+    ++nfree_;
+  }
+  size_t Total() {
+    MutexLock l(&mu_);
+    return total_;
+  }
+  size_t Free() {
+    MutexLock l(&mu_);
+    return nfree_;
+  }
+
+ private:
+  static constexpr size_t kChunk = 64 * 1024;
+  bool GrowLocked() REGCACHE_REQUIRES(mu_) {
+    void *p = mmap(nullptr, kChunk, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return false;
+    auto *regions = static_cast<Region *>(p);
+    const size_t n = kChunk / sizeof(Region);
+    for (size_t i = 0; i < n; ++i) {
+      Region *r = new (&regions[i]) Region;
+      r->next = free_;
+      free_ = r;
+    }
+    total_ += n;
+    nfree_ += n;
+    return true;
+  }
+  Mutex mu_;
+  Region *free_ REGCACHE_GUARDED_BY(mu_) = nullptr;
+  size_t total_ REGCACHE_GUARDED_BY(mu_) = 0;
+  size_t nfree_ REGCACHE_GUARDED_BY(mu_) = 0;
+};
+
+Slab &TheSlab() {
+  static Slab *s =
+      new Slab;  // leaked: regions must outlive every thread and cache
+  return *s;
+}
+
+// ---------------------------------------------------------------- per-thread
+// state
+struct FrontEntry {
+  uint64_t cache_id;  // 0: empty. Cache ids are never reused.
+  uintptr_t start, end;
+  Region *region;
+  uint32_t gen;
+  uint32_t access;
+};
+
+struct ThreadState {
+  FrontEntry e[kFrontEntries] = {};
+  unsigned next = 0;
+  int slot = 0;
+};
+
+constexpr int kSlotsForThreads = 64;
+std::atomic<uint64_t> g_slot_bits{0};
+
+int AcquireSlot() {
+  uint64_t b = g_slot_bits.load(std::memory_order_relaxed);
+  while (b != ~uint64_t{0}) {
+    int i = __builtin_ctzll(~b);
+    if (g_slot_bits.compare_exchange_weak(b, b | (uint64_t{1} << i),
+                                          std::memory_order_relaxed))
+      return i;
+  }
+  return kSlotsForThreads;  // shared slot, counted with atomic RMW
+}
+
+void ReleaseSlot(int i) {
+  if (i < kSlotsForThreads)
+    g_slot_bits.fetch_and(~(uint64_t{1} << i), std::memory_order_relaxed);
+}
+
+// initial-exec: one pointer of static TLS (a dlopen'ed library can afford it)
+// avoids
+// __tls_get_addr on the hit path. The state itself is heap-allocated on first
+// slow path.
+thread_local ThreadState *t_state __attribute__((tls_model("initial-exec"))) =
+    nullptr;
+
+struct ThreadStateOwner {
+  ~ThreadStateOwner() {
+    ThreadState *s = t_state;
+    t_state = nullptr;
+    if (s) {
+      ReleaseSlot(s->slot);
+      delete s;
+    }
+  }
+};
+thread_local ThreadStateOwner t_owner;
+
+ThreadState *GetThreadState() {
+  if (t_state) return t_state;
+  auto *s = new (std::nothrow) ThreadState;
+  if (s == nullptr) return nullptr;
+  s->slot = AcquireSlot();
+  t_state = s;
+  static_cast<void>(
+      &t_owner);  // odr-use: registers the destructor for this thread
+  return s;
+}
+
+std::atomic<uint64_t> g_next_cache_id{1};
+
+// Depth of our invalidate_range_start callbacks on this thread.
+// (notifier::InCallback() is also true inside release, where deregistering is
+// fine.)
+thread_local int t_invalidating = 0;
+
+// ---------------------------------------------------------------- notifier
+// thunks
+void WholeStart(void *arg, const void *addr, size_t len) {
+  static_cast<Cache *>(arg)->OnInvalidateStart(
+      reinterpret_cast<uintptr_t>(addr), len);
+}
+void WholeRelease(void *arg) { static_cast<Cache *>(arg)->OnRelease(); }
+const regcache_notifier_ops_t kWholeOps = {WholeStart, nullptr, WholeRelease};
+
+// The per-miss interval subscription exists only for its sequence number (and,
+// with the uffd source, to get the interval watched); its callbacks have
+// nothing to do.
+void RangeStart(void *, const void *, size_t) {}
+const regcache_notifier_ops_t kRangeOps = {RangeStart, nullptr, nullptr};
+
+constexpr int kMaxInsertRetries = 8;
+
+uint64_t TreapPriority(const Region *r) {
+  uint64_t x = reinterpret_cast<uintptr_t>(r);
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  x ^= x >> 33;
+  return x;
+}
+
+void TreapSplit(Region *t, uintptr_t key, Region **l, Region **r) {
+  if (t == nullptr) {
+    *l = *r = nullptr;
+  } else if (t->start < key) {
+    TreapSplit(t->right, key, &t->right, r);
+    *l = t;
+  } else {
+    TreapSplit(t->left, key, l, &t->left);
+    *r = t;
+  }
+}
+
+Region *TreapMerge(Region *a, Region *b) {
+  if (a == nullptr) return b;
+  if (b == nullptr) return a;
+  if (TreapPriority(a) > TreapPriority(b)) {
+    a->right = TreapMerge(a->right, b);
+    return a;
+  }
+  b->left = TreapMerge(a, b->left);
+  return b;
+}
+
+}  // namespace
+
+size_t SlabRegionsAllocated() { return TheSlab().Total(); }
+size_t SlabRegionsFree() { return TheSlab().Free(); }
+
+// ---------------------------------------------------------------- params
+size_t AutoMaxBytes() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+    return static_cast<size_t>(rl.rlim_cur / 4 * 3);
+  long pages = sysconf(_SC_PHYS_PAGES);
+  if (pages <= 0) return size_t{1} << 30;
+  return static_cast<size_t>(pages) * PageSize() / 4;
+}
+
+int ResolveParams(const regcache_params_t *p, Params *out) {
+  constexpr uint64_t kKnown = REGCACHE_PARAM_MAX_REGIONS |
+                              REGCACHE_PARAM_MAX_BYTES |
+                              REGCACHE_PARAM_MERGE_MAX_BYTES |
+                              REGCACHE_PARAM_FLAGS | REGCACHE_PARAM_NAME;
+  const uint64_t mask = p ? p->field_mask : 0;
+  if (mask & ~kKnown) {
+    REGCACHE_LOG(ERROR, "regcache_create: unknown field_mask bits 0x{:x}",
+                 mask & ~kKnown);
+    return -EINVAL;
+  }
+  if ((mask & REGCACHE_PARAM_FLAGS) &&
+      (p->flags & ~uint64_t{REGCACHE_FLAG_NO_MERGE})) {
+    REGCACHE_LOG(ERROR, "regcache_create: unknown flags 0x{:x}", p->flags);
+    return -EINVAL;
+  }
+  int rc;
+  size_t v = 0;
+  bool is_auto = false;
+  if (mask & REGCACHE_PARAM_MAX_REGIONS) {
+    out->max_regions = p->max_regions;
+  } else {
+    if ((rc = tunables::GetSize("MAX_REGIONS", &v))) return rc;
+    out->max_regions = v;
+  }
+  if (mask & REGCACHE_PARAM_MAX_BYTES) {
+    out->max_bytes = p->max_bytes;
+  } else {
+    if ((rc = tunables::GetSize("MAX_BYTES", &v, &is_auto))) return rc;
+    out->max_bytes = is_auto ? AutoMaxBytes() : v;
+  }
+  if (mask & REGCACHE_PARAM_MERGE_MAX_BYTES) {
+    out->merge_max_bytes = p->merge_max_bytes;
+  } else {
+    if ((rc = tunables::GetSize("MERGE_MAX_BYTES", &v))) return rc;
+    out->merge_max_bytes = v;
+  }
+  if ((mask & REGCACHE_PARAM_FLAGS) && (p->flags & REGCACHE_FLAG_NO_MERGE))
+    out->merge_max_bytes = 0;
+  if ((mask & REGCACHE_PARAM_NAME) && p->name) out->name = p->name;
+  if ((rc = tunables::GetBool("STATS", &out->print_stats))) return rc;
+  return 0;
+}
+
+// ---------------------------------------------------------------- pending set
+void Cache::PendingSet::SpinLock() {
+  while (lock_.test_and_set(std::memory_order_acquire)) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+}
+
+void Cache::PendingSet::Add(uintptr_t start, uintptr_t end,
+                            std::atomic<uint32_t> *attention) {
+  SpinLock();
+  // Coalesce with every overlapping or adjacent range (repeat: the union may
+  // now touch more). Allocation-free: this runs inside munmap.
+  bool merged = true;
+  while (merged) {
+    merged = false;
+    for (int i = 0; i < n_; ++i) {
+      if (r_[i].start <= end && start <= r_[i].end) {
+        start = std::min(start, r_[i].start);
+        end = std::max(end, r_[i].end);
+        r_[i] = r_[--n_];
+        merged = true;
+        break;
+      }
+    }
+  }
+  if (n_ == kMax) {
+    // Full: fold everything into one covering range. Over-invalidating only
+    // costs cache hits; the bound is what keeps munmap-heavy programs from
+    // growing a backlog.
+    for (int i = 0; i < n_; ++i) {
+      start = std::min(start, r_[i].start);
+      end = std::max(end, r_[i].end);
+    }
+    n_ = 0;
+  }
+  r_[n_++] = {start, end};
+  attention->fetch_or(kPending, std::memory_order_seq_cst);
+  SpinUnlock();
+}
+
+int Cache::PendingSet::Take(Range *out) {
+  SpinLock();
+  int n = n_;
+  std::copy(r_, r_ + n_, out);
+  n_ = 0;
+  SpinUnlock();
+  return n;
+}
+
+void Cache::PendingSet::FinishDrain(std::atomic<uint32_t> *attention) {
+  SpinLock();
+  if (n_ == 0)
+    attention->fetch_and(~uint32_t{kPending}, std::memory_order_release);
+  SpinUnlock();
+}
+
+int Cache::PendingSet::Size() {
+  SpinLock();
+  int n = n_;
+  SpinUnlock();
+  return n;
+}
+
+// ---------------------------------------------------------------- life cycle
+Cache::Cache(regcache_driver *drv, const Params &params)
+    : id_(g_next_cache_id.fetch_add(1, std::memory_order_relaxed)),
+      drv_(drv),
+      params_(params) {}
+
+Cache::~Cache() = default;
+
+int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
+  Params p = params;
+  auto *c = new (std::nothrow) Cache(drv, p);
+  if (c == nullptr) return -ENOMEM;
+  if (c->params_.name.empty()) {
+    // Name is const after construction; build the default before publishing.
+    p.name = "cache" + std::to_string(c->id_);
+    delete c;
+    c = new (std::nothrow) Cache(drv, p);
+    if (c == nullptr) return -ENOMEM;
+  }
+  notifier::Subscription *sub = nullptr;
+  int rc = notifier::Register(&kWholeOps, c, 0, 0, &sub);
+  if (rc) {
+    REGCACHE_LOG(ERROR, "regcache_create: cannot subscribe to the notifier: {}",
+                 regcache_strerror(rc));
+    delete c;
+    return rc;
+  }
+  c->sub_ = sub;
+  drv->Ref();
+  REGCACHE_LOG(DEBUG,
+               "cache {} created on driver {}: max_regions {} max_bytes {} "
+               "merge_max_bytes {}",
+               c->name(), drv->impl->Name(), p.max_regions, p.max_bytes,
+               p.merge_max_bytes);
+  *out = c;
+  return 0;
+}
+
+void Cache::Destroy() {
+  // Unregister runs OnRelease unless teardown already did: everything unused
+  // goes.
+  if (sub_) notifier::Unregister(sub_);
+  sub_ = nullptr;
+  shutdown_.store(true, std::memory_order_seq_cst);
+  List held, dead;
+  LockAndDrain();
+  InvalidateLocked(0, UINTPTR_MAX);
+  while (orphans_) {
+    Region *r = orphans_;
+    OrphanUnlinkLocked(r);
+    held.Push(r);
+  }
+  dead = dead_;
+  dead_ = List();
+  attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
+  DrainAndUnlock();
+  if (held.n) {
+    REGCACHE_LOG(
+        WARN,
+        "cache {} destroyed with {} region(s) still held; deregistering them",
+        name(), held.n);
+    // A later put of these is a caller bug; zero the count (and bump the
+    // generation) so that it is reported as a double put rather than corrupting
+    // a recycled region.
+    for (Region *r = held.head; r; r = r->next) {
+      uint64_t w = r->word.load(std::memory_order_relaxed);
+      r->word.store((static_cast<uint64_t>(Region::Gen(w) + 1))
+                        << Region::kGenShift,
+                    std::memory_order_release);
+    }
+  }
+  DeregisterList(&held);
+  DeregisterList(&dead);
+  MaybePrintStatsOnce();
+  regcache_driver *d = drv_;
+  delete this;
+  d->Unref();
+}
+
+// ---------------------------------------------------------------- locking
+void Cache::LockAndDrain() {
+  mu_.Lock();
+  DrainPendingLocked();
+}
+
+// Applies pending ranges before unlocking, then re-checks: a range that arrived
+// between the drain and the unlock (its try-lock failed on us) is applied by
+// taking the lock again if nobody else holds it. If somebody does, they will
+// (or the next get will: the pending bit keeps hits off the fast path until it
+// is applied).
+void Cache::DrainAndUnlock() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  for (;;) {
+    DrainPendingLocked();
+    mu_.Unlock();
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (!(attention_.load(std::memory_order_relaxed) & kPending)) return;
+    if (!mu_.TryLock()) return;
+  }
+}
+
+void Cache::DrainPendingLocked() {
+  if (!(attention_.load(std::memory_order_acquire) & kPending)) return;
+  PendingSet::Range ranges[PendingSet::kMax];
+  int n = pending_.Take(ranges);
+  for (int i = 0; i < n; ++i) InvalidateLocked(ranges[i].start, ranges[i].end);
+  pending_.FinishDrain(&attention_);
+}
+
+void Cache::InvalidateLocked(uintptr_t start, uintptr_t end) {
+  // munmap and madvise work on whole pages: a region sharing a page with the
+  // range is affected even if it does not share a byte.
+  start = PageDown(start);
+  end = PageUp(end);
+  if (end == PageDown(UINTPTR_MAX)) end = UINTPTR_MAX;
+  size_t n = 0;
+  while (Region *r = FirstOverlapLocked(start, end)) {
+    RetireLocked(r, &dead_);
+    ++n;
+  }
+  if (n) invalidations_.fetch_add(n, std::memory_order_relaxed);
+  if (dead_.head) attention_.fetch_or(kDead, std::memory_order_release);
+}
+
+// ---------------------------------------------------------------- index
+void Cache::IndexInsertLocked(Region *r) {
+  r->left = r->right = nullptr;
+  Region *l, *g;
+  TreapSplit(root_, r->start, &l, &g);
+  root_ = TreapMerge(TreapMerge(l, r), g);
+}
+
+void Cache::IndexEraseLocked(Region *r) {
+  Region *l, *m, *g;
+  TreapSplit(root_, r->start, &l, &m);
+  TreapSplit(m, r->start + 1, &m, &g);
+  // Starts are unique (regions do not overlap), so m is r.
+  root_ = TreapMerge(l, g);
+  r->left = r->right = nullptr;
+}
+
+Region *Cache::FloorLocked(uintptr_t key) const {
+  Region *best = nullptr;
+  for (Region *t = root_; t;) {
+    if (t->start <= key) {
+      best = t;
+      t = t->right;
+    } else {
+      t = t->left;
+    }
+  }
+  return best;
+}
+
+Region *Cache::LowerBoundLocked(uintptr_t key) const {
+  Region *best = nullptr;
+  for (Region *t = root_; t;) {
+    if (t->start >= key) {
+      best = t;
+      t = t->left;
+    } else {
+      t = t->right;
+    }
+  }
+  return best;
+}
+
+Region *Cache::FirstOverlapLocked(uintptr_t start, uintptr_t end) const {
+  Region *r = FloorLocked(start);
+  if (r && r->end > start) return r;
+  r = LowerBoundLocked(start);
+  if (r && r->start < end) return r;
+  return nullptr;
+}
+
+Region *Cache::FindCoveringLocked(uintptr_t start, uintptr_t end,
+                                  unsigned access) const {
+  Region *r = FloorLocked(start);
+  if (r && r->end >= end && (access & ~r->access) == 0) return r;
+  return nullptr;
+}
+
+void Cache::ClockAppendLocked(Region *r) {
+  r->next = nullptr;
+  r->prev = clock_tail_;
+  if (clock_tail_) {
+    clock_tail_->next = r;
+  } else {
+    clock_head_ = r;
+  }
+  clock_tail_ = r;
+}
+
+void Cache::ClockUnlinkLocked(Region *r) {
+  if (r->prev) {
+    r->prev->next = r->next;
+  } else {
+    clock_head_ = r->next;
+  }
+  if (r->next) {
+    r->next->prev = r->prev;
+  } else {
+    clock_tail_ = r->prev;
+  }
+  r->prev = r->next = nullptr;
+}
+
+void Cache::OrphanLinkLocked(Region *r) {
+  r->where = Region::kWhereOrphan;
+  r->prev = nullptr;
+  r->next = orphans_;
+  if (orphans_) orphans_->prev = r;
+  orphans_ = r;
+  ++orphan_count_;
+}
+
+void Cache::OrphanUnlinkLocked(Region *r) {
+  if (r->prev) {
+    r->prev->next = r->next;
+  } else {
+    orphans_ = r->next;
+  }
+  if (r->next) r->next->prev = r->prev;
+  r->prev = r->next = nullptr;
+  r->where = Region::kWhereOwned;
+  --orphan_count_;
+}
+
+bool Cache::TryRefLocked(Region *r, uint64_t *word_out) {
+  uint64_t w = r->word.load(std::memory_order_relaxed);
+  while ((w & Region::kValid) && Region::Refs(w) < Region::kRefMask) {
+    uint64_t nw = (w + 1) | Region::kAccessed;
+    if (r->word.compare_exchange_weak(w, nw, std::memory_order_acquire,
+                                      std::memory_order_relaxed)) {
+      *word_out = nw;
+      return true;
+    }
+  }
+  return false;
+}
+
+void Cache::RetireLocked(Region *r, List *unused) {
+  IndexEraseLocked(r);
+  ClockUnlinkLocked(r);
+  --count_;
+  bytes_ -= r->end - r->start;
+  if (count_ == 0) {
+    lo_.store(UINTPTR_MAX, std::memory_order_relaxed);
+    hi_.store(0, std::memory_order_relaxed);
+  }
+  uint64_t w = r->word.load(std::memory_order_relaxed);
+  uint64_t nw;
+  do {
+    nw = (static_cast<uint64_t>(Region::Gen(w) + 1) << Region::kGenShift) |
+         Region::Refs(w);
+  } while (!r->word.compare_exchange_weak(w, nw, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed));
+  if (Region::Refs(w) == 0) {
+    r->where = Region::kWhereDead;
+    unused->Push(r);
+  } else {
+    OrphanLinkLocked(r);  // its last put deregisters it
+  }
+}
+
+Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
+                              unsigned access) const {
+  Plan p{start, end, access, 0};
+  const size_t bound =
+      std::min(params_.merge_max_bytes, driver()->MaxRegionBytes());
+  bool grew = true;
+  while (grew) {
+    grew = false;
+    Region *r = FloorLocked(p.start);
+    if (r == nullptr || r->end < p.start) r = LowerBoundLocked(p.start);
+    for (; r && r->start <= p.end; r = LowerBoundLocked(r->start + 1)) {
+      const bool overlaps = r->start < p.end && r->end > p.start;
+      // Overlapping regions leave the index when ours is inserted whether or
+      // not they are merged; taking their access now avoids flag bouncing (UCX
+      // #10090).
+      if (overlaps) p.access |= r->access;
+      if (r->start >= p.start && r->end <= p.end) continue;
+      const uintptr_t ns = std::min(p.start, r->start);
+      const uintptr_t ne = std::max(p.end, r->end);
+      if (ne - ns <= bound) {
+        p.start = ns;
+        p.end = ne;
+        p.access |= r->access;
+        grew = true;
+        break;  // the range grew: rescan, it may touch more regions now
+      }
+    }
+  }
+  return p;
+}
+
+// ---------------------------------------------------------------- eviction
+void Cache::EvictLocked(List *victims, bool all) {
+  size_t budget = all ? count_ : 2 * count_ + 1;  // CLOCK: two sweeps at most
+  while (clock_head_ && budget-- > 0) {
+    if (!all && count_ <= params_.max_regions && bytes_ <= params_.max_bytes)
+      break;
+    Region *r = clock_head_;
+    uint64_t w = r->word.load(std::memory_order_acquire);
+    if (Region::Refs(w) != 0 || (!all && (w & Region::kAccessed))) {
+      // In use, or used since the last sweep: second chance.
+      if (w & Region::kAccessed)
+        r->word.fetch_and(~Region::kAccessed, std::memory_order_relaxed);
+      ClockUnlinkLocked(r);
+      ClockAppendLocked(r);
+      continue;
+    }
+    const uint64_t nw = static_cast<uint64_t>(Region::Gen(w) + 1)
+                        << Region::kGenShift;
+    if (!r->word.compare_exchange_strong(w, nw, std::memory_order_acq_rel,
+                                         std::memory_order_relaxed))
+      continue;  // a hit raced us; look again
+    IndexEraseLocked(r);
+    ClockUnlinkLocked(r);
+    --count_;
+    bytes_ -= r->end - r->start;
+    r->where = Region::kWhereDead;
+    victims->Push(r);
+    evictions_.fetch_add(1, std::memory_order_relaxed);
+  }
+  if (count_ == 0) {
+    lo_.store(UINTPTR_MAX, std::memory_order_relaxed);
+    hi_.store(0, std::memory_order_relaxed);
+  }
+  UpdateOverLimitLocked();
+}
+
+void Cache::UpdateOverLimitLocked() {
+  if (count_ > params_.max_regions || bytes_ > params_.max_bytes) {
+    attention_.fetch_or(kOverLimit, std::memory_order_relaxed);
+  } else {
+    attention_.fetch_and(~uint32_t{kOverLimit}, std::memory_order_relaxed);
+  }
+}
+
+// ---------------------------------------------------------------- get / put
+void Cache::CountHit() {
+  ThreadState *ts = t_state;
+  const int slot = ts ? ts->slot : kSlotsForThreads;
+  auto &n = hit_slots_[slot].n;
+  if (slot < kSlotsForThreads) {
+    n.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  } else {
+    n.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void Cache::Remember(Region *r, uint64_t word) {
+  ThreadState *ts = GetThreadState();
+  if (ts == nullptr) return;
+  FrontEntry *slot = nullptr;
+  for (auto &e : ts->e) {
+    if (e.region == r || (e.cache_id == id_ && e.start == r->start)) {
+      slot = &e;
+      break;
+    }
+  }
+  if (slot == nullptr) slot = &ts->e[ts->next++ % kFrontEntries];
+  *slot = {id_, r->start, r->end, r, Region::Gen(word), r->access};
+}
+
+int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
+  ThreadState *ts = t_state;
+  if (ts != nullptr &&
+      !(attention_.load(std::memory_order_acquire) & kHitSlowMask)) {
+    const uintptr_t end = addr + len;
+    for (const FrontEntry &e : ts->e) {
+      if (e.cache_id != id_ || addr < e.start || end > e.end ||
+          (access & ~e.access))
+        continue;
+      Region *r = e.region;
+      const uint64_t want =
+          (static_cast<uint64_t>(e.gen) << Region::kGenShift) | Region::kValid;
+      uint64_t w = r->word.load(std::memory_order_relaxed);
+      while ((w & ~(Region::kRefMask | Region::kAccessed)) == want &&
+             Region::Refs(w) < Region::kRefMask) {
+        if (r->word.compare_exchange_weak(w, (w + 1) | Region::kAccessed,
+                                          std::memory_order_acquire,
+                                          std::memory_order_relaxed)) {
+          // The generation is 32 bits: after 2^32 reuses of this slot a stale
+          // entry could match again. The range check makes that harmless (a
+          // matching region is a correct answer whatever its history).
+          if (r->cache == this && r->start <= addr && end <= r->end &&
+              (access & ~r->access) == 0) {
+            CountHit();
+            *out = r;
+            return 0;
+          }
+          r->cache->Put(r);
+          break;
+        }
+      }
+      break;
+    }
+  }
+  return GetSlow(addr, len, access, out);
+}
+
+int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
+  const uintptr_t end = addr + len;
+  ReapDead();
+  if (shutdown_.load(std::memory_order_acquire)) return -ESHUTDOWN;
+  Driver *const d = driver();
+  const uintptr_t req_start = PageDown(addr);
+  const uintptr_t req_end = PageUp(end);
+  if (req_end - req_start > d->MaxRegionBytes()) {
+    REGCACHE_LOG(ERROR,
+                 "cache {}: region 0x{:x} len {} exceeds the driver's max {}",
+                 name(), addr, len, d->MaxRegionBytes());
+    return -EINVAL;
+  }
+
+  Plan plan;
+  {
+    LockAndDrain();
+    if (shutdown_.load(std::memory_order_relaxed)) {
+      DrainAndUnlock();
+      return -ESHUTDOWN;
+    }
+    uint64_t w;
+    Region *r = FindCoveringLocked(addr, end, access);
+    if (r && TryRefLocked(r, &w)) {
+      ++slow_hits_;
+      DrainAndUnlock();
+      Remember(r, w);
+      *out = r;
+      return 0;
+    }
+    plan = PlanLocked(req_start, req_end, access);
+    DrainAndUnlock();
+  }
+  misses_.fetch_add(1, std::memory_order_relaxed);
+
+  Region *nr = TheSlab().Alloc();
+  if (nr == nullptr) {
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    return -ENOMEM;
+  }
+  bool evicted_all = false;
+  bool unmerged =
+      plan.start == req_start && plan.end == req_end && plan.access == access;
+  int retries = 0;
+  for (;;) {
+    const size_t plen = plan.end - plan.start;
+    notifier::Subscription *sub = nullptr;
+    int rc = notifier::Register(&kRangeOps, nullptr, plan.start, plen, &sub);
+    if (rc) {
+      TheSlab().Free(nr);
+      failures_.fetch_add(1, std::memory_order_relaxed);
+      return rc;
+    }
+    const uint64_t seq = notifier::ReadBegin(sub);
+    Registration reg;
+    rc = d->Register(reinterpret_cast<void *>(plan.start), plen, plan.access,
+                     &reg);
+    if (rc) {
+      notifier::Unregister(sub);
+      if ((rc == -ENOMEM || rc == -EAGAIN) && !evicted_all) {
+        // Pinned-memory or device limit: give back every unused registration,
+        // once.
+        evicted_all = true;
+        List victims;
+        LockAndDrain();
+        EvictLocked(&victims, true);
+        DrainAndUnlock();
+        DeregisterList(&victims);
+        continue;
+      }
+      if (!unmerged && rc != -ENOMEM && rc != -EAGAIN) {
+        // The merged range may include memory the request does not (a neighbour
+        // unmapped without an event, or with other protections): retry with the
+        // request alone.
+        unmerged = true;
+        plan = {req_start, req_end, access, 0};
+        continue;
+      }
+      TheSlab().Free(nr);
+      failures_.fetch_add(1, std::memory_order_relaxed);
+      return rc;
+    }
+    registrations_.fetch_add(1, std::memory_order_relaxed);
+    reg_regions_.fetch_add(1, std::memory_order_relaxed);
+    const uint64_t now =
+        reg_bytes_.fetch_add(plen, std::memory_order_relaxed) + plen;
+    uint64_t peak = peak_bytes_.load(std::memory_order_relaxed);
+    while (now > peak && !peak_bytes_.compare_exchange_weak(peak, now)) {
+    }
+    nr->cache = this;
+    nr->start = plan.start;
+    nr->end = plan.end;
+    nr->access = plan.access;
+    nr->reg = reg;
+
+    List victims;
+    LockAndDrain();
+    if (shutdown_.load(std::memory_order_relaxed)) {
+      DrainAndUnlock();
+      notifier::Unregister(sub);
+      DeregisterOne(nr);
+      return -ESHUTDOWN;
+    }
+    // Widen the callback's filter before checking the sequence. Paired with the
+    // fence in OnInvalidateStart: either that callback sees the new bounds, or
+    // ReadRetry sees its invalidation.
+    if (plan.start < lo_.load(std::memory_order_relaxed))
+      lo_.store(plan.start, std::memory_order_relaxed);
+    if (plan.end > hi_.load(std::memory_order_relaxed))
+      hi_.store(plan.end, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (notifier::ReadRetry(sub, seq)) {
+      // The memory changed while we registered it: this registration may map
+      // old pages.
+      DrainAndUnlock();
+      notifier::Unregister(sub);
+      retries_.fetch_add(1, std::memory_order_relaxed);
+      if (++retries >= kMaxInsertRetries) {
+        DeregisterOne(nr);
+        failures_.fetch_add(1, std::memory_order_relaxed);
+        REGCACHE_LOG(
+            ERROR,
+            "cache {}: region 0x{:x} len {} kept changing while registering",
+            name(), plan.start, plen);
+        return -EAGAIN;
+      }
+      d->Deregister(nr->reg);
+      deregistrations_.fetch_add(1, std::memory_order_relaxed);
+      reg_regions_.fetch_sub(1, std::memory_order_relaxed);
+      reg_bytes_.fetch_sub(plen, std::memory_order_relaxed);
+      continue;
+    }
+    uint64_t w;
+    if (Region *other = FindCoveringLocked(addr, end, access);
+        other && TryRefLocked(other, &w)) {
+      // A concurrent miss on the same memory won: use its region, drop ours
+      // (still counted as this call's miss).
+      DrainAndUnlock();
+      notifier::Unregister(sub);
+      DeregisterOne(nr);
+      Remember(other, w);
+      *out = other;
+      return 0;
+    }
+    size_t folded = 0;
+    while (Region *o = FirstOverlapLocked(plan.start, plan.end)) {
+      RetireLocked(o, &victims);
+      ++folded;
+    }
+    if (folded) merges_.fetch_add(folded, std::memory_order_relaxed);
+    const uint64_t gen = Region::Gen(nr->word.load(std::memory_order_relaxed));
+    w = (gen << Region::kGenShift) | Region::kValid | 1;
+    nr->where = Region::kWhereIndex;
+    nr->word.store(w, std::memory_order_release);
+    IndexInsertLocked(nr);
+    ClockAppendLocked(nr);
+    ++count_;
+    bytes_ += plen;
+    EvictLocked(&victims, false);
+    DrainAndUnlock();
+    Remember(nr, w);
+    notifier::Unregister(sub);
+    DeregisterList(&victims);
+    *out = nr;
+    return 0;
+  }
+}
+
+void Cache::Put(Region *r) {
+  uint64_t w = r->word.load(std::memory_order_relaxed);
+  do {
+    if (Region::Refs(w) == 0) {
+      DoublePut(r);
+      return;
+    }
+  } while (!r->word.compare_exchange_weak(w, w - 1, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed));
+  // From here r may be evicted and recycled by another thread unless we hold
+  // the last reference of an invalidated region (then it is ours to
+  // deregister).
+  const bool last = Region::Refs(w) == 1;
+  if (last && !(w & Region::kValid)) {
+    ReleaseOrphan(r);
+    return;
+  }
+  const uint32_t a = attention_.load(std::memory_order_relaxed);
+  if ((a & kDead) || (last && (a & kOverLimit))) PutSlow();
+}
+
+void Cache::PutSlow() {
+  List victims;
+  LockAndDrain();
+  if (attention_.load(std::memory_order_relaxed) & kOverLimit)
+    EvictLocked(&victims, false);
+  DrainAndUnlock();
+  DeregisterList(&victims);
+  ReapDead();
+}
+
+void Cache::ReleaseOrphan(Region *r) {
+  LockAndDrain();
+  OrphanUnlinkLocked(r);
+  DrainAndUnlock();
+  DeregisterOne(r);
+  ReapDead();
+}
+
+void Cache::DoublePut(Region *r) {
+#ifndef NDEBUG
+  std::fprintf(stderr,
+               "[regcache] fatal: regcache_put: region %p of cache %s put more "
+               "often than it "
+               "was got (double put)\n",
+               static_cast<void *>(r), name().c_str());
+  std::abort();
+#else
+  static std::atomic<bool> logged{false};
+  if (!logged.exchange(true))
+    REGCACHE_LOG(
+        ERROR,
+        "regcache_put: region {} of cache {} put more often than it was got "
+        "(double put); ignored (logged once)",
+        static_cast<void *>(r), name());
+#endif
+}
+
+int Cache::Flush() {
+  List victims;
+  LockAndDrain();
+  EvictLocked(&victims, true);
+  DrainAndUnlock();
+  DeregisterList(&victims);
+  ReapDead();
+  return 0;
+}
+
+// ---------------------------------------------------------------- deferred
+// deregistration
+void Cache::ReapDead() {
+  if (!(attention_.load(std::memory_order_acquire) & kDead)) return;
+  LockAndDrain();
+  List l = dead_;
+  dead_ = List();
+  attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
+  DrainAndUnlock();  // may refill dead_ and set kDead again: the next call
+                     // takes those
+  DeregisterList(&l);
+}
+
+void Cache::DeregisterList(List *l) {
+  while (Region *r = l->head) {
+    l->head = r->next;
+    DeregisterOne(r);
+  }
+  l->n = 0;
+}
+
+void Cache::DeregisterOne(Region *r) {
+  const size_t len = r->end - r->start;
+  driver()->Deregister(r->reg);  // the driver logs its own failures
+  deregistrations_.fetch_add(1, std::memory_order_relaxed);
+  reg_regions_.fetch_sub(1, std::memory_order_relaxed);
+  reg_bytes_.fetch_sub(len, std::memory_order_relaxed);
+  r->reg = Registration();
+  TheSlab().Free(r);
+}
+
+// ---------------------------------------------------------------- notifier
+// callbacks
+void Cache::OnInvalidateStart(uintptr_t start, size_t len) {
+  if (len == 0) return;
+  uintptr_t end = start + len;
+  if (end < start) end = UINTPTR_MAX;
+  // Cheap filter: unrelated munmaps cost two loads and never touch the lock.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (end <= lo_.load(std::memory_order_relaxed) ||
+      start >= hi_.load(std::memory_order_relaxed))
+    return;
+  ++t_invalidating;
+  struct Leave {
+    ~Leave() { --t_invalidating; }
+  } leave;
+  if (mu_.TryLock()) {
+    DrainPendingLocked();
+    InvalidateLocked(start, end);
+    DrainAndUnlock();
+    return;
+  }
+  // Never block inside munmap: the lock holder (or the next cache call) applies
+  // it.
+  pending_.Add(start, end, &attention_);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (mu_.TryLock()) DrainAndUnlock();
+}
+
+void Cache::OnRelease() {
+  shutdown_.store(true, std::memory_order_seq_cst);
+  if (mu_.TryLock()) {
+    DrainPendingLocked();
+    InvalidateLocked(0, UINTPTR_MAX);
+    DrainAndUnlock();
+  } else {
+    pending_.Add(0, UINTPTR_MAX, &attention_);
+  }
+  // Deregistration may allocate and unmap: never from inside an invalidation
+  // callback (release may run nested in one if some subscriber unregisters us
+  // from there).
+  if (t_invalidating == 0) ReapDead();
+  MaybePrintStatsOnce();
+}
+
+// ---------------------------------------------------------------- stats
+void Cache::GetStats(regcache_stats_t *s) {
+  std::memset(s, 0, sizeof(*s));
+  uint64_t hits = 0;
+  for (const auto &slot : hit_slots_)
+    hits += slot.n.load(std::memory_order_relaxed);
+  {
+    MutexLock l(&mu_);
+    hits += slow_hits_;
+    s->pending = dead_.n + orphan_count_;
+  }
+  s->pending += static_cast<uint64_t>(pending_.Size());
+  s->hits = hits;
+  s->misses = misses_.load(std::memory_order_relaxed);
+  s->merges = merges_.load(std::memory_order_relaxed);
+  s->evictions = evictions_.load(std::memory_order_relaxed);
+  s->invalidations = invalidations_.load(std::memory_order_relaxed);
+  s->registrations = registrations_.load(std::memory_order_relaxed);
+  s->deregistrations = deregistrations_.load(std::memory_order_relaxed);
+  s->regions = reg_regions_.load(std::memory_order_relaxed);
+  s->bytes = reg_bytes_.load(std::memory_order_relaxed);
+  s->retries = retries_.load(std::memory_order_relaxed);
+  s->peak_bytes = peak_bytes_.load(std::memory_order_relaxed);
+  s->failures = failures_.load(std::memory_order_relaxed);
+}
+
+namespace {
+std::string FormatStats(const std::string &name, const regcache_stats_t &s) {
+  return fmt::format(
+      "cache {} stats: hits {} misses {} merges {} evictions {} invalidations "
+      "{} "
+      "registrations {} deregistrations {} regions {} bytes {} pending {} "
+      "retries {} "
+      "peak_bytes {} failures {}",
+      name, s.hits, s.misses, s.merges, s.evictions, s.invalidations,
+      s.registrations, s.deregistrations, s.regions, s.bytes, s.pending,
+      s.retries, s.peak_bytes, s.failures);
+}
+}  // namespace
+
+int Cache::PrintStats(FILE *f) {
+  regcache_stats_t s;
+  GetStats(&s);
+  const std::pair<const char *, uint64_t> rows[] = {
+      {"hits", s.hits},
+      {"misses", s.misses},
+      {"merges", s.merges},
+      {"evictions", s.evictions},
+      {"invalidations", s.invalidations},
+      {"registrations", s.registrations},
+      {"deregistrations", s.deregistrations},
+      {"regions", s.regions},
+      {"bytes", s.bytes},
+      {"pending", s.pending},
+      {"retries", s.retries},
+      {"peak_bytes", s.peak_bytes},
+      {"failures", s.failures},
+  };
+  for (const auto &[k, v] : rows) {
+    if (std::fprintf(f, "%s %s %llu\n", name().c_str(), k,
+                     static_cast<unsigned long long>(v)) < 0)
+      return -EIO;
+  }
+  return 0;
+}
+
+void Cache::MaybePrintStatsOnce() {
+  if (!params_.print_stats || stats_printed_.exchange(true)) return;
+  regcache_stats_t s;
+  GetStats(&s);
+  std::string line = FormatStats(name(), s);
+  if (log::Enabled(REGCACHE_LOG_INFO)) {
+    log::Write(REGCACHE_LOG_INFO, line);
+  } else {
+    std::fprintf(stderr, "[regcache] %s\n", line.c_str());
+  }
+}
+
+}  // namespace regcache::core

@@ -1,0 +1,299 @@
+// regcache/cache.h - the registration cache's core (internal; the C API wraps
+// it).
+//
+// Design (docs/cache.md has the long version):
+//
+// REGIONS live in type-stable memory: a process-wide slab of 128-byte Region
+// objects that is never returned to the OS, so a stale pointer always points at
+// some Region and may be probed with atomics. Each region has one packed atomic
+// word
+//   bits 63..32 generation | bit 31 valid | bit 30 accessed | bits 29..0 user
+//   references.
+// The generation is bumped whenever the region leaves the index (invalidation,
+// eviction, displacement by a merge), so a stale pointer plus the generation it
+// was seen with can never take a reference on a different incarnation.
+//
+// HIT PATH (no lock shared between threads). Each thread has a small front
+// table of {cache id, range, access, region, generation} entries. A hit is: one
+// load of the cache's attention word (pending invalidations or dead regions
+// force the slow path), a scan of the front table, one CAS on the region word
+// that succeeds only if the generation matches and the region is valid (it also
+// sets the accessed bit), and a re-check of the region's range against the
+// request (makes 32-bit generation wrap harmless). Hits are counted in
+// per-thread slots of the cache.
+//
+// PUT is one CAS decrement of the reference count (CAS, not fetch_sub, so a
+// double put is detected instead of corrupting the word). The last put of an
+// invalidated region deregisters it; a put that finds the cache over its limits
+// evicts.
+//
+// INDEX: non-overlapping, page-aligned regions ordered by start in an intrusive
+// treap, plus an intrusive CLOCK list (second-chance approximation of LRU) of
+// all indexed regions, both under mu_. Nothing under mu_ allocates, frees,
+// calls the driver or the notifier's Register/Unregister: those may re-enter
+// the notifier (free -> munmap -> callback -> this cache) and deadlock.
+//
+// INVALIDATION: one whole-space notifier subscription per cache.
+// invalidate_range_start filters by the atomic [lo_, hi_) bounds of everything
+// ever indexed, then try-locks mu_: success -> overlapping regions leave the
+// index at once (generation bump); unused ones go to the dead list. Failure ->
+// the range goes into a bounded, coalescing, allocation-free pending set and
+// the attention word's kPending bit is set; whoever holds or next takes mu_
+// applies it before using the index and before unlocking. Dead regions are
+// deregistered by the next cache call outside the lock, never inside the
+// callback.
+//
+// MISS: plan under mu_ (page-align, merge with overlapping and adjacent regions
+// up to merge_max_bytes, union of access), then outside the lock: notifier
+// range subscription on the planned range, seq = ReadBegin, driver Register,
+// lock, ReadRetry(seq) ? undo and retry : insert (overlapping regions leave the
+// index; held ones stay registered until their last put), unlock, unsubscribe.
+#ifndef REGCACHE_REGCACHE_CACHE_H_
+#define REGCACHE_REGCACHE_CACHE_H_
+
+#include <regcache/notifier.h>
+#include <regcache/regcache.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "drivers/driver.h"
+#include "regcache/thread_annotations.h"
+
+namespace regcache::notifier {
+class Subscription;
+}  // namespace regcache::notifier
+
+namespace regcache::core {
+
+class Cache;
+
+// One cached registration. Fields other than `word` are written only by the
+// thread that owns the region exclusively (allocation until publication, or
+// after it left the index with no references) or under the owning cache's mu_,
+// and are immutable while the region is valid.
+struct alignas(64) Region {
+  std::atomic<uint64_t> word{0};
+  Cache *cache = nullptr;
+  uintptr_t start = 0;  // page-aligned
+  uintptr_t end = 0;    // page-aligned, exclusive
+  unsigned access = 0;
+  uint32_t where =
+      0;  // kWhere* below: which list the region is on (debug + asserts)
+  Registration reg;
+  Region *left = nullptr;  // treap children (index)
+  Region *right = nullptr;
+  Region *prev = nullptr;  // CLOCK list / orphan list
+  Region *next =
+      nullptr;  // CLOCK list / orphan list / dead list / slab free list
+
+  static constexpr uint64_t kRefMask = (uint64_t{1} << 30) - 1;
+  static constexpr uint64_t kAccessed = uint64_t{1} << 30;
+  static constexpr uint64_t kValid = uint64_t{1} << 31;
+  static constexpr int kGenShift = 32;
+  static uint32_t Gen(uint64_t w) {
+    return static_cast<uint32_t>(w >> kGenShift);
+  }
+  static uint64_t Refs(uint64_t w) { return w & kRefMask; }
+
+  enum : uint32_t {
+    kWhereFree = 0,
+    kWhereOwned,
+    kWhereIndex,
+    kWhereOrphan,
+    kWhereDead
+  };
+};
+static_assert(sizeof(Region) <= 128,
+              "a cached region must cost at most 128 bytes");
+
+// Resolved cache parameters (params, else REGCACHE_* tunables, else defaults).
+struct Params {
+  size_t max_regions = 0;
+  size_t max_bytes = 0;
+  size_t merge_max_bytes = 0;
+  bool print_stats = false;
+  std::string name;
+};
+
+// Fills *out from p (may be NULL) and the tunables. 0 or -EINVAL.
+int ResolveParams(const regcache_params_t *p, Params *out);
+// MAX_BYTES=auto: 3/4 of RLIMIT_MEMLOCK when finite, else 1/4 of physical RAM.
+size_t AutoMaxBytes();
+
+class Cache {
+ public:
+  // Takes a reference on drv (dropped by Destroy). 0, -ENOMEM or the notifier's
+  // error.
+  static int Create(regcache_driver *drv, const Params &params, Cache **out);
+  // Unsubscribes, deregisters everything (held regions too) and deletes this.
+  void Destroy();
+
+  // REQUIRES: validated input (len > 0, no wrap after page alignment, known
+  // access bits).
+  int Get(uintptr_t addr, size_t len, unsigned access, Region **out);
+  void Put(Region *r);
+  int Flush();
+  void GetStats(regcache_stats_t *s);
+  int PrintStats(FILE *f);
+
+  const std::string &name() const { return params_.name; }
+  Driver *driver() const { return drv_->impl.get(); }
+  uint64_t id() const { return id_; }
+
+  // Notifier callbacks (public for the C thunks).
+  void OnInvalidateStart(uintptr_t start, size_t len);
+  void OnRelease();
+
+  Cache(const Cache &) = delete;
+  Cache &operator=(const Cache &) = delete;
+
+ private:
+  struct Plan {
+    uintptr_t start, end;
+    unsigned access;
+    size_t merged;  // regions folded into the plan
+  };
+  // A singly linked list through Region::next, built under mu_ and consumed
+  // outside it.
+  struct List {
+    Region *head = nullptr;
+    size_t n = 0;
+    void Push(Region *r) {
+      r->next = head;
+      head = r;
+      ++n;
+    }
+  };
+  // Bounded, coalescing, allocation-free set of ranges that arrived while mu_
+  // was busy.
+  class PendingSet {
+   public:
+    static constexpr int kMax = 16;
+    struct Range {
+      uintptr_t start, end;
+    };
+    // Records [start, end) and sets kPending in *attention (under the set's
+    // spin lock, so FinishDrain cannot clear the bit of a range it did not
+    // take).
+    void Add(uintptr_t start, uintptr_t end, std::atomic<uint32_t> *attention);
+    // Moves everything into out (kMax entries); returns the count.
+    int Take(Range *out);
+    // After the taken ranges were applied: clears kPending unless ranges
+    // arrived since.
+    void FinishDrain(std::atomic<uint32_t> *attention);
+    int Size();
+
+   private:
+    void SpinLock();
+    void SpinUnlock() { lock_.clear(std::memory_order_release); }
+    std::atomic_flag lock_ = ATOMIC_FLAG_INIT;
+    Range r_[kMax];
+    int n_ = 0;
+  };
+
+  enum : uint32_t { kPending = 1, kDead = 2, kOverLimit = 4 };
+  static constexpr uint32_t kHitSlowMask = kPending | kDead;
+  static constexpr uint32_t kPutSlowMask = kDead | kOverLimit;
+  static constexpr int kSlots =
+      64;  // per-thread hit counters; slot kSlots is shared
+
+  Cache(regcache_driver *drv, const Params &params);
+  ~Cache();
+
+  int GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out);
+  void PutSlow();
+  void ReleaseOrphan(Region *r);
+  void DoublePut(Region *r);
+  void CountHit();
+  void Remember(Region *r, uint64_t word);
+
+  // Lock / unlock that apply pending invalidations first.
+  void LockAndDrain() REGCACHE_ACQUIRE(mu_);
+  void DrainAndUnlock() REGCACHE_RELEASE(mu_);
+  void DrainPendingLocked() REGCACHE_REQUIRES(mu_);
+  void InvalidateLocked(uintptr_t start, uintptr_t end) REGCACHE_REQUIRES(mu_);
+
+  // Index (treap by start) and CLOCK list.
+  void IndexInsertLocked(Region *r) REGCACHE_REQUIRES(mu_);
+  void IndexEraseLocked(Region *r) REGCACHE_REQUIRES(mu_);
+  Region *FloorLocked(uintptr_t key) const REGCACHE_REQUIRES(mu_);
+  Region *LowerBoundLocked(uintptr_t key) const REGCACHE_REQUIRES(mu_);
+  Region *FirstOverlapLocked(uintptr_t start, uintptr_t end) const
+      REGCACHE_REQUIRES(mu_);
+  Region *FindCoveringLocked(uintptr_t start, uintptr_t end,
+                             unsigned access) const REGCACHE_REQUIRES(mu_);
+  void ClockAppendLocked(Region *r) REGCACHE_REQUIRES(mu_);
+  void ClockUnlinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
+  void OrphanLinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
+  void OrphanUnlinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
+
+  Plan PlanLocked(uintptr_t start, uintptr_t end, unsigned access) const
+      REGCACHE_REQUIRES(mu_);
+  // Takes r out of the index: generation bump; unused -> *unused, held ->
+  // orphan list.
+  void RetireLocked(Region *r, List *unused) REGCACHE_REQUIRES(mu_);
+  // Evicts unused regions (CLOCK order) until within limits (all unused ones if
+  // `all`).
+  void EvictLocked(List *victims, bool all) REGCACHE_REQUIRES(mu_);
+  void UpdateOverLimitLocked() REGCACHE_REQUIRES(mu_);
+  bool TryRefLocked(Region *r, uint64_t *word_out) REGCACHE_REQUIRES(mu_);
+
+  // Outside the lock.
+  void ReapDead() REGCACHE_EXCLUDES(mu_);
+  void DeregisterList(List *l) REGCACHE_EXCLUDES(mu_);
+  void DeregisterOne(Region *r) REGCACHE_EXCLUDES(mu_);
+  void MaybePrintStatsOnce();
+
+  // Read on every hit and put: kept on its own cache line.
+  alignas(64) std::atomic<uint32_t> attention_{0};
+  const uint64_t id_;
+
+  alignas(64) mutable Mutex mu_;
+  Region *root_ REGCACHE_GUARDED_BY(mu_) = nullptr;
+  Region *clock_head_ REGCACHE_GUARDED_BY(mu_) = nullptr;  // oldest
+  Region *clock_tail_ REGCACHE_GUARDED_BY(mu_) = nullptr;  // newest
+  Region *orphans_ REGCACHE_GUARDED_BY(mu_) = nullptr;
+  List dead_ REGCACHE_GUARDED_BY(mu_);
+  size_t count_ REGCACHE_GUARDED_BY(mu_) = 0;  // indexed regions
+  size_t bytes_ REGCACHE_GUARDED_BY(mu_) = 0;  // indexed bytes
+  size_t orphan_count_ REGCACHE_GUARDED_BY(mu_) = 0;
+  uint64_t slow_hits_ REGCACHE_GUARDED_BY(mu_) = 0;
+
+  PendingSet pending_;
+  // Bounds of everything indexed since the index was last empty: the callback's
+  // filter.
+  std::atomic<uintptr_t> lo_{UINTPTR_MAX};
+  std::atomic<uintptr_t> hi_{0};
+  std::atomic<bool> shutdown_{false};
+  std::atomic<bool> stats_printed_{false};
+
+  regcache_driver *const drv_;
+  const Params params_;
+  notifier::Subscription *sub_ = nullptr;
+
+  // Slow-path counters (relaxed).
+  std::atomic<uint64_t> misses_{0}, merges_{0}, evictions_{0},
+      invalidations_{0}, registrations_{0}, deregistrations_{0}, retries_{0},
+      failures_{0}, reg_regions_{0}, reg_bytes_{0}, peak_bytes_{0};
+
+  struct alignas(64) HitSlot {
+    std::atomic<uint64_t> n{0};
+  };
+  HitSlot hit_slots_[kSlots + 1];
+};
+
+// Front-table size per thread (entries are scanned linearly).
+inline constexpr int kFrontEntries = 8;
+
+// Process-wide slab statistics (tests: regions are recycled, memory never
+// returned).
+size_t SlabRegionsAllocated();
+size_t SlabRegionsFree();
+
+}  // namespace regcache::core
+
+#endif  // REGCACHE_REGCACHE_CACHE_H_

@@ -1,0 +1,657 @@
+// The cache's semantics against the test driver (records calls, injects
+// failures) and the host driver: hit/miss, merging and its bound, access union,
+// CLOCK/LRU order, limits, ENOMEM evict-and-retry, in-use invalidation,
+// race-free insert, several caches, stats, release, bad input. Events come
+// through the explicit source (regcache_notify_unmapped), so these tests do not
+// depend on libc patching.
+#include <gtest/gtest.h>
+#include <regcache/regcache.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "drivers/host/host_driver.h"
+#include "notifier/address_space.h"
+#include "regcache/cache.h"
+#include "tests/regcache/test_driver.h"
+
+namespace {
+
+using regcache::testing::NewTestDriver;
+using regcache::testing::TestDriver;
+
+const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+
+class CacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(regcache_config_set("MONITOR", "none"), 0);
+    arena_len_ = 64 << 20;
+    void *p = mmap(nullptr, arena_len_, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    ASSERT_NE(p, MAP_FAILED);
+    arena_ = static_cast<char *>(p);
+    drv_ = NewTestDriver(&td_);
+  }
+  void TearDown() override {
+    for (auto *c : caches_) regcache_destroy(c);
+    regcache_driver_close(drv_);
+    munmap(arena_, arena_len_);
+  }
+
+  regcache_t *Create(regcache_params_t *p = nullptr,
+                     regcache_driver_t *drv = nullptr) {
+    regcache_t *c = nullptr;
+    EXPECT_EQ(regcache_create(drv ? drv : drv_, p, &c), 0);
+    if (c) caches_.push_back(c);
+    return c;
+  }
+  regcache_t *CreateWith(size_t max_regions, size_t max_bytes, size_t merge,
+                         uint64_t flags = 0) {
+    regcache_params_t p = {};
+    p.field_mask = REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
+                   REGCACHE_PARAM_MERGE_MAX_BYTES | REGCACHE_PARAM_FLAGS;
+    p.max_regions = max_regions;
+    p.max_bytes = max_bytes;
+    p.merge_max_bytes = merge;
+    p.flags = flags;
+    return Create(&p);
+  }
+  void Destroy(regcache_t *c) {
+    regcache_destroy(c);
+    caches_.erase(std::find(caches_.begin(), caches_.end(), c));
+  }
+  char *Page(size_t i) { return arena_ + i * kPage; }
+  regcache_region_t *Get(regcache_t *c, const void *a, size_t len,
+                         unsigned acc = 0) {
+    regcache_region_t *r = nullptr;
+    int rc = regcache_get(c, a, len, acc, &r);
+    EXPECT_EQ(rc, 0) << regcache_strerror(rc);
+    return r;
+  }
+  regcache_stats_t Stats(regcache_t *c) {
+    regcache_stats_t s;
+    EXPECT_EQ(regcache_get_stats(c, &s), 0);
+    return s;
+  }
+
+  char *arena_ = nullptr;
+  size_t arena_len_ = 0;
+  TestDriver *td_ = nullptr;
+  regcache_driver_t *drv_ = nullptr;
+  std::vector<regcache_t *> caches_;
+};
+
+TEST_F(CacheTest, RegionFitsTheMemoryBudget) {
+  EXPECT_LE(sizeof(regcache::core::Region), 128u);
+}
+
+TEST_F(CacheTest, MissThenHit) {
+  regcache_t *c = Create();
+  regcache_region_t *r1 = Get(c, Page(1) + 100, 200);
+  ASSERT_NE(r1, nullptr);
+  EXPECT_EQ(regcache_region_addr(r1), Page(1));
+  EXPECT_EQ(regcache_region_length(r1), kPage);
+  EXPECT_NE(regcache_region_lkey(r1), 0u);
+  regcache_put(c, r1);
+  regcache_region_t *r2 = Get(c, Page(1) + 8, 16);
+  EXPECT_EQ(r2, r1);
+  regcache_put(c, r2);
+  regcache_stats_t s = Stats(c);
+  EXPECT_EQ(s.misses, 1u);
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.registrations, 1u);
+  EXPECT_EQ(s.regions, 1u);
+  EXPECT_EQ(s.bytes, kPage);
+  EXPECT_EQ(td_->Registers(), 1u);
+  // A range crossing into the next page is not covered: miss, merged with the
+  // cached page.
+  regcache_region_t *r3 = Get(c, Page(1) + kPage - 1, 2);
+  EXPECT_EQ(regcache_region_addr(r3), Page(1));
+  EXPECT_EQ(regcache_region_length(r3), 2 * kPage);
+  regcache_put(c, r3);
+  EXPECT_EQ(Stats(c).misses, 2u);
+  EXPECT_EQ(Stats(c).merges, 1u);
+  EXPECT_EQ(td_->Live(), 1u);  // the merged-away region was deregistered
+}
+
+TEST_F(CacheTest, HitFromAnotherThreadAndFrontTable) {
+  regcache_t *c = Create();
+  regcache_region_t *r = Get(c, Page(0), kPage);
+  std::thread t([&] {
+    for (int i = 0; i < 3; ++i) {
+      regcache_region_t *x = Get(c, Page(0), 64);
+      EXPECT_EQ(x, r);
+      regcache_put(c, x);
+    }
+  });
+  t.join();
+  regcache_put(c, r);
+  EXPECT_EQ(Stats(c).hits, 3u);
+  EXPECT_EQ(td_->Registers(), 1u);
+}
+
+TEST_F(CacheTest, MergesAdjacentUpToTheBound) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 4 * kPage);
+  regcache_put(c, Get(c, Page(10), 3 * kPage));
+  regcache_region_t *r =
+      Get(c, Page(13), 1);  // adjacent: 4 pages fit the bound
+  EXPECT_EQ(regcache_region_addr(r), Page(10));
+  EXPECT_EQ(regcache_region_length(r), 4 * kPage);
+  regcache_put(c, r);
+  r = Get(c, Page(14), 1);  // would make 5 pages: registered alone
+  EXPECT_EQ(regcache_region_addr(r), Page(14));
+  EXPECT_EQ(regcache_region_length(r), kPage);
+  regcache_put(c, r);
+  // A request larger than the bound is registered as it is, never merged
+  // further.
+  r = Get(c, Page(20), 6 * kPage);
+  EXPECT_EQ(regcache_region_addr(r), Page(20));
+  EXPECT_EQ(regcache_region_length(r), 6 * kPage);
+  regcache_put(c, r);
+  r = Get(c, Page(26), 1);
+  EXPECT_EQ(regcache_region_length(r), kPage);
+  regcache_put(c, r);
+  for (auto &call : td_->register_calls) EXPECT_LE(call.len, 6 * kPage);
+}
+
+TEST_F(CacheTest, NoMergeFlag) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 1 << 20, REGCACHE_FLAG_NO_MERGE);
+  regcache_put(c, Get(c, Page(0), kPage));
+  regcache_region_t *r = Get(c, Page(1), kPage);
+  EXPECT_EQ(regcache_region_addr(r), Page(1));
+  EXPECT_EQ(regcache_region_length(r), kPage);
+  regcache_put(c, r);
+  EXPECT_EQ(td_->Live(), 2u);
+}
+
+TEST_F(CacheTest, AccessUnionNoBouncing) {
+  regcache_t *c = Create();
+  regcache_put(c, Get(c, Page(0), kPage, REGCACHE_ACCESS_LOCAL_WRITE));
+  regcache_region_t *r = Get(c, Page(0), kPage, REGCACHE_ACCESS_REMOTE_READ);
+  EXPECT_EQ(regcache_region_access(r),
+            REGCACHE_ACCESS_LOCAL_WRITE | REGCACHE_ACCESS_REMOTE_READ);
+  EXPECT_EQ(td_->register_calls.back().access,
+            REGCACHE_ACCESS_LOCAL_WRITE | REGCACHE_ACCESS_REMOTE_READ);
+  regcache_put(c, r);
+  // Alternating requests now all hit the one region.
+  for (unsigned acc :
+       {REGCACHE_ACCESS_LOCAL_WRITE, REGCACHE_ACCESS_REMOTE_READ, 0u}) {
+    regcache_region_t *x = Get(c, Page(0), 10, acc);
+    EXPECT_EQ(x, r);
+    regcache_put(c, x);
+  }
+  EXPECT_EQ(td_->Registers(), 2u);
+  EXPECT_EQ(Stats(c).hits, 3u);
+}
+
+TEST_F(CacheTest, EvictsLeastRecentlyUsed) {
+  regcache_t *c = CreateWith(3, SIZE_MAX, 0);
+  regcache_region_t *a = Get(c, Page(0), kPage);
+  regcache_region_t *b = Get(c, Page(2), kPage);
+  regcache_region_t *cc = Get(c, Page(4), kPage);
+  uint32_t bkey = regcache_region_lkey(b);
+  regcache_put(c, a);
+  regcache_put(c, b);
+  regcache_put(c, cc);
+  regcache_put(c, Get(c, Page(0), 1));  // a is used again: b is now the LRU
+  regcache_put(c, Get(c, Page(6), kPage));
+  EXPECT_EQ(Stats(c).evictions, 1u);
+  EXPECT_FALSE(td_->IsLive(bkey));
+  size_t regs = td_->Registers();
+  regcache_put(c, Get(c, Page(0), 1));
+  regcache_put(c, Get(c, Page(4), 1));
+  EXPECT_EQ(td_->Registers(), regs);  // a and c still cached
+  regcache_put(c, Get(c, Page(2), 1));
+  EXPECT_EQ(td_->Registers(), regs + 1);
+}
+
+TEST_F(CacheTest, ByteLimit) {
+  regcache_t *c = CreateWith(1000, 2 * kPage, 0);
+  regcache_put(c, Get(c, Page(0), kPage));
+  regcache_put(c, Get(c, Page(2), kPage));
+  regcache_put(c, Get(c, Page(4), kPage));
+  regcache_stats_t s = Stats(c);
+  EXPECT_EQ(s.evictions, 1u);
+  EXPECT_EQ(s.bytes, 2 * kPage);
+  EXPECT_EQ(td_->Live(), 2u);
+}
+
+TEST_F(CacheTest, InUseRegionsAreNeverEvicted) {
+  regcache_t *c = CreateWith(1, SIZE_MAX, 0);
+  regcache_region_t *a = Get(c, Page(0), kPage);
+  regcache_region_t *b = Get(c, Page(2), kPage);
+  EXPECT_EQ(td_->Live(), 2u);  // over the limit while both are held
+  EXPECT_EQ(Stats(c).evictions, 0u);
+  regcache_put(c, b);  // b unused and over the limit: goes
+  EXPECT_EQ(td_->Live(), 1u);
+  EXPECT_EQ(Stats(c).evictions, 1u);
+  EXPECT_NE(regcache_region_lkey(a), 0u);
+  regcache_region_t *a2 = Get(c, Page(0), 1);
+  EXPECT_EQ(a2, a);
+  regcache_put(c, a2);
+  regcache_put(c, a);
+  EXPECT_EQ(td_->Live(), 1u);  // a stays cached: within the limit
+}
+
+TEST_F(CacheTest, MaxRegionsZeroDisablesCaching) {
+  regcache_t *c = CreateWith(0, SIZE_MAX, 0);
+  for (int i = 0; i < 3; ++i) {
+    regcache_put(c, Get(c, Page(0), kPage));
+    EXPECT_EQ(td_->Live(), 0u);
+  }
+  EXPECT_EQ(td_->Registers(), 3u);
+}
+
+TEST_F(CacheTest, EnomemEvictsUnusedAndRetries) {
+  td_->cap_bytes = 3 * kPage;  // the "device" holds three pages
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 0);
+  regcache_put(c, Get(c, Page(0), kPage));
+  regcache_put(c, Get(c, Page(2), kPage));
+  regcache_region_t *held = Get(c, Page(4), kPage);
+  regcache_region_t *r =
+      Get(c, Page(6), kPage);  // -ENOMEM, evict two, retry: ok
+  ASSERT_NE(r, nullptr);
+  regcache_stats_t s = Stats(c);
+  EXPECT_EQ(s.evictions, 2u);
+  EXPECT_EQ(s.failures, 0u);
+  EXPECT_EQ(td_->Live(), 2u);
+  // Nothing left to evict: the error reaches the caller, state unchanged.
+  regcache_region_t *x = nullptr;
+  regcache_region_t *y = Get(c, Page(8), kPage);
+  EXPECT_EQ(regcache_get(c, Page(10), kPage, 0, &x), -ENOMEM);
+  EXPECT_EQ(x, nullptr);
+  EXPECT_EQ(Stats(c).failures, 1u);
+  regcache_put(c, y);
+  regcache_put(c, r);
+  regcache_put(c, held);
+}
+
+TEST_F(CacheTest, DriverErrorIsReturnedAndNothingCached) {
+  regcache_t *c = Create();
+  td_->fail_next = 1;
+  td_->fail_errno = -EFAULT;
+  regcache_region_t *r = nullptr;
+  EXPECT_EQ(regcache_get(c, Page(0), kPage, 0, &r), -EFAULT);
+  EXPECT_EQ(r, nullptr);
+  regcache_stats_t s = Stats(c);
+  EXPECT_EQ(s.failures, 1u);
+  EXPECT_EQ(s.regions, 0u);
+  regcache_put(c, Get(c, Page(0), kPage));  // works afterwards
+}
+
+TEST_F(CacheTest, InUseInvalidationKeepsHeldRegionUntilPut) {
+  regcache_t *c = Create();
+  regcache_region_t *old = Get(c, Page(0), 2 * kPage);
+  uint32_t old_key = regcache_region_lkey(old);
+  ASSERT_EQ(regcache_notify_unmapped(Page(1), 1), 0);
+  EXPECT_EQ(Stats(c).invalidations, 1u);
+  EXPECT_TRUE(td_->IsLive(old_key));  // still held: stays registered
+  EXPECT_EQ(regcache_region_lkey(old), old_key);
+  regcache_region_t *fresh =
+      Get(c, Page(0), kPage);  // never the invalidated region
+  EXPECT_NE(fresh, old);
+  EXPECT_EQ(Stats(c).misses, 2u);
+  regcache_put(c, old);  // last put of the invalidated region: deregistered now
+  EXPECT_FALSE(td_->IsLive(old_key));
+  regcache_put(c, fresh);
+  regcache_region_t *again = Get(c, Page(0), 1);
+  EXPECT_EQ(again, fresh);
+  regcache_put(c, again);
+}
+
+TEST_F(CacheTest, UnusedInvalidatedRegionIsDeregisteredByTheNextCall) {
+  regcache_t *c = Create();
+  regcache_region_t *r = Get(c, Page(0), kPage);
+  uint32_t key = regcache_region_lkey(r);
+  regcache_put(c, r);
+  size_t deregs = td_->Deregisters();
+  ASSERT_EQ(regcache_notify_unmapped(Page(0), kPage), 0);
+  // Deferred: the callback ran inside "munmap" and never calls the driver.
+  EXPECT_EQ(td_->Deregisters(), deregs);
+  EXPECT_EQ(Stats(c).pending, 1u);
+  EXPECT_EQ(regcache_flush(c), 0);
+  EXPECT_FALSE(td_->IsLive(key));
+  EXPECT_EQ(Stats(c).pending, 0u);
+}
+
+TEST_F(CacheTest, UnrelatedUnmapsAreFiltered) {
+  regcache_t *c = Create();
+  regcache_put(c, Get(c, Page(100), kPage));
+  ASSERT_EQ(regcache_notify_unmapped(Page(0), 10 * kPage), 0);
+  ASSERT_EQ(regcache_notify_unmapped(Page(101), kPage), 0);
+  EXPECT_EQ(Stats(c).invalidations, 0u);
+  regcache_put(c, Get(c, Page(100), 1));
+  EXPECT_EQ(Stats(c).hits, 1u);
+}
+
+TEST_F(CacheTest, InvalidationDuringRegistrationIsNeverInserted) {
+  regcache_t *c = Create();
+  std::atomic<int> fired{0};
+  td_->on_register = [&](void *addr, size_t len) {
+    if (fired.fetch_add(1) == 0) regcache_notify_unmapped(addr, len);
+  };
+  regcache_region_t *r = Get(c, Page(0), kPage);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(td_->Registers(), 2u);  // first registration discarded, second kept
+  EXPECT_EQ(td_->Live(), 1u);
+  EXPECT_EQ(Stats(c).retries, 1u);
+  EXPECT_EQ(regcache_region_lkey(r), 2u);
+  regcache_put(c, r);
+}
+
+TEST_F(CacheTest, InvalidationFromAnotherThreadWhileRegistering) {
+  regcache_t *c = Create();
+  std::promise<void> in_register, go;
+  std::shared_future<void> go_f = go.get_future().share();
+  std::atomic<int> calls{0};
+  td_->on_register = [&](void *, size_t) {
+    if (calls.fetch_add(1) == 0) {
+      in_register.set_value();
+      go_f.wait();
+    }
+  };
+  regcache_region_t *r = nullptr;
+  std::thread t([&] { r = Get(c, Page(0) + 5, 10); });
+  in_register.get_future().wait();
+  ASSERT_EQ(regcache_notify_unmapped(Page(0), kPage), 0);
+  go.set_value();
+  t.join();
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(Stats(c).retries, 1u);
+  EXPECT_EQ(td_->Registers(), 2u);
+  EXPECT_EQ(td_->Live(), 1u);
+  EXPECT_EQ(regcache_region_lkey(r),
+            2u);  // the registration made after the event
+  regcache_put(c, r);
+}
+
+TEST_F(CacheTest, MemoryThatKeepsChangingGivesEagain) {
+  regcache_t *c = Create();
+  td_->on_register = [](void *addr, size_t len) {
+    regcache_notify_unmapped(addr, len);
+  };
+  regcache_region_t *r = nullptr;
+  EXPECT_EQ(regcache_get(c, Page(0), kPage, 0, &r), -EAGAIN);
+  EXPECT_EQ(r, nullptr);
+  EXPECT_EQ(td_->Live(), 0u);
+  EXPECT_EQ(Stats(c).regions, 0u);
+}
+
+TEST_F(CacheTest, SeveralCachesShareTheNotifier) {
+  regcache_t *a = Create();
+  TestDriver *td2;
+  regcache_driver_t *d2 = NewTestDriver(&td2);
+  regcache_t *b = Create(nullptr, d2);
+  regcache_put(a, Get(a, Page(0), kPage));
+  regcache_put(b, Get(b, Page(0), kPage));
+  regcache_put(b, Get(b, Page(5), kPage));
+  ASSERT_EQ(regcache_notify_unmapped(Page(0), kPage), 0);
+  EXPECT_EQ(Stats(a).invalidations, 1u);
+  EXPECT_EQ(Stats(b).invalidations, 1u);
+  regcache_put(a, Get(a, Page(0), kPage));
+  regcache_put(b, Get(b, Page(5), kPage));
+  EXPECT_EQ(Stats(a).misses, 2u);
+  EXPECT_EQ(Stats(b).hits, 1u);
+  EXPECT_EQ(td_->Live(), 1u);
+  Destroy(b);
+  EXPECT_EQ(td2->Live(), 0u);
+  regcache_driver_close(d2);
+}
+
+TEST_F(CacheTest, DestroyDeregistersEverything) {
+  regcache_t *c = Create();
+  regcache_put(c, Get(c, Page(0), kPage));
+  regcache_region_t *held = Get(c, Page(4), kPage);
+  ASSERT_NE(held, nullptr);
+  ASSERT_EQ(regcache_notify_unmapped(Page(4), 1), 0);  // held and invalidated
+  regcache_put(c, Get(c, Page(8), kPage));
+  Destroy(c);
+  EXPECT_EQ(td_->Live(), 0u);
+  EXPECT_EQ(td_->bad_deregs, 0);
+}
+
+TEST_F(CacheTest, ReleaseDeregistersAndLaterGetFails) {
+  regcache_t *c = Create();
+  regcache_put(c, Get(c, Page(0), kPage));
+  regcache_region_t *held = Get(c, Page(4), kPage);
+  regcache::notifier::Teardown();  // what process exit does
+  EXPECT_EQ(td_->Live(), 1u);      // only the held one
+  regcache_region_t *r = nullptr;
+  EXPECT_EQ(regcache_get(c, Page(0), kPage, 0, &r), -ESHUTDOWN);
+  EXPECT_EQ(regcache_get(c, Page(4), 1, 0, &r),
+            -ESHUTDOWN);  // no stale hit either
+  regcache_put(c, held);  // safe, and deregisters it
+  EXPECT_EQ(td_->Live(), 0u);
+  Destroy(c);
+  regcache::notifier::ResetForTesting();
+}
+
+TEST_F(CacheTest, BadInputChangesNothing) {
+  regcache_t *c = Create();
+  regcache_region_t *r = reinterpret_cast<regcache_region_t *>(0x1);
+  regcache_region_t *keep = r;
+  EXPECT_EQ(regcache_get(nullptr, Page(0), 1, 0, &r), -EINVAL);
+  EXPECT_EQ(regcache_get(c, Page(0), 1, 0, nullptr), -EINVAL);
+  EXPECT_EQ(regcache_get(c, Page(0), 0, 0, &r), -EINVAL);
+  EXPECT_EQ(
+      regcache_get(c, reinterpret_cast<void *>(UINTPTR_MAX - 10), 100, 0, &r),
+      -EINVAL);
+  EXPECT_EQ(
+      regcache_get(c, reinterpret_cast<void *>(UINTPTR_MAX - 10), 5, 0, &r),
+      -EINVAL);
+  EXPECT_EQ(regcache_get(c, Page(0), 1, 0x100, &r), -EINVAL);
+  EXPECT_EQ(r, keep);
+  EXPECT_EQ(regcache_flush(nullptr), -EINVAL);
+  EXPECT_EQ(regcache_get_stats(nullptr, nullptr), -EINVAL);
+  EXPECT_EQ(regcache_get_stats(c, nullptr), -EINVAL);
+  regcache_put(c, nullptr);
+  regcache_destroy(nullptr);
+  regcache_t *c2 = nullptr;
+  EXPECT_EQ(regcache_create(nullptr, nullptr, &c2), -EINVAL);
+  EXPECT_EQ(regcache_create(drv_, nullptr, nullptr), -EINVAL);
+  regcache_params_t p = {};
+  p.field_mask = 1u << 20;
+  EXPECT_EQ(regcache_create(drv_, &p, &c2), -EINVAL);
+  p.field_mask = REGCACHE_PARAM_FLAGS;
+  p.flags = 0x80;
+  EXPECT_EQ(regcache_create(drv_, &p, &c2), -EINVAL);
+  EXPECT_EQ(c2, nullptr);
+  regcache_stats_t s = Stats(c);
+  EXPECT_EQ(s.misses + s.hits + s.registrations + s.failures, 0u);
+  EXPECT_EQ(td_->Registers(), 0u);
+  // The cache still works.
+  regcache_put(c, Get(c, Page(0), 1));
+  EXPECT_EQ(td_->Live(), 1u);
+}
+
+TEST_F(CacheTest, RequestLargerThanDriverMaximumIsEinval) {
+  td_->max_region = 4 * kPage;
+  regcache_t *c = Create();
+  regcache_region_t *r = nullptr;
+  EXPECT_EQ(regcache_get(c, Page(0), 5 * kPage, 0, &r), -EINVAL);
+  regcache_put(c, Get(c, Page(0), 3 * kPage));
+  regcache_region_t *x =
+      Get(c, Page(3), 2 * kPage);  // merging would exceed the max
+  EXPECT_EQ(regcache_region_length(x), 2 * kPage);
+  regcache_put(c, x);
+}
+
+TEST_F(CacheTest, FlushKeepsHeldRegions) {
+  regcache_t *c = Create();
+  regcache_region_t *held = Get(c, Page(0), kPage);
+  regcache_put(c, Get(c, Page(4), kPage));
+  EXPECT_EQ(regcache_flush(c), 0);
+  EXPECT_EQ(td_->Live(), 1u);
+  regcache_region_t *again = Get(c, Page(0), 1);
+  EXPECT_EQ(again, held);
+  regcache_put(c, again);
+  regcache_put(c, held);
+}
+
+TEST_F(CacheTest, StatsArePrinted) {
+  regcache_params_t p = {};
+  p.field_mask = REGCACHE_PARAM_NAME;
+  p.name = "mycache";
+  regcache_t *c = Create(&p);
+  regcache_put(c, Get(c, Page(0), kPage));
+  regcache_put(c, Get(c, Page(0), kPage));
+  char buf[2048] = {};
+  FILE *f = fmemopen(buf, sizeof(buf) - 1, "w");
+  ASSERT_EQ(regcache_print_stats(c, f), 0);
+  fclose(f);
+  EXPECT_NE(std::string(buf).find("mycache hits 1\n"), std::string::npos)
+      << buf;
+  EXPECT_NE(std::string(buf).find("mycache misses 1\n"), std::string::npos)
+      << buf;
+}
+
+TEST_F(CacheTest, StatsAtDestroyWithTunable) {
+  ASSERT_EQ(regcache_config_set("STATS", "y"), 0);
+  static std::string captured;
+  regcache_set_log_handler(
+      [](void *, int, const char *msg) { captured += msg; }, nullptr);
+  regcache_set_log_level(REGCACHE_LOG_INFO);
+  regcache_t *c = Create();
+  regcache_put(c, Get(c, Page(0), kPage));
+  Destroy(c);
+  regcache_set_log_handler(nullptr, nullptr);
+  regcache_config_set("STATS", "n");
+  EXPECT_NE(captured.find("misses 1"), std::string::npos) << captured;
+}
+
+TEST_F(CacheTest, DoublePutIsDetected) {
+  regcache_t *c = Create();
+  regcache_region_t *r = Get(c, Page(0), kPage);
+  regcache_put(c, r);
+#ifdef NDEBUG
+  static std::string captured;
+  regcache_set_log_handler(
+      [](void *, int, const char *msg) { captured += msg; }, nullptr);
+  regcache_put(c, r);
+  regcache_put(c, r);
+  regcache_set_log_handler(nullptr, nullptr);
+  EXPECT_NE(captured.find("double put"), std::string::npos);
+  EXPECT_EQ(captured.find("double put"),
+            captured.rfind("double put"));        // logged once
+  regcache_region_t *again = Get(c, Page(0), 1);  // state intact
+  EXPECT_EQ(again, r);
+  regcache_put(c, again);
+#else
+  EXPECT_DEATH(regcache_put(c, r), "double put");
+#endif
+}
+
+TEST_F(CacheTest, ConcurrentHitsInvalidationsAndMisses) {
+  regcache_t *c = CreateWith(64, SIZE_MAX, 8 * kPage);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 2; ++t) {
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 20000; ++i) {
+        char *a = Page(static_cast<size_t>(t * 64 + (i % 16) * 2));
+        regcache_region_t *r = nullptr;
+        int rc = regcache_get(c, a, kPage, 0, &r);
+        if (rc == -EAGAIN) continue;
+        ASSERT_EQ(rc, 0);
+        ASSERT_LE(reinterpret_cast<char *>(regcache_region_addr(r)), a);
+        ASSERT_GE(reinterpret_cast<char *>(regcache_region_addr(r)) +
+                      regcache_region_length(r),
+                  a + kPage);
+        regcache_put(c, r);
+      }
+    });
+  }
+  std::thread inv([&] {
+    size_t i = 0;
+    while (!stop.load()) regcache_notify_unmapped(Page((i++ * 7) % 128), kPage);
+  });
+  for (auto &t : ts) t.join();
+  stop = true;
+  inv.join();
+  regcache_stats_t s = Stats(c);
+  EXPECT_EQ(s.hits + s.misses, 40000u);  // every get is counted once
+  EXPECT_GT(s.hits, 0u);
+  EXPECT_EQ(regcache_flush(c), 0);
+  EXPECT_EQ(td_->Live(), 0u);
+  EXPECT_EQ(td_->bad_deregs, 0);
+}
+
+// ---------------------------------------------------------------- host driver
+class HostCacheTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(regcache_config_set("MONITOR", "none"), 0);
+    ASSERT_EQ(regcache_driver_host_open(&drv_), 0);
+    EXPECT_STREQ(regcache_driver_name(drv_), "host");
+    ASSERT_EQ(regcache_create(drv_, nullptr, &c_), 0);
+  }
+  void TearDown() override {
+    regcache_destroy(c_);
+    regcache_driver_close(drv_);
+  }
+  regcache_driver_t *drv_ = nullptr;
+  regcache_t *c_ = nullptr;
+};
+
+TEST_F(HostCacheTest, UnmappedIsEfaultReadOnlyIsEacces) {
+  void *p =
+      mmap(nullptr, 4 * kPage, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  regcache_region_t *r = nullptr;
+  EXPECT_EQ(regcache_get(c_, p, kPage, REGCACHE_ACCESS_LOCAL_WRITE, &r),
+            -EACCES);
+  EXPECT_EQ(regcache_get(c_, p, kPage, REGCACHE_ACCESS_REMOTE_WRITE, &r),
+            -EACCES);
+  ASSERT_EQ(regcache_get(c_, p, kPage, REGCACHE_ACCESS_REMOTE_READ, &r), 0);
+  regcache_put(c_, r);
+  r = nullptr;
+  ASSERT_EQ(regcache_notify_unmapped(p, 4 * kPage), 0);
+  munmap(p, 4 * kPage);
+  EXPECT_EQ(regcache_get(c_, p, kPage, 0, &r), -EFAULT);
+  EXPECT_EQ(r, nullptr);
+  regcache_stats_t s;
+  regcache_get_stats(c_, &s);
+  EXPECT_EQ(s.failures, 3u);
+}
+
+TEST_F(HostCacheTest, MemlockLimitEvictsAndRetries) {
+  struct rlimit old;
+  ASSERT_EQ(getrlimit(RLIMIT_MEMLOCK, &old), 0);
+  size_t base = regcache::host::PinnedBytes();
+  struct rlimit lim = old;
+  lim.rlim_cur = base + 8 * kPage;
+  ASSERT_EQ(setrlimit(RLIMIT_MEMLOCK, &lim), 0);
+  char *p =
+      static_cast<char *>(mmap(nullptr, 32 * kPage, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(p, MAP_FAILED);
+  regcache_region_t *r = nullptr;
+  ASSERT_EQ(regcache_get(c_, p, 6 * kPage, REGCACHE_ACCESS_LOCAL_WRITE, &r), 0);
+  regcache_put(c_, r);
+  // 6 pinned + 6 more > 8: the driver says -ENOMEM, the cache evicts and
+  // retries.
+  ASSERT_EQ(regcache_get(c_, p + 16 * kPage, 6 * kPage,
+                         REGCACHE_ACCESS_LOCAL_WRITE, &r),
+            0);
+  regcache_stats_t s;
+  regcache_get_stats(c_, &s);
+  EXPECT_EQ(s.evictions, 1u);
+  regcache_region_t *r2 = nullptr;
+  EXPECT_EQ(regcache_get(c_, p, 6 * kPage, 0, &r2),
+            -ENOMEM);  // the held one stays
+  regcache_put(c_, r);
+  ASSERT_EQ(setrlimit(RLIMIT_MEMLOCK, &old), 0);
+  regcache_flush(c_);
+  ASSERT_EQ(regcache_notify_unmapped(p, 32 * kPage), 0);
+  munmap(p, 32 * kPage);
+}
+
+}  // namespace
