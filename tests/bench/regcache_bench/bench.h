@@ -1,0 +1,149 @@
+// regcache-bench: the hit-rate suite (issue 7). Shared types of the orchestrator
+// (regcache-bench), its workers, and the UCX worker (regcache-bench-ucx).
+//
+// A run is: one workload (a list of operations, generated or read from a trace) executed
+// by one contender (regcache, UCX's ucs_rcache, no cache, pre-registered) at one cache
+// capacity, in a process of its own. Every contender registers through the same
+// callbacks (callbacks.cc), which count registrations and pinned bytes.
+#ifndef REGCACHE_TESTS_BENCH_REGCACHE_BENCH_BENCH_H
+#define REGCACHE_TESTS_BENCH_REGCACHE_BENCH_BENCH_H
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace rcbench {
+
+// ------------------------------------------------------------------ operations
+enum class OpKind : uint8_t {
+  kMap,     // buf = mmap(len) (anonymous, read-write, populated, one guard page after)
+  kMalloc,  // buf = malloc(len) through glibc
+  kGet,     // get [buf+off, +len) with access
+  kPut,     // put the most recent unmatched get of (buf, off, len) on this thread
+  kFree,    // free(buf)
+  kMunmap,  // munmap [buf+off, +len) (page-aligned)
+};
+
+struct Op {
+  OpKind kind;
+  uint8_t access;   // REGCACHE_ACCESS_* bits (kGet)
+  uint16_t thread;  // executing thread (0 = main)
+  uint32_t buf;     // buffer id
+  uint64_t off;
+  uint64_t len;
+};
+
+struct Workload {
+  std::string name;
+  std::string description;
+  uint32_t nbufs = 0;  // buffer ids are 0 .. nbufs-1
+  uint32_t nthreads = 1;
+  std::vector<Op> ops;
+};
+
+// Sizes: quick (the default run, the README's main job) or full (--full).
+struct GenParams {
+  bool full = false;
+  uint64_t seed = 42;
+  uint64_t ops_scale = 1;  // multiplies the number of get/put operations
+  size_t default_regions = 32;  // the capacity the pool workloads are sized against
+};
+
+// Names of the generators, in report order.
+const std::vector<std::string> &WorkloadNames();
+// Builds workload `name`; false if unknown (err says why).
+bool MakeWorkload(const std::string &name, const GenParams &p, Workload *w,
+                  std::string *err);
+// Trace files (format in docs/bench.md).
+bool ReadTrace(const std::string &path, Workload *w, std::string *err);
+bool WriteTrace(const std::string &path, const Workload &w, std::string *err);
+
+// ------------------------------------------------------------------ capacity
+struct Capacity {
+  size_t regions;
+  size_t bytes;
+};
+// The capacity sweep: level i has 4 * 2^i regions and 8 MiB * 2^i bytes.
+constexpr int kLevels = 6;
+constexpr int kDefaultLevel = 3;  // 32 regions, 64 MiB
+Capacity CapacityOfLevel(int level);
+
+// ------------------------------------------------------------------ callbacks
+// The registration callbacks every contender uses (regcache_driver_ops_t's signature).
+struct RegConfig {
+  std::string driver = "pin";  // pin (mlock + cost model) | verbs | none (no-op)
+  uint64_t base_ns = 5000;     // fixed cost per registration (busy wait)
+  uint64_t page_ns = 20;       // plus this per 4 KiB page
+  uint64_t dereg_ns = 1000;    // fixed cost per deregistration
+};
+int CallbacksInit(const RegConfig &cfg, std::string *err);
+void CallbacksFini();
+int BenchReg(void *ctx, void *addr, size_t len, unsigned access, void **handle_p,
+             uint32_t *lkey_p, uint64_t *rkey_p, void **desc_p);
+int BenchDereg(void *ctx, void *handle);
+struct RegCounters {
+  uint64_t regs, deregs, reg_failures, pinned_bytes, peak_pinned_bytes;
+};
+RegCounters ReadRegCounters();
+void ResetPeakPinned();
+// Registrations made by the calling thread (tells a hit from a miss, uniformly).
+uint64_t ThreadRegs();
+
+// ------------------------------------------------------------------ contenders
+class Contender {
+ public:
+  virtual ~Contender() = default;
+  virtual const char *name() const = 0;
+  // Creates the cache with capacity cap. 0 or a negative errno.
+  virtual int Open(const Capacity &cap, std::string *err) = 0;
+  virtual int Get(void *addr, size_t len, unsigned access, void **handle) = 0;
+  virtual void Put(void *handle) = 0;
+  // Extra diagnostics ("key=value ..."), before Close.
+  virtual std::string Extra() { return ""; }
+  virtual void Close() = 0;
+};
+// Built into every worker binary.
+Contender *NewNoCache();
+Contender *NewPreRegistered();
+
+// ------------------------------------------------------------------ results
+struct Result {
+  std::string workload, contender;
+  int level = 0;
+  Capacity cap{0, 0};
+  uint64_t gets = 0, hits = 0, errors = 0;
+  uint64_t regs = 0, deregs = 0, peak_pinned = 0;
+  double hit_ns_sum = 0, all_ns_sum = 0;  // get+put times, ns
+  double wall_s = 0;
+  std::string extra;
+  bool ok = false;
+  std::string error;
+  double HitRate() const { return gets ? double(hits) / double(gets) : 0; }
+  double HitNs() const { return hits ? hit_ns_sum / double(hits) : 0; }
+  double AllNs() const { return gets ? all_ns_sum / double(gets) : 0; }
+};
+std::string FormatResult(const Result &r);  // one "RESULT k=v ..." line
+bool ParseResult(const std::string &line, Result *r);
+
+// ------------------------------------------------------------------ executor
+// Runs w on c (already opened); fills r's counters. Buffers are mapped/freed by ops.
+void Execute(const Workload &w, Contender *c, Result *r);
+
+// ------------------------------------------------------------------ workers
+// The worker's command line (see worker.cc): --worker CONTENDER --workload NAME
+// [--trace FILE] --level L [--full] [--seed S] [--scale K] [--driver D]
+// [--reg-ns N] [--page-ns N] [--dereg-ns N]. make_contender builds the binary's own
+// contenders (NULL if unknown). Prints one RESULT line on stdout; exit status 0 on
+// success.
+using ContenderFactory = Contender *(*)(const std::string &name);
+int WorkerMain(int argc, char **argv, ContenderFactory make_contender);
+
+// Timer: TSC ticks where available, converted with a calibrated rate.
+uint64_t Ticks();
+double TicksToNs(double ticks);
+double TimerOverheadTicks();
+
+}  // namespace rcbench
+
+#endif  // REGCACHE_TESTS_BENCH_REGCACHE_BENCH_BENCH_H

@@ -1,0 +1,192 @@
+// Executes a workload's operations on a contender and measures every get and put.
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include "tests/bench/regcache_bench/bench.h"
+
+namespace rcbench {
+namespace {
+
+constexpr size_t kPage = 4096;
+
+struct Held {
+  uint32_t buf;
+  uint64_t off, len;
+  void *handle;
+  uint64_t get_ticks;
+  bool hit, ok;
+};
+
+struct ThreadStats {
+  uint64_t gets = 0, hits = 0, errors = 0;
+  double hit_ticks = 0, all_ticks = 0;
+};
+
+struct Buffers {
+  std::vector<char *> ptr;
+  std::vector<uint64_t> len;
+};
+
+void DoMap(Buffers *b, uint32_t id, uint64_t len) {
+  size_t rounded = (len + kPage - 1) / kPage * kPage;
+  void *p = mmap(nullptr, rounded + kPage, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+  if (p == MAP_FAILED) {
+    perror("regcache-bench: mmap");
+    exit(2);
+  }
+  // A guard page keeps neighbouring buffers from being adjacent (one buffer, one region).
+  mprotect(static_cast<char *>(p) + rounded, kPage, PROT_NONE);
+  b->ptr[id] = static_cast<char *>(p);
+  b->len[id] = len;
+}
+
+// The harness's own cost of a timed get+put (two timer pairs, two virtual calls),
+// measured on a contender that does nothing: subtracted from every pair.
+double HarnessFloorTicks() {
+  static const double v = [] {
+    Contender *noop = NewPreRegistered();
+    std::vector<uint64_t> t(4001);
+    char x;
+    for (uint64_t &d : t) {
+      void *h;
+      uint64_t t0 = Ticks();
+      noop->Get(&x, 1, 0, &h);
+      uint64_t t1 = Ticks();
+      uint64_t t2 = Ticks();
+      noop->Put(h);
+      uint64_t t3 = Ticks();
+      d = (t1 - t0) + (t3 - t2);
+    }
+    delete noop;
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    return double(t[t.size() / 2]);
+  }();
+  return v;
+}
+
+void RunThread(const std::vector<const Op *> &ops, Buffers *b, Contender *c,
+               ThreadStats *st) {
+  const double floor = HarnessFloorTicks();
+  std::vector<Held> held;
+  held.reserve(16);
+  for (const Op *op : ops) {
+    switch (op->kind) {
+      case OpKind::kMap:
+        DoMap(b, op->buf, op->len);
+        break;
+      case OpKind::kMalloc: {
+        void *p = malloc(op->len);
+        if (!p) {
+          perror("regcache-bench: malloc");
+          exit(2);
+        }
+        b->ptr[op->buf] = static_cast<char *>(p);
+        b->len[op->buf] = op->len;
+        break;
+      }
+      case OpKind::kFree:
+        free(b->ptr[op->buf]);
+        b->ptr[op->buf] = nullptr;
+        break;
+      case OpKind::kMunmap:
+        munmap(b->ptr[op->buf] + op->off, op->len);
+        break;
+      case OpKind::kGet: {
+        void *addr = b->ptr[op->buf] + op->off;
+        void *h = nullptr;
+        uint64_t regs0 = ThreadRegs();
+        uint64_t t0 = Ticks();
+        int rc = c->Get(addr, op->len, op->access, &h);
+        uint64_t t1 = Ticks();
+        bool hit = rc == 0 && ThreadRegs() == regs0;
+        held.push_back({op->buf, op->off, op->len, h, t1 - t0, hit, rc == 0});
+        st->gets++;
+        if (rc != 0) {
+          st->errors++;
+          if (st->errors == 1)
+            fprintf(stderr, "regcache-bench: %s get(%p, %llu) failed: %d\n",
+                    c->name(), addr, (unsigned long long)op->len, rc);
+        }
+        break;
+      }
+      case OpKind::kPut: {
+        auto it = std::find_if(held.rbegin(), held.rend(), [&](const Held &x) {
+          return x.buf == op->buf && x.off == op->off && x.len == op->len;
+        });
+        if (it == held.rend()) break;  // put without get: ignored
+        Held h = *it;
+        held.erase(std::next(it).base());
+        if (!h.ok) break;
+        uint64_t t0 = Ticks();
+        c->Put(h.handle);
+        uint64_t t1 = Ticks();
+        double pair = std::max(0.0, double(h.get_ticks + (t1 - t0)) - floor);
+        st->all_ticks += pair;
+        if (h.hit) {
+          st->hits++;
+          st->hit_ticks += pair;
+        }
+        break;
+      }
+    }
+  }
+  for (Held &h : held)  // gets without a put: give them back
+    if (h.ok) c->Put(h.handle);
+}
+
+}  // namespace
+
+void Execute(const Workload &w, Contender *c, Result *r) {
+  Buffers b;
+  b.ptr.assign(w.nbufs, nullptr);
+  b.len.assign(w.nbufs, 0);
+  size_t i = 0;
+  for (; i < w.ops.size() && w.ops[i].kind == OpKind::kMap; i++)
+    DoMap(&b, w.ops[i].buf, w.ops[i].len);
+  std::vector<std::vector<const Op *>> per(std::max<uint32_t>(1, w.nthreads));
+  for (; i < w.ops.size(); i++) per[w.ops[i].thread].push_back(&w.ops[i]);
+
+  HarnessFloorTicks();  // calibrate before the clock starts
+  RegCounters before = ReadRegCounters();
+  ResetPeakPinned();
+  std::vector<ThreadStats> stats(per.size());
+  auto t0 = std::chrono::steady_clock::now();
+  if (per.size() == 1) {
+    RunThread(per[0], &b, c, &stats[0]);
+  } else {
+    std::atomic<size_t> ready{0};
+    auto body = [&](size_t t) {
+      ready.fetch_add(1);
+      while (ready.load() < per.size()) {
+      }
+      RunThread(per[t], &b, c, &stats[t]);
+    };
+    std::vector<std::thread> th;
+    for (size_t t = 1; t < per.size(); t++) th.emplace_back(body, t);
+    body(0);
+    for (auto &x : th) x.join();
+  }
+  auto t1 = std::chrono::steady_clock::now();
+  RegCounters after = ReadRegCounters();
+
+  r->wall_s = std::chrono::duration<double>(t1 - t0).count();
+  for (const ThreadStats &s : stats) {
+    r->gets += s.gets;
+    r->hits += s.hits;
+    r->errors += s.errors;
+    r->hit_ns_sum += TicksToNs(s.hit_ticks);
+    r->all_ns_sum += TicksToNs(s.all_ticks);
+  }
+  r->regs = after.regs - before.regs;
+  r->deregs = after.deregs - before.deregs;
+  r->peak_pinned = after.peak_pinned_bytes;
+}
+
+}  // namespace rcbench

@@ -1,0 +1,17 @@
+#!/bin/sh
+# Checks tests/notifier/notifier.pml with spin: exhaustive safety run, fails on any error.
+# Usage: run_spin.sh <model.pml> <work dir>. Exit 77 (ctest skip) if spin or cc is missing.
+set -eu
+model=$1
+dir=$2
+command -v spin >/dev/null 2>&1 || { echo "spin not installed: skipping"; exit 77; }
+cc=${CC:-cc}
+command -v "$cc" >/dev/null 2>&1 || cc=gcc
+mkdir -p "$dir"
+cd "$dir"
+spin -a "$model"
+"$cc" -O2 -DSAFETY -o pan pan.c
+./pan -m200000 > pan.out 2>&1 || true
+cat pan.out
+grep -q "errors: 0" pan.out || { echo "spin found a violation (see trail in $dir)"; exit 1; }
+if grep -q "max search depth too small" pan.out; then echo "search truncated"; exit 1; fi
