@@ -1,15 +1,17 @@
-// drivers/driver.h - the interface between the cache and a registration back-end.
+// drivers/driver.h - the interface between the cache and a registration
+// back-end.
 //
-// A Driver pins and maps memory for one protection domain / fabric domain / host
-// context. The cache (regcache/) owns no back-end knowledge; every back-end under
-// drivers/<name>/ implements this interface, and the C handle regcache_driver_t wraps one.
+// A Driver pins and maps memory for one protection domain / fabric domain /
+// host context. The cache (regcache/) owns no back-end knowledge; every
+// back-end under drivers/<name>/ implements this interface, and the C handle
+// regcache_driver_t wraps one.
 //
-// Thread safety: Register and Deregister may be called concurrently from any thread.
-// The cache never calls them while holding its own lock, and never from inside a
-// memory-event callback (they may allocate, free and unmap).
+// Thread safety: Register and Deregister may be called concurrently from any
+// thread. The cache never calls them while holding its own lock, and never from
+// inside a memory-event callback (they may allocate, free and unmap).
 //
-// Errors: 0 or a negative errno. A driver logs a failure once, naming the library call
-// and strerror; the cache does not log it again.
+// Errors: 0 or a negative errno. A driver logs a failure once, naming the
+// library call and strerror; the cache does not log it again.
 #ifndef REGCACHE_DRIVERS_DRIVER_H_
 #define REGCACHE_DRIVERS_DRIVER_H_
 
@@ -22,10 +24,11 @@ namespace regcache {
 
 // What a registration hands back; copied into the cached region.
 struct Registration {
-  void *handle = nullptr;  // driver object: ibv_mr*, fid_mr*, host record, custom handle
+  void *handle =
+      nullptr;  // driver object: ibv_mr*, fid_mr*, host record, custom handle
   uint32_t lkey = 0;
   uint64_t rkey = 0;
-  void *desc = nullptr;    // libfabric fi_mr_desc, else nullptr
+  void *desc = nullptr;  // libfabric fi_mr_desc, else nullptr
 };
 
 class Driver {
@@ -33,24 +36,30 @@ class Driver {
   virtual ~Driver() = default;
   // "host", "custom", "verbs", "fabric", or a test driver's name.
   virtual const char *Name() const = 0;
-  // Registers [addr, addr+len) (page-aligned by the cache) with REGCACHE_ACCESS_* bits.
-  virtual int Register(void *addr, size_t len, unsigned access, Registration *out) = 0;
-  // Deregisters what Register returned. Must succeed for memory that is already unmapped.
+  // Registers [addr, addr+len) (page-aligned by the cache) with
+  // REGCACHE_ACCESS_* bits.
+  virtual int Register(void *addr, size_t len, unsigned access,
+                       Registration *out) = 0;
+  // Deregisters what Register returned. Must succeed for memory that is already
+  // unmapped.
   virtual int Deregister(const Registration &reg) = 0;
-  // True when registrations do not pin (ODP): the hardware follows the page tables, so
-  // the cache may keep such regions across unmaps.
+  // True when registrations do not pin (ODP): the hardware follows the page
+  // tables, so the cache may keep such regions across unmaps.
   virtual bool OnDemand() const { return false; }
-  // Largest single registration the device accepts (max_mr_size); larger gets -EINVAL
-  // from the cache before the driver is called... and is never produced by merging.
+  // Largest single registration the device accepts (max_mr_size); larger gets
+  // -EINVAL from the cache before the driver is called... and is never produced
+  // by merging.
   virtual size_t MaxRegionBytes() const { return SIZE_MAX; }
 };
 
 }  // namespace regcache
 
-// The C handle. Reference-counted: a cache holds a reference, so a driver closed while a
-// cache still uses it is freed only when the last cache is destroyed.
+// The C handle. Reference-counted: a cache holds a reference, so a driver
+// closed while a cache still uses it is freed only when the last cache is
+// destroyed.
 struct regcache_driver {
-  explicit regcache_driver(std::unique_ptr<regcache::Driver> d) : impl(std::move(d)) {}
+  explicit regcache_driver(std::unique_ptr<regcache::Driver> d)
+      : impl(std::move(d)) {}
   std::unique_ptr<regcache::Driver> impl;
   std::atomic<int> refs{1};
   void Ref() { refs.fetch_add(1, std::memory_order_relaxed); }

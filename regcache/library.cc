@@ -30,8 +30,8 @@ int LibraryInit() {
   rc = tunables::GetEnum("MONITOR", &idx);
   if (rc) return rc;
   static constexpr notifier::Source kSources[] = {
-      notifier::Source::kAuto, notifier::Source::kPatch, notifier::Source::kUffd,
-      notifier::Source::kNone};
+      notifier::Source::kAuto, notifier::Source::kPatch,
+      notifier::Source::kUffd, notifier::Source::kNone};
   notifier::Options opts;
   opts.source = kSources[idx];
   opts.log = NotifierLog;
@@ -43,14 +43,16 @@ int LibraryInit() {
 
 }  // namespace regcache
 
-// Process exit: release every subscriber exactly once (see <regcache/notifier.h>).
+// Process exit: release every subscriber exactly once (see
+// <regcache/notifier.h>).
 __attribute__((destructor)) static void regcache_library_fini() {
   regcache::notifier::Teardown();
 }
 
 extern "C" {
 
-REGCACHE_API void regcache_version(unsigned *major, unsigned *minor, unsigned *patch) {
+REGCACHE_API void regcache_version(unsigned *major, unsigned *minor,
+                                   unsigned *patch) {
   if (major) *major = REGCACHE_VERSION_MAJOR;
   if (minor) *minor = REGCACHE_VERSION_MINOR;
   if (patch) *patch = REGCACHE_VERSION_PATCH;
@@ -60,18 +62,30 @@ REGCACHE_API const char *regcache_strerror(int err) {
   if (err == 0) return "success";
   if (err > 0 || err < -4095) return "unknown error (not a negative errno)";
   switch (-err) {
-    case EINVAL: return "invalid argument";
-    case ENOMEM: return "out of memory (or RLIMIT_MEMLOCK / device registration limit)";
-    case ESHUTDOWN: return "address space torn down: the library is shutting down";
-    case EAGAIN: return "resource temporarily unavailable (memory kept changing; retry)";
-    case EFAULT: return "bad address: memory not mapped";
-    case EACCES: return "permission denied: memory not writable for the requested access";
-    case ENOENT: return "no such tunable";
-    case EBUSY: return "busy: already configured differently";
-    case EDEADLK: return "not allowed from inside a notifier callback";
-    case ENOSYS: return "event source not available on this system";
-    case EALREADY: return "another library already patched these functions";
-    default: return strerrordesc_np(-err) ? strerrordesc_np(-err) : "unknown error";
+    case EINVAL:
+      return "invalid argument";
+    case ENOMEM:
+      return "out of memory (or RLIMIT_MEMLOCK / device registration limit)";
+    case ESHUTDOWN:
+      return "address space torn down: the library is shutting down";
+    case EAGAIN:
+      return "resource temporarily unavailable (memory kept changing; retry)";
+    case EFAULT:
+      return "bad address: memory not mapped";
+    case EACCES:
+      return "permission denied: memory not writable for the requested access";
+    case ENOENT:
+      return "no such tunable";
+    case EBUSY:
+      return "busy: already configured differently";
+    case EDEADLK:
+      return "not allowed from inside a notifier callback";
+    case ENOSYS:
+      return "event source not available on this system";
+    case EALREADY:
+      return "another library already patched these functions";
+    default:
+      return strerrordesc_np(-err) ? strerrordesc_np(-err) : "unknown error";
   }
 }
 
@@ -79,14 +93,17 @@ REGCACHE_API void regcache_set_log_handler(regcache_log_func_t fn, void *arg) {
   regcache::log::SetHandler(fn, arg);
 }
 
-REGCACHE_API int regcache_set_log_level(int level) { return regcache::log::SetLevel(level); }
+REGCACHE_API int regcache_set_log_level(int level) {
+  return regcache::log::SetLevel(level);
+}
 
 REGCACHE_API int regcache_config_set(const char *name, const char *value) {
   if (name == nullptr || value == nullptr) return -EINVAL;
   return regcache::tunables::Set(name, value);
 }
 
-REGCACHE_API int regcache_config_get(const char *name, char *buf, size_t buflen) {
+REGCACHE_API int regcache_config_get(const char *name, char *buf,
+                                     size_t buflen) {
   if (name == nullptr || (buf == nullptr && buflen > 0)) return -EINVAL;
   std::string v;
   int rc = regcache::tunables::GetString(name, &v);
@@ -99,14 +116,18 @@ REGCACHE_API int regcache_config_get(const char *name, char *buf, size_t buflen)
   return static_cast<int>(v.size());
 }
 
-REGCACHE_API int regcache_config_check(void) { return regcache::tunables::CheckAll(); }
+REGCACHE_API int regcache_config_check(void) {
+  return regcache::tunables::CheckAll();
+}
 
 REGCACHE_API int regcache_config_print(FILE *stream, unsigned flags) {
   return regcache::tunables::Print(stream, flags & REGCACHE_CONFIG_PRINT_HELP);
 }
 
-// ---------------------------------------------------------------- notifier C API
-REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops, void *arg,
+// ---------------------------------------------------------------- notifier C
+// API
+REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops,
+                                            void *arg,
                                             regcache_notifier_t **notifier_p) {
   if (ops == nullptr || notifier_p == nullptr) return -EINVAL;
   int rc = regcache::LibraryInit();
@@ -117,9 +138,9 @@ REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops, 
   return rc;
 }
 
-REGCACHE_API int regcache_notifier_register_range(const regcache_notifier_ops_t *ops,
-                                                  void *arg, const void *addr, size_t len,
-                                                  regcache_notifier_t **notifier_p) {
+REGCACHE_API int regcache_notifier_register_range(
+    const regcache_notifier_ops_t *ops, void *arg, const void *addr, size_t len,
+    regcache_notifier_t **notifier_p) {
   if (ops == nullptr || notifier_p == nullptr || len == 0) return -EINVAL;
   uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   if (start + len < start) return -EINVAL;
@@ -146,11 +167,13 @@ REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
   return 0;
 }
 
-REGCACHE_API int regcache_notifier_read_retry(const regcache_notifier_t *notifier,
-                                              uint64_t seq) {
+REGCACHE_API int regcache_notifier_read_retry(
+    const regcache_notifier_t *notifier, uint64_t seq) {
   if (notifier == nullptr) return -EINVAL;
   return regcache::notifier::ReadRetry(
-             reinterpret_cast<const regcache::notifier::Subscription *>(notifier), seq)
+             reinterpret_cast<const regcache::notifier::Subscription *>(
+                 notifier),
+             seq)
              ? 1
              : 0;
 }
@@ -167,7 +190,9 @@ REGCACHE_API int regcache_notifier_quiesce(void) {
   return regcache::notifier::Quiesce();
 }
 
-REGCACHE_API int regcache_notifier_resume(void) { return regcache::notifier::Resume(); }
+REGCACHE_API int regcache_notifier_resume(void) {
+  return regcache::notifier::Resume();
+}
 
 REGCACHE_API const char *regcache_notifier_source(void) {
   return regcache::notifier::SourceName(regcache::notifier::ActiveSource());

@@ -1,13 +1,13 @@
 // regcache/library.h - process-wide library state (internal).
 //
-// LibraryInit() runs once, on the first call of any regcache_* function that needs it:
-// it reads REGCACHE_LOG_LEVEL and REGCACHE_MONITOR from the tunables table and
-// configures the notifier (which itself depends on nothing of ours). A bad value is
-// reported once and returned (-EINVAL) to every caller until it is fixed with
-// regcache_config_set().
+// LibraryInit() runs once, on the first call of any regcache_* function that
+// needs it: it reads REGCACHE_LOG_LEVEL and REGCACHE_MONITOR from the tunables
+// table and configures the notifier (which itself depends on nothing of ours).
+// A bad value is reported once and returned (-EINVAL) to every caller until it
+// is fixed with regcache_config_set().
 //
-// At process exit the library destructor tears the notifier down: every subscriber
-// (each cache included) gets release exactly once.
+// At process exit the library destructor tears the notifier down: every
+// subscriber (each cache included) gets release exactly once.
 #ifndef REGCACHE_REGCACHE_LIBRARY_H_
 #define REGCACHE_REGCACHE_LIBRARY_H_
 

@@ -15,7 +15,8 @@ std::atomic<int> g_level{REGCACHE_LOG_WARN};
 
 namespace {
 
-// Debian's spdlog 1.10 has no callback_sink: route to the host's handler, else stderr.
+// Debian's spdlog 1.10 has no callback_sink: route to the host's handler, else
+// stderr.
 class HandlerSink final : public spdlog::sinks::base_sink<std::mutex> {
  public:
   void Set(regcache_log_func_t fn, void *arg) {
@@ -42,11 +43,16 @@ class HandlerSink final : public spdlog::sinks::base_sink<std::mutex> {
   static int FromSpd(spdlog::level::level_enum l) {
     switch (l) {
       case spdlog::level::critical:
-      case spdlog::level::err: return REGCACHE_LOG_ERROR;
-      case spdlog::level::warn: return REGCACHE_LOG_WARN;
-      case spdlog::level::info: return REGCACHE_LOG_INFO;
-      case spdlog::level::debug: return REGCACHE_LOG_DEBUG;
-      default: return REGCACHE_LOG_TRACE;
+      case spdlog::level::err:
+        return REGCACHE_LOG_ERROR;
+      case spdlog::level::warn:
+        return REGCACHE_LOG_WARN;
+      case spdlog::level::info:
+        return REGCACHE_LOG_INFO;
+      case spdlog::level::debug:
+        return REGCACHE_LOG_DEBUG;
+      default:
+        return REGCACHE_LOG_TRACE;
     }
   }
   regcache_log_func_t fn_ = nullptr;
@@ -55,17 +61,23 @@ class HandlerSink final : public spdlog::sinks::base_sink<std::mutex> {
 
 spdlog::level::level_enum ToSpd(int level) {
   switch (level) {
-    case REGCACHE_LOG_ERROR: return spdlog::level::err;
-    case REGCACHE_LOG_WARN: return spdlog::level::warn;
-    case REGCACHE_LOG_INFO: return spdlog::level::info;
-    case REGCACHE_LOG_DEBUG: return spdlog::level::debug;
-    default: return spdlog::level::trace;
+    case REGCACHE_LOG_ERROR:
+      return spdlog::level::err;
+    case REGCACHE_LOG_WARN:
+      return spdlog::level::warn;
+    case REGCACHE_LOG_INFO:
+      return spdlog::level::info;
+    case REGCACHE_LOG_DEBUG:
+      return spdlog::level::debug;
+    default:
+      return spdlog::level::trace;
   }
 }
 
 struct Logger {
   std::shared_ptr<HandlerSink> sink = std::make_shared<HandlerSink>();
-  spdlog::logger logger{"regcache", sink};  // constructed directly: not in the registry
+  spdlog::logger logger{"regcache",
+                        sink};  // constructed directly: not in the registry
   Logger() {
     logger.set_pattern("[regcache] %l: %v");
     logger.set_level(spdlog::level::trace);  // filtering is done by g_level
@@ -73,7 +85,8 @@ struct Logger {
 };
 
 Logger &L() {
-  static Logger *l = new Logger;  // leaked on purpose: exit-time teardown still logs
+  static Logger *l =
+      new Logger;  // leaked on purpose: exit-time teardown still logs
   return *l;
 }
 
@@ -99,7 +112,9 @@ int InitFromTunables() {
   if (g_level_set_by_api.load(std::memory_order_relaxed)) return 0;
   int idx = 0;
   int rc = tunables::GetEnum("LOG_LEVEL", &idx);
-  if (rc == 0) g_level.store(idx, std::memory_order_relaxed);  // choices are in level order
+  if (rc == 0)
+    g_level.store(idx,
+                  std::memory_order_relaxed);  // choices are in level order
   return rc;
 }
 

@@ -20,31 +20,44 @@ constexpr Spec kTable[] = {
      "regcache_set_log_handler().",
      "off|error|warn|info|debug|trace"},
     {"MONITOR", Type::kEnum, "auto",
-     "How the notifier sees memory being unmapped: patch (patch libc's munmap/mremap/"
-     "madvise/brk/shmdt/mmap entry points), uffd (userfaultfd monitor thread), none "
-     "(explicit regcache_notify_unmapped() calls only), auto (patch, else uffd, else none).",
+     "How the notifier sees memory being unmapped: patch (patch libc's "
+     "munmap/mremap/"
+     "madvise/brk/shmdt/mmap entry points), uffd (userfaultfd monitor thread), "
+     "none "
+     "(explicit regcache_notify_unmapped() calls only), auto (patch, else "
+     "uffd, else none).",
      "auto|patch|uffd|none"},
     {"MAX_REGIONS", Type::kUint, "16384",
-     "Most unused regions a cache keeps registered; least recently used ones beyond it are "
-     "deregistered. Default: well under the max_mr of common HCAs (rxe 524287, mlx5 "
-     "~16M) and 16x libfabric's 1024, whose default is known to thrash. 0 disables caching.",
+     "Most unused regions a cache keeps registered; least recently used ones "
+     "beyond it are "
+     "deregistered. Default: well under the max_mr of common HCAs (rxe 524287, "
+     "mlx5 "
+     "~16M) and 16x libfabric's 1024, whose default is known to thrash. 0 "
+     "disables caching.",
      nullptr},
     {"MAX_BYTES", Type::kSize, "auto",
-     "Most bytes of unused regions a cache keeps registered (pinned). auto: 3/4 of "
+     "Most bytes of unused regions a cache keeps registered (pinned). auto: "
+     "3/4 of "
      "RLIMIT_MEMLOCK when that limit is finite, else 1/4 of physical RAM.",
      "auto"},
     {"MERGE_MAX_BYTES", Type::kSize, "64m",
-     "A region formed by merging overlapping and adjacent regions never grows beyond this "
-     "many bytes (a request larger than this is registered as it is). 0 disables merging.",
+     "A region formed by merging overlapping and adjacent regions never grows "
+     "beyond this "
+     "many bytes (a request larger than this is registered as it is). 0 "
+     "disables merging.",
      nullptr},
     {"ODP", Type::kEnum, "auto",
-     "On-demand paging for the verbs driver (read when a driver is opened). auto: register "
-     "with IBV_ACCESS_ON_DEMAND (nothing pinned) when the device's RC ODP caps cover send, "
-     "recv, write, read and atomic, else pin (one info line). on: the same, but the "
+     "On-demand paging for the verbs driver (read when a driver is opened). "
+     "auto: register "
+     "with IBV_ACCESS_ON_DEMAND (nothing pinned) when the device's RC ODP caps "
+     "cover send, "
+     "recv, write, read and atomic, else pin (one info line). on: the same, "
+     "but the "
      "fallback to pinning is a warning. off: always pin.",
      "auto|on|off"},
     {"STATS", Type::kBool, "n",
-     "Print each cache's statistics to the log (info level, or stderr) when it is "
+     "Print each cache's statistics to the log (info level, or stderr) when it "
+     "is "
      "destroyed or the process exits.",
      nullptr},
 };
@@ -61,7 +74,8 @@ State &S() {
 }
 
 std::string Lower(std::string v) {
-  for (auto &c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (auto &c : v)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return v;
 }
 
@@ -85,8 +99,10 @@ bool HasChoice(const char *choices, const std::string &v, int *index) {
 
 const char *Accepted(const Spec &s) {
   switch (s.type) {
-    case Type::kBool: return "y|n|yes|no|1|0|on|off|true|false";
-    case Type::kEnum: return s.choices;
+    case Type::kBool:
+      return "y|n|yes|no|1|0|on|off|true|false";
+    case Type::kEnum:
+      return s.choices;
     case Type::kSize:
       return s.choices ? "a size like 4096, 64k, 256m, 2g, or inf, or auto"
                        : "a size like 4096, 64k, 256m, 2g, or inf";
@@ -98,8 +114,8 @@ const char *Accepted(const Spec &s) {
 }
 
 // Validates v for s. 0 or -EINVAL.
-int Validate(const Spec &s, const std::string &raw, int *enum_index, size_t *size_out,
-             bool *is_auto) {
+int Validate(const Spec &s, const std::string &raw, int *enum_index,
+             size_t *size_out, bool *is_auto) {
   std::string v = Lower(raw);
   switch (s.type) {
     case Type::kBool: {
@@ -171,8 +187,9 @@ int Read(const char *name, int *enum_index, size_t *size_out, bool *is_auto,
   }
   if (first_report) {
     log::Write(REGCACHE_LOG_ERROR,
-               fmt::format("invalid value '{}' for REGCACHE_{} (from {}); accepted: {}", raw,
-                           s->name, origin, Accepted(*s)));
+               fmt::format(
+                   "invalid value '{}' for REGCACHE_{} (from {}); accepted: {}",
+                   raw, s->name, origin, Accepted(*s)));
   }
   return -EINVAL;
 }
@@ -213,7 +230,8 @@ int ParseSize(const std::string &raw, size_t *out) {
     *out = SIZE_MAX;
     return 0;
   }
-  if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0]))) return -EINVAL;
+  if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0])))
+    return -EINVAL;
   char *end = nullptr;
   errno = 0;
   unsigned long long n = std::strtoull(v.c_str(), &end, 10);
@@ -221,12 +239,18 @@ int ParseSize(const std::string &raw, size_t *out) {
   std::string_view unit(end);
   if (!unit.empty() && unit.back() == 'b') unit.remove_suffix(1);
   unsigned shift = 0;
-  if (unit.empty()) shift = 0;
-  else if (unit == "k") shift = 10;
-  else if (unit == "m") shift = 20;
-  else if (unit == "g") shift = 30;
-  else if (unit == "t") shift = 40;
-  else return -EINVAL;
+  if (unit.empty())
+    shift = 0;
+  else if (unit == "k")
+    shift = 10;
+  else if (unit == "m")
+    shift = 20;
+  else if (unit == "g")
+    shift = 30;
+  else if (unit == "t")
+    shift = 40;
+  else
+    return -EINVAL;
   if (shift && n > (SIZE_MAX >> shift)) return -EINVAL;
   *out = static_cast<size_t>(n) << shift;
   return 0;
@@ -278,8 +302,8 @@ int Set(const char *name, const char *value) {
   int rc = Validate(*s, value, nullptr, nullptr, nullptr);
   if (rc) {
     log::Write(REGCACHE_LOG_ERROR,
-               fmt::format("invalid value '{}' for REGCACHE_{}; accepted: {}", value, s->name,
-                           Accepted(*s)));
+               fmt::format("invalid value '{}' for REGCACHE_{}; accepted: {}",
+                           value, s->name, Accepted(*s)));
     return rc;
   }
   std::lock_guard<std::mutex> g(S().mu);
@@ -309,8 +333,9 @@ int Print(FILE *stream, bool with_help) {
     std::string v;
     GetString(s.name, &v);
     if (with_help) {
-      std::fprintf(stream, "#\n# %s\n#\n# syntax:  %s: %s\n# default: %s\n#\n", s.help,
-                   kTypeName[static_cast<int>(s.type)], Accepted(s), s.default_value);
+      std::fprintf(stream, "#\n# %s\n#\n# syntax:  %s: %s\n# default: %s\n#\n",
+                   s.help, kTypeName[static_cast<int>(s.type)], Accepted(s),
+                   s.default_value);
     }
     std::fprintf(stream, "REGCACHE_%s=%s\n", s.name, v.c_str());
   }

@@ -1,12 +1,13 @@
 // regcache/tunables.h - every REGCACHE_* tunable, declared once (internal).
 //
-// The table in tunables.cc is the only place a REGCACHE_* environment variable is read.
-// A value comes from, in order: regcache_config_set() (in-process override), the
-// environment, the table's default. Values are validated when read; a bad value gives
-// -EINVAL and one error log line naming the variable and the accepted values.
+// The table in tunables.cc is the only place a REGCACHE_* environment variable
+// is read. A value comes from, in order: regcache_config_set() (in-process
+// override), the environment, the table's default. Values are validated when
+// read; a bad value gives -EINVAL and one error log line naming the variable
+// and the accepted values.
 //
-// Thread safety: all functions may be called concurrently (one internal mutex; never
-// called from memory-event paths).
+// Thread safety: all functions may be called concurrently (one internal mutex;
+// never called from memory-event paths).
 #ifndef REGCACHE_REGCACHE_TUNABLES_H_
 #define REGCACHE_REGCACHE_TUNABLES_H_
 
@@ -20,41 +21,48 @@ namespace regcache::tunables {
 enum class Type {
   kBool,  // y|n|yes|no|1|0|on|off|true|false
   kEnum,  // one of `choices`
-  kSize,  // bytes with optional k/m/g/t suffix (powers of 1024); "inf"; "auto" if allowed
+  kSize,  // bytes with optional k/m/g/t suffix (powers of 1024); "inf"; "auto"
+          // if allowed
   kUint,  // a count: decimal, "inf"; "auto" if allowed
 };
 
 struct Spec {
-  const char *name;           // without the REGCACHE_ prefix, e.g. "MAX_REGIONS"
+  const char *name;  // without the REGCACHE_ prefix, e.g. "MAX_REGIONS"
   Type type;
   const char *default_value;  // as a user would write it
-  const char *help;           // one or two sentences: what it does and how the default is chosen
-  const char *choices;        // kEnum: "auto|patch|uffd|none"; kSize/kUint: "auto" allowed if
-                              // non-null; otherwise nullptr
+  const char *
+      help;  // one or two sentences: what it does and how the default is chosen
+  const char *choices;  // kEnum: "auto|patch|uffd|none"; kSize/kUint: "auto"
+                        // allowed if non-null; otherwise nullptr
 };
 
 // The whole table, for printing (regcache-info -c) and tests.
 const Spec *Table(size_t *count);
-const Spec *Find(const char *name);  // accepts "MAX_REGIONS" or "REGCACHE_MAX_REGIONS"
+const Spec *Find(
+    const char *name);  // accepts "MAX_REGIONS" or "REGCACHE_MAX_REGIONS"
 
 // Raw current value (override > env > default). -ENOENT for an unknown name.
 int GetString(const char *name, std::string *out);
-// Typed reads. Return 0, -ENOENT (unknown), -EINVAL (bad value; logged once per value).
+// Typed reads. Return 0, -ENOENT (unknown), -EINVAL (bad value; logged once per
+// value).
 int GetBool(const char *name, bool *out);
 int GetEnum(const char *name, int *index_out);  // index into the choices list
-// kSize / kUint. "inf" -> SIZE_MAX. "auto" -> *is_auto = true and *out untouched
-// (is_auto may be nullptr when the tunable has no "auto").
+// kSize / kUint. "inf" -> SIZE_MAX. "auto" -> *is_auto = true and *out
+// untouched (is_auto may be nullptr when the tunable has no "auto").
 int GetSize(const char *name, size_t *out, bool *is_auto = nullptr);
 
-// Validates every tunable (typed read of each); -EINVAL if any is bad (each logged).
+// Validates every tunable (typed read of each); -EINVAL if any is bad (each
+// logged).
 int CheckAll();
 
-// In-process override (regcache_config_set). Validates first: -ENOENT / -EINVAL.
+// In-process override (regcache_config_set). Validates first: -ENOENT /
+// -EINVAL.
 int Set(const char *name, const char *value);
 // Drops every override (tests).
 void ClearOverridesForTesting();
 
-// Prints "REGCACHE_NAME=value" lines; with help, a "# type, default, help" block each.
+// Prints "REGCACHE_NAME=value" lines; with help, a "# type, default, help"
+// block each.
 int Print(FILE *stream, bool with_help);
 
 // Parsers, exposed for tests.

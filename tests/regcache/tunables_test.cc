@@ -1,4 +1,5 @@
-// Tests of the tunables table (regcache/tunables.h) and the private logger (regcache/log.h).
+// Tests of the tunables table (regcache/tunables.h) and the private logger
+// (regcache/log.h).
 #include "regcache/tunables.h"
 
 #include <gtest/gtest.h>
@@ -46,13 +47,15 @@ TEST_F(TunablesTest, EveryRowIsWellFormedAndItsDefaultValid) {
     SCOPED_TRACE(t[i].name);
     EXPECT_NE(std::string(t[i].help), "");
     EXPECT_EQ(tunables::Find(t[i].name), &t[i]);
-    EXPECT_EQ(tunables::Find((std::string("REGCACHE_") + t[i].name).c_str()), &t[i]);
+    EXPECT_EQ(tunables::Find((std::string("REGCACHE_") + t[i].name).c_str()),
+              &t[i]);
     if (t[i].type == tunables::Type::kEnum) {
       ASSERT_NE(t[i].choices, nullptr);
     }
   }
   EXPECT_EQ(tunables::CheckAll(), 0);
-  for (const char *name : {"LOG_LEVEL", "MONITOR", "MAX_REGIONS", "MAX_BYTES"}) {
+  for (const char *name :
+       {"LOG_LEVEL", "MONITOR", "MAX_REGIONS", "MAX_BYTES"}) {
     EXPECT_NE(tunables::Find(name), nullptr) << name;
   }
 }
@@ -69,7 +72,8 @@ TEST_F(TunablesTest, ParsesSizesWithUnits) {
   EXPECT_EQ(v, size_t{2} << 30);
   EXPECT_EQ(tunables::ParseSize("inf", &v), 0);
   EXPECT_EQ(v, SIZE_MAX);
-  for (const char *bad : {"", "-1", "k", "12q", "99999999999999999999", "1 k", "0x10"}) {
+  for (const char *bad :
+       {"", "-1", "k", "12q", "99999999999999999999", "1 k", "0x10"}) {
     EXPECT_EQ(tunables::ParseSize(bad, &v), -EINVAL) << bad;
   }
 }
@@ -100,7 +104,8 @@ TEST_F(TunablesTest, EnvironmentIsReadAndBadValuesNameTheVariable) {
   const std::string &msg = captured_.lines.front().second;
   EXPECT_NE(msg.find("REGCACHE_LOG_LEVEL"), std::string::npos) << msg;
   EXPECT_NE(msg.find("loud"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("off|error|warn|info|debug|trace"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("off|error|warn|info|debug|trace"), std::string::npos)
+      << msg;
   EXPECT_EQ(captured_.lines.front().first, REGCACHE_LOG_ERROR);
 }
 
@@ -114,7 +119,8 @@ TEST_F(TunablesTest, SizeAutoAndInf) {
   EXPECT_EQ(tunables::GetSize("MAX_BYTES", &v, &is_auto), 0);
   EXPECT_FALSE(is_auto);
   EXPECT_EQ(v, size_t{1} << 30);
-  EXPECT_EQ(regcache_config_set("MAX_REGIONS", "auto"), -EINVAL);  // no auto for this one
+  EXPECT_EQ(regcache_config_set("MAX_REGIONS", "auto"),
+            -EINVAL);  // no auto for this one
   EXPECT_EQ(regcache_config_set("MAX_REGIONS", "inf"), 0);
   EXPECT_EQ(tunables::GetSize("MAX_REGIONS", &v), 0);
   EXPECT_EQ(v, SIZE_MAX);
@@ -134,7 +140,8 @@ TEST_F(TunablesTest, ConfigSetOverridesEnvironmentAndValidates) {
   char buf[4];
   EXPECT_EQ(regcache_config_get("MAX_BYTES", buf, sizeof(buf)), 2);
   EXPECT_STREQ(buf, "2m");
-  EXPECT_EQ(regcache_config_get("MONITOR", buf, sizeof(buf)), 4);  // "auto", truncated
+  EXPECT_EQ(regcache_config_get("MONITOR", buf, sizeof(buf)),
+            4);  // "auto", truncated
   EXPECT_STREQ(buf, "aut");
   EXPECT_EQ(regcache_config_get("NOPE", buf, sizeof(buf)), -ENOENT);
 }
@@ -150,7 +157,8 @@ TEST_F(TunablesTest, PrintListsEveryTunableWithHelp) {
   size_t n = 0;
   const tunables::Spec *t = tunables::Table(&n);
   for (size_t i = 0; i < n; ++i) {
-    EXPECT_NE(out.find(std::string("REGCACHE_") + t[i].name + "="), std::string::npos);
+    EXPECT_NE(out.find(std::string("REGCACHE_") + t[i].name + "="),
+              std::string::npos);
     EXPECT_NE(out.find(t[i].help), std::string::npos);
   }
   EXPECT_EQ(regcache_config_print(nullptr, 0), -EINVAL);
@@ -169,7 +177,8 @@ TEST_F(TunablesTest, LogLevelFiltersAndHandlerReceives) {
 
 TEST(StrerrorTest, NamesErrors) {
   EXPECT_STREQ(regcache_strerror(0), "success");
-  EXPECT_NE(std::string(regcache_strerror(-EINVAL)).find("invalid"), std::string::npos);
+  EXPECT_NE(std::string(regcache_strerror(-EINVAL)).find("invalid"),
+            std::string::npos);
   EXPECT_NE(regcache_strerror(-ENOMEM), nullptr);
   EXPECT_NE(regcache_strerror(5), nullptr);
   EXPECT_NE(regcache_strerror(-100000), nullptr);
