@@ -130,6 +130,7 @@ size_t LockLimit() {
 
 class HostDriver final : public Driver {
  public:
+  explicit HostDriver(bool lock_pages) : lock_pages_(lock_pages) {}
   const char *Name() const override { return "host"; }
 
   int Register(void *addr, size_t len, unsigned access,
@@ -179,6 +180,8 @@ class HostDriver final : public Driver {
                      len, std::strerror(e));
         return -e;
       }
+      if (!lock_pages_)
+        munlock(addr, len);  // mlock only to fault every page in
       for (size_t i = 0; i < pages; ++i) ++pins.count[start + i * PageSize()];
       ++pins.live;
     }
@@ -217,7 +220,7 @@ class HostDriver final : public Driver {
           if (run_len == 0) run = page;
           run_len += PageSize();
         } else if (run_len) {
-          munlock(reinterpret_cast<void *>(run), run_len);
+          if (lock_pages_) munlock(reinterpret_cast<void *>(run), run_len);
           run_len = 0;
         }
       }
@@ -226,12 +229,15 @@ class HostDriver final : public Driver {
     delete rec;
     return 0;
   }
+
+ private:
+  const bool lock_pages_;
 };
 
 }  // namespace
 
-std::unique_ptr<Driver> NewHostDriver() {
-  return std::make_unique<HostDriver>();
+std::unique_ptr<Driver> NewHostDriver(bool lock_pages) {
+  return std::make_unique<HostDriver>(lock_pages);
 }
 
 FrameCheck CheckFrames(const void *handle) {

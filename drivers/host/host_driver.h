@@ -34,7 +34,11 @@
 
 namespace regcache::host {
 
-std::unique_ptr<Driver> NewHostDriver();
+// lock_pages = false: fault the pages in and account them against
+// RLIMIT_MEMLOCK, but do not mlock them. mlock'ed (VM_LOCKED) memory rejects
+// madvise(MADV_DONTNEED) with EINVAL, which a NIC's pin (get_user_pages) does
+// not; tests of that event path use this.
+std::unique_ptr<Driver> NewHostDriver(bool lock_pages = true);
 
 // Test helpers: the software stand-in for "the NIC writes to the old pages".
 enum class FrameCheck {
