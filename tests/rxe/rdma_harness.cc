@@ -15,7 +15,8 @@ namespace regcache_rxe {
 namespace {
 
 std::string Errno(const char *call, int err) {
-  return std::string(call) + ": " + std::strerror(err) + " (errno " + std::to_string(err) + ")";
+  return std::string(call) + ": " + std::strerror(err) + " (errno " +
+         std::to_string(err) + ")";
 }
 
 constexpr int kPort = 1;
@@ -36,11 +37,13 @@ std::string NoDeviceReason() {
   const int err = errno;
   if (list != nullptr) ibv_free_device_list(list);
   if (list != nullptr && n > 0) return "";
-  std::string why = list == nullptr ? Errno("ibv_get_device_list", err)
-                                    : std::string("ibv_get_device_list: no device");
+  std::string why = list == nullptr
+                        ? Errno("ibv_get_device_list", err)
+                        : std::string("ibv_get_device_list: no device");
   return "no RDMA device here (" + why +
          "). These tests need one: run them inside the Soft-RoCE guest with "
-         "tests/rxe/run-rxe-tests.sh <build-dir>, or on a host with an HCA with "
+         "tests/rxe/run-rxe-tests.sh <build-dir>, or on a host with an HCA "
+         "with "
          "`ctest -L rxe` (see docs/rxe.md).";
 }
 
@@ -48,8 +51,8 @@ void FillPattern(void *buf, size_t len, uint64_t seed) {
   auto *p = static_cast<uint8_t *>(buf);
   uint64_t x = seed * 0x9e3779b97f4a7c15ull + 0x632be59bd9b4e019ull;
   for (size_t i = 0; i < len; i += 8) {
-    // Word i/8 of seed s: distinct for distinct seeds (odd multiplier), never 0 bytes-wise
-    // all at once (the | below).
+    // Word i/8 of seed s: distinct for distinct seeds (odd multiplier), never 0
+    // bytes-wise all at once (the | below).
     uint64_t w = (x + (i / 8) * 0xd1b54a32d192ed03ull) | 0x0101010101010101ull;
     std::memcpy(p + i, &w, len - i < 8 ? len - i : 8);
   }
@@ -108,9 +111,11 @@ std::string Loopback::Open(size_t staging_bytes) {
   if (ctx_ == nullptr) return Errno("ibv_open_device", open_err);
 
   ibv_port_attr port{};
-  if (int e = ibv_query_port(ctx_, kPort, &port)) return Errno("ibv_query_port", e);
+  if (int e = ibv_query_port(ctx_, kPort, &port))
+    return Errno("ibv_query_port", e);
   if (port.state != IBV_PORT_ACTIVE) {
-    return dev_name_ + " port 1 is not active (state " + std::to_string(port.state) + ")";
+    return dev_name_ + " port 1 is not active (state " +
+           std::to_string(port.state) + ")";
   }
   mtu_ = port.active_mtu;
   lid_ = port.lid;
@@ -125,13 +130,16 @@ std::string Loopback::Open(size_t staging_bytes) {
       if (ibv_query_gid_ex(ctx_, kPort, i, &entry, 0) != 0) continue;
       ibv_gid g;
       std::memcpy(g.raw, entry.gid.raw, sizeof g.raw);
-      if (entry.gid_type == IBV_GID_TYPE_ROCE_V2 && IsIpv4Mapped(g)) gid_index_ = i;
+      if (entry.gid_type == IBV_GID_TYPE_ROCE_V2 && IsIpv4Mapped(g))
+        gid_index_ = i;
     }
-    if (gid_index_ < 0) return dev_name_ + ": no RoCEv2 IPv4 GID (set REGCACHE_RXE_GID_INDEX)";
+    if (gid_index_ < 0)
+      return dev_name_ + ": no RoCEv2 IPv4 GID (set REGCACHE_RXE_GID_INDEX)";
   } else {
     gid_index_ = 0;
   }
-  if (int e = ibv_query_gid(ctx_, kPort, gid_index_, &gid_)) return Errno("ibv_query_gid", e);
+  if (int e = ibv_query_gid(ctx_, kPort, gid_index_, &gid_))
+    return Errno("ibv_query_gid", e);
 
   pd_ = ibv_alloc_pd(ctx_);
   if (pd_ == nullptr) return Errno("ibv_alloc_pd", errno);
@@ -139,8 +147,8 @@ std::string Loopback::Open(size_t staging_bytes) {
   if (cq_ == nullptr) return Errno("ibv_create_cq", errno);
 
   staging_bytes_ = (staging_bytes + 4095) & ~size_t{4095};
-  void *p = mmap(nullptr, staging_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                 -1, 0);
+  void *p = mmap(nullptr, staging_bytes_, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return Errno("mmap", errno);
   staging_ = static_cast<uint8_t *>(p);
   std::memset(staging_, 0, staging_bytes_);
@@ -208,8 +216,9 @@ std::string Loopback::Connect() {
       a.ah_attr.dlid = lid_;
     }
     if (int e = ibv_modify_qp(qp, &a,
-                              IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                                  IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC |
+                              IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU |
+                                  IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
+                                  IBV_QP_MAX_DEST_RD_ATOMIC |
                                   IBV_QP_MIN_RNR_TIMER)) {
       return Errno("ibv_modify_qp(RTR)", e);
     }
@@ -231,8 +240,9 @@ std::string Loopback::Connect() {
   return "";
 }
 
-std::string Loopback::Post(ibv_wr_opcode op, void *local, uint32_t lkey, size_t len,
-                           uint64_t remote_addr, uint32_t rkey, int from, int timeout_ms) {
+std::string Loopback::Post(ibv_wr_opcode op, void *local, uint32_t lkey,
+                           size_t len, uint64_t remote_addr, uint32_t rkey,
+                           int from, int timeout_ms) {
   if (qp_[0] == nullptr) return "Loopback not open";
   if (broken_) {
     if (std::string e = Connect(); !e.empty()) return "reconnect: " + e;
@@ -254,7 +264,8 @@ std::string Loopback::Post(ibv_wr_opcode op, void *local, uint32_t lkey, size_t 
     broken_ = true;
     return Errno("ibv_post_send", e);
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
     ibv_wc wc{};
     const int n = ibv_poll_cq(cq_, 1, &wc);
@@ -263,34 +274,40 @@ std::string Loopback::Post(ibv_wr_opcode op, void *local, uint32_t lkey, size_t 
       return "ibv_poll_cq failed";
     }
     if (n == 1) {
-      if (wc.wr_id != wr.wr_id) continue;  // a stale completion of an earlier failure
+      if (wc.wr_id != wr.wr_id)
+        continue;  // a stale completion of an earlier failure
       if (wc.status != IBV_WC_SUCCESS) {
         ++failed_;
         broken_ = true;
-        return std::string(op == IBV_WR_RDMA_WRITE ? "RDMA WRITE" : "RDMA READ") +
+        return std::string(op == IBV_WR_RDMA_WRITE ? "RDMA WRITE"
+                                                   : "RDMA READ") +
                " completion: " + ibv_wc_status_str(wc.status) + " (status " +
-               std::to_string(wc.status) + ", vendor_err " + std::to_string(wc.vendor_err) +
-               ")";
+               std::to_string(wc.status) + ", vendor_err " +
+               std::to_string(wc.vendor_err) + ")";
       }
       return "";
     }
     if (std::chrono::steady_clock::now() > deadline) {
       broken_ = true;
-      return "timed out after " + std::to_string(timeout_ms) + " ms waiting for a completion";
+      return "timed out after " + std::to_string(timeout_ms) +
+             " ms waiting for a completion";
     }
     sched_yield();
   }
 }
 
-std::string Loopback::Write(const void *local, uint32_t lkey, size_t len, uint64_t remote_addr,
-                            uint32_t rkey, int from, int timeout_ms) {
-  return Post(IBV_WR_RDMA_WRITE, const_cast<void *>(local), lkey, len, remote_addr, rkey, from,
-              timeout_ms);
+std::string Loopback::Write(const void *local, uint32_t lkey, size_t len,
+                            uint64_t remote_addr, uint32_t rkey, int from,
+                            int timeout_ms) {
+  return Post(IBV_WR_RDMA_WRITE, const_cast<void *>(local), lkey, len,
+              remote_addr, rkey, from, timeout_ms);
 }
 
-std::string Loopback::Read(void *local, uint32_t lkey, size_t len, uint64_t remote_addr,
-                           uint32_t rkey, int from, int timeout_ms) {
-  return Post(IBV_WR_RDMA_READ, local, lkey, len, remote_addr, rkey, from, timeout_ms);
+std::string Loopback::Read(void *local, uint32_t lkey, size_t len,
+                           uint64_t remote_addr, uint32_t rkey, int from,
+                           int timeout_ms) {
+  return Post(IBV_WR_RDMA_READ, local, lkey, len, remote_addr, rkey, from,
+              timeout_ms);
 }
 
 }  // namespace regcache_rxe

@@ -67,7 +67,9 @@ while (($#)); do
 done
 (($# >= 1)) || usage
 
-t_start=$(date +%s.%N)
+ms() { echo $(($(date +%s%N) / 1000000)); }
+secs() { printf '%d.%d' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+t_start=$(ms)
 setup_env=$("$here/rxe-setup.sh" --print-env)
 eval "$setup_env"
 : "${RXE_KERNEL:?}" "${RXE_INITRD:?}"
@@ -122,14 +124,13 @@ qemu=(
   -append "console=ttyS0 quiet loglevel=3 panic=-1 mitigations=off"
   "${fsdev[@]}"
 )
-t_boot=$(date +%s.%N)
-echo "rxe-run: booting $(basename "$RXE_KERNEL") (set-up $(printf '%.1f' "$(echo "$t_boot - $t_start" | bc)") s, timeout ${timeout_s} s): $*"
+t_boot=$(ms)
+echo "rxe-run: booting $(basename "$RXE_KERNEL") (set-up $(secs $((t_boot - t_start))) s, timeout ${timeout_s} s): $*"
 set +e
 timeout --kill-after=10 "$timeout_s" "${qemu[@]}" </dev/null | sed -u 's/\r//g'
 qemu_rc=${PIPESTATUS[0]}
 set -e
-t_end=$(date +%s.%N)
-took=$(printf '%.1f' "$(echo "$t_end - $t_start" | bc)")
+took=$(secs $(($(ms) - t_start)))
 
 if [[ -s $scratch/rc ]]; then
   rc=$(<"$scratch/rc")

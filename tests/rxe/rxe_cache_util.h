@@ -1,5 +1,5 @@
-// tests/rxe/rxe_cache_util.h - a regcache cache on the verbs driver over the loopback
-// harness's PD, for the rxe tests.
+// tests/rxe/rxe_cache_util.h - a regcache cache on the verbs driver over the
+// loopback harness's PD, for the rxe tests.
 #ifndef REGCACHE_TESTS_RXE_RXE_CACHE_UTIL_H_
 #define REGCACHE_TESTS_RXE_RXE_CACHE_UTIL_H_
 
@@ -12,11 +12,12 @@
 
 namespace regcache_rxe {
 
-constexpr unsigned kRemoteAccess = REGCACHE_ACCESS_LOCAL_WRITE | REGCACHE_ACCESS_REMOTE_WRITE |
+constexpr unsigned kRemoteAccess = REGCACHE_ACCESS_LOCAL_WRITE |
+                                   REGCACHE_ACCESS_REMOTE_WRITE |
                                    REGCACHE_ACCESS_REMOTE_READ;
 
-// Device + PD + QPs (Loopback), a verbs driver on the PD and one cache on the driver.
-// Destruction order: cache, driver, then the harness (PD, device).
+// Device + PD + QPs (Loopback), a verbs driver on the PD and one cache on the
+// driver. Destruction order: cache, driver, then the harness (PD, device).
 struct VerbsCache {
   Loopback lb;
   regcache_driver_t *driver = nullptr;
@@ -28,10 +29,12 @@ struct VerbsCache {
   ~VerbsCache() { Close(); }
 
   // params may be NULL (defaults). Returns "" or what failed.
-  std::string Open(const regcache_params_t *params = nullptr, size_t staging = 1u << 20) {
+  std::string Open(const regcache_params_t *params = nullptr,
+                   size_t staging = 1u << 20) {
     if (std::string e = lb.Open(staging); !e.empty()) return e;
     if (int rc = regcache_driver_verbs_open(lb.pd(), &driver)) {
-      return std::string("regcache_driver_verbs_open: ") + regcache_strerror(rc);
+      return std::string("regcache_driver_verbs_open: ") +
+             regcache_strerror(rc);
     }
     if (int rc = regcache_create(driver, params, &cache)) {
       return std::string("regcache_create: ") + regcache_strerror(rc);
@@ -49,10 +52,13 @@ struct VerbsCache {
     regcache_get_stats(cache, &s);
     return s;
   }
-  // RDMA WRITE of the staging buffer's first len bytes to `target` through region's rkey.
-  std::string WriteTo(const void *target, size_t len, const regcache_region_t *region) {
-    return lb.WriteFromStaging(len, reinterpret_cast<uintptr_t>(target),
-                               static_cast<uint32_t>(regcache_region_rkey(region)));
+  // RDMA WRITE of the staging buffer's first len bytes to `target` through
+  // region's rkey.
+  std::string WriteTo(const void *target, size_t len,
+                      const regcache_region_t *region) {
+    return lb.WriteFromStaging(
+        len, reinterpret_cast<uintptr_t>(target),
+        static_cast<uint32_t>(regcache_region_rkey(region)));
   }
 };
 

@@ -1,26 +1,32 @@
-// tests/rxe/rxe_stale_mr_test.cc - THE stale-MR test: the reason regcache exists.
+// tests/rxe/rxe_stale_mr_test.cc - THE stale-MR test: the reason regcache
+// exists.
 //
-// For each event source (patch, uffd, explicit) and each way a program changes the memory
-// behind an address (munmap + mmap at the same address, free + malloc of a large block
-// with a fixed M_MMAP_THRESHOLD, realloc that moves, madvise(DONTNEED), brk trim), cycle:
+// For each event source (patch, uffd, explicit) and each way a program changes
+// the memory behind an address (munmap + mmap at the same address, free +
+// malloc of a large block with a fixed M_MMAP_THRESHOLD, realloc that moves,
+// madvise(DONTNEED), brk trim), cycle:
 //
-//   get a region for p, RDMA WRITE a fresh pattern through its rkey, check it in memory,
-//   put it; change the memory and reuse the same address p; get again, RDMA WRITE a fresh
-//   pattern through the returned rkey, and check it in the program's current memory at p.
+//   get a region for p, RDMA WRITE a fresh pattern through its rkey, check it
+//   in memory, put it; change the memory and reuse the same address p; get
+//   again, RDMA WRITE a fresh pattern through the returned rkey, and check it
+//   in the program's current memory at p.
 //
-// A stale registration (an MR still pinning the old pages) makes the write land in pages
-// the program no longer sees: the check counts those wrong bytes. With protection on, the
-// total over all cycles must be 0. The negative control runs the same cycles with
-// protection off (REGCACHE_MONITOR=none and no explicit calls): it MUST find wrong bytes
-// on every path, else the test cannot see the hazard and fails as broken.
+// A stale registration (an MR still pinning the old pages) makes the write land
+// in pages the program no longer sees: the check counts those wrong bytes. With
+// protection on, the total over all cycles must be 0. The negative control runs
+// the same cycles with protection off (REGCACHE_MONITOR=none and no explicit
+// calls): it MUST find wrong bytes on every path, else the test cannot see the
+// hazard and fails as broken.
 //
-// The event source is chosen when the library first needs it, so each test case must
-// run in its own process: ctest does that (gtest_discover_tests registers every case as a
-// ctest test). Run by hand, use --gtest_filter with one source at a time.
+// The event source is chosen when the library first needs it, so each test case
+// must run in its own process: ctest does that (gtest_discover_tests registers
+// every case as a ctest test). Run by hand, use --gtest_filter with one source
+// at a time.
 //
-// Each case prints one summary line, "STALE-MR source=... path=... cycles=... wrong=...",
-// that tests/rxe/run-rxe-tests.sh adds up. Cycles per protected case:
-// REGCACHE_RXE_STALE_CYCLES (default 700: 3 sources x 5 paths x 700 = 10 500).
+// Each case prints one summary line, "STALE-MR source=... path=... cycles=...
+// wrong=...", that tests/rxe/run-rxe-tests.sh adds up. Cycles per protected
+// case: REGCACHE_RXE_STALE_CYCLES (default 700: 3 sources x 5 paths x 700 = 10
+// 500).
 #include <gtest/gtest.h>
 #include <malloc.h>
 #include <sys/mman.h>
@@ -38,14 +44,24 @@ namespace regcache_rxe {
 namespace {
 
 enum class Source { kPatch, kUffd, kExplicit, kNone };
-enum class Path { kMunmapMmap, kFreeMalloc, kReallocMove, kMadviseDontneed, kBrkTrim };
+enum class Path {
+  kMunmapMmap,
+  kFreeMalloc,
+  kReallocMove,
+  kMadviseDontneed,
+  kBrkTrim
+};
 
 const char *SourceName(Source s) {
   switch (s) {
-    case Source::kPatch: return "patch";
-    case Source::kUffd: return "uffd";
-    case Source::kExplicit: return "explicit";
-    case Source::kNone: return "none";
+    case Source::kPatch:
+      return "patch";
+    case Source::kUffd:
+      return "uffd";
+    case Source::kExplicit:
+      return "explicit";
+    case Source::kNone:
+      return "none";
   }
   return "?";
 }
@@ -55,22 +71,31 @@ const char *MonitorOf(Source s) {
 }
 const char *PathName(Path p) {
   switch (p) {
-    case Path::kMunmapMmap: return "munmap_mmap";
-    case Path::kFreeMalloc: return "free_malloc";
-    case Path::kReallocMove: return "realloc_move";
-    case Path::kMadviseDontneed: return "madvise_dontneed";
-    case Path::kBrkTrim: return "brk_trim";
+    case Path::kMunmapMmap:
+      return "munmap_mmap";
+    case Path::kFreeMalloc:
+      return "free_malloc";
+    case Path::kReallocMove:
+      return "realloc_move";
+    case Path::kMadviseDontneed:
+      return "madvise_dontneed";
+    case Path::kBrkTrim:
+      return "brk_trim";
   }
   return "?";
 }
 
 constexpr size_t kPage = 4096;
-constexpr size_t kLen = 64 * 1024;  // bytes registered, written and checked per get
-// malloc'ed blocks of the free/malloc and realloc paths: M_MMAP_THRESHOLD only applies when
-// the heap's top chunk cannot serve a request, so the block is larger than any top chunk
-// (M_TOP_PAD 0) to be sure it comes from mmap. Only its first kLen bytes are used.
+constexpr size_t kLen =
+    64 * 1024;  // bytes registered, written and checked per get
+// malloc'ed blocks of the free/malloc and realloc paths: M_MMAP_THRESHOLD only
+// applies when the heap's top chunk cannot serve a request, so the block is
+// larger than any top chunk (M_TOP_PAD 0) to be sure it comes from mmap. Only
+// its first kLen bytes are used.
 constexpr size_t kAlloc = 1024 * 1024;
-uintptr_t PageDown(const void *p) { return reinterpret_cast<uintptr_t>(p) & ~(kPage - 1); }
+uintptr_t PageDown(const void *p) {
+  return reinterpret_cast<uintptr_t>(p) & ~(kPage - 1);
+}
 uintptr_t PageUp(uintptr_t a) { return (a + kPage - 1) & ~(kPage - 1); }
 
 int CyclesFromEnv(int dflt) {
@@ -83,10 +108,12 @@ int CyclesFromEnv(int dflt) {
 // The memory of one path: where p is, how it is changed and its address reused.
 class PathMemory {
  public:
-  PathMemory(Path path, bool explicit_calls) : path_(path), explicit_(explicit_calls) {}
+  PathMemory(Path path, bool explicit_calls)
+      : path_(path), explicit_(explicit_calls) {}
   ~PathMemory() { Release(); }
 
-  // Sets up the memory at the start of a cycle; returns p ("" on success in *err).
+  // Sets up the memory at the start of a cycle; returns p ("" on success in
+  // *err).
   uint8_t *Begin(std::string *err) {
     switch (path_) {
       case Path::kMunmapMmap:
@@ -102,25 +129,29 @@ class PathMemory {
       case Path::kReallocMove: {
         p_ = static_cast<uint8_t *>(std::malloc(kAlloc));
         if (p_ == nullptr) break;
-        // A guard page right after the chunk's mapping, so realloc cannot grow in place
-        // (mremap must move). Fails harmlessly if something is already mapped there.
-        guard_ = reinterpret_cast<uint8_t *>(PageUp(reinterpret_cast<uintptr_t>(p_) +
-                                                    malloc_usable_size(p_)));
-        void *g = mmap(guard_, kPage, PROT_NONE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        // A guard page right after the chunk's mapping, so realloc cannot grow
+        // in place (mremap must move). Fails harmlessly if something is already
+        // mapped there.
+        guard_ = reinterpret_cast<uint8_t *>(
+            PageUp(reinterpret_cast<uintptr_t>(p_) + malloc_usable_size(p_)));
+        void *g =
+            mmap(guard_, kPage, PROT_NONE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
         if (g == MAP_FAILED) guard_ = nullptr;
         break;
       }
     }
-    if (p_ == nullptr && err->empty()) *err = std::string("allocation failed: ") + strerror(errno);
+    if (p_ == nullptr && err->empty())
+      *err = std::string("allocation failed: ") + strerror(errno);
     return p_;
   }
 
-  // Changes the memory behind p and reuses the address; returns the (new) p. *same: the
-  // address was reused. *changed: the change happened as the path intends (the heap was
-  // trimmed, the block moved).
+  // Changes the memory behind p and reuses the address; returns the (new) p.
+  // *same: the address was reused. *changed: the change happened as the path
+  // intends (the heap was trimmed, the block moved).
   uint8_t *ChangeAndReuse(bool *same, bool *changed, std::string *err) {
-    // The old address as an integer: it is compared and reused after free/realloc.
+    // The old address as an integer: it is compared and reused after
+    // free/realloc.
     const uintptr_t old = reinterpret_cast<uintptr_t>(p_);
     *changed = true;
     switch (path_) {
@@ -143,14 +174,16 @@ class PathMemory {
         void *brk_before = sbrk(0);
         std::free(p_);
         void *brk_after = sbrk(0);
-        *changed = brk_after < brk_before && reinterpret_cast<uintptr_t>(brk_after) < old + kLen;
+        *changed = brk_after < brk_before &&
+                   reinterpret_cast<uintptr_t>(brk_after) < old + kLen;
         p_ = static_cast<uint8_t *>(std::malloc(kLen));
         break;
       }
       case Path::kReallocMove: {
         // The chunk's pages: [PageDown(p), PageUp(p + usable)).
         const uintptr_t lo = PageDown(p_);
-        const uintptr_t hi = PageUp(reinterpret_cast<uintptr_t>(p_) + malloc_usable_size(p_));
+        const uintptr_t hi =
+            PageUp(reinterpret_cast<uintptr_t>(p_) + malloc_usable_size(p_));
         Notify(p_, kAlloc);
         auto *q = static_cast<uint8_t *>(std::realloc(p_, 4 * kAlloc));
         if (q == nullptr) {
@@ -173,7 +206,8 @@ class PathMemory {
     return p_;
   }
 
-  // Ends a cycle (the realloc path frees what it made; others keep p for the next cycle).
+  // Ends a cycle (the realloc path frees what it made; others keep p for the
+  // next cycle).
   void End() {
     if (path_ != Path::kReallocMove) return;
     if (reuse_ != nullptr) {
@@ -214,15 +248,16 @@ class PathMemory {
   }
 
  private:
-  // The explicit source: the program says what it is about to unmap (as a host's own
-  // memory hooks would), before the memory changes.
+  // The explicit source: the program says what it is about to unmap (as a
+  // host's own memory hooks would), before the memory changes.
   void Notify(const void *addr, size_t len) {
     if (explicit_) regcache_notify_unmapped(addr, len);
   }
   static uint8_t *Map(void *at, size_t len, std::string *err) {
-    void *m = mmap(at, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | (at != nullptr ? MAP_FIXED_NOREPLACE : 0), -1,
-                   0);
+    void *m = mmap(
+        at, len, PROT_READ | PROT_WRITE,
+        MAP_PRIVATE | MAP_ANONYMOUS | (at != nullptr ? MAP_FIXED_NOREPLACE : 0),
+        -1, 0);
     if (m == MAP_FAILED || (at != nullptr && m != at)) {
       if (m != MAP_FAILED) munmap(m, len);
       *err = std::string("mmap at the old address: ") + strerror(errno);
@@ -241,35 +276,40 @@ class PathMemory {
 };
 
 struct Tally {
-  int cycles = 0;       // change + reuse steps
-  int same = 0;         // ... that reused the same address
-  int changed = 0;      // ... where the change happened as intended (trim, move)
-  size_t checked = 0;   // bytes written and checked
-  size_t wrong = 0;     // bytes that did not arrive in the program's memory
+  int cycles = 0;      // change + reuse steps
+  int same = 0;        // ... that reused the same address
+  int changed = 0;     // ... where the change happened as intended (trim, move)
+  size_t checked = 0;  // bytes written and checked
+  size_t wrong = 0;    // bytes that did not arrive in the program's memory
   size_t wrong_after_reuse = 0;
   uint64_t failed_writes = 0;
 };
 
-// Sets the process's event source before the first cache exists. Returns "" or a reason
-// to skip (this process already runs another source: run one source per process).
+// Sets the process's event source before the first cache exists. Returns "" or
+// a reason to skip (this process already runs another source: run one source
+// per process).
 std::string SelectSource(Source s) {
   static const char *selected = nullptr;
   const char *want = MonitorOf(s);
   if (selected != nullptr && std::strcmp(selected, want) != 0) {
-    return std::string("this process already uses REGCACHE_MONITOR=") + selected +
-           "; run one event source per process (ctest does; by hand use --gtest_filter)";
+    return std::string("this process already uses REGCACHE_MONITOR=") +
+           selected +
+           "; run one event source per process (ctest does; by hand use "
+           "--gtest_filter)";
   }
   selected = want;
   const int rc = regcache_config_set("MONITOR", want);
-  if (rc != 0) return std::string("regcache_config_set(MONITOR) failed: ") + regcache_strerror(rc);
+  if (rc != 0)
+    return std::string("regcache_config_set(MONITOR) failed: ") +
+           regcache_strerror(rc);
   return "";
 }
 
 void RunCycles(Source source, Path path, int cycles, Tally *t) {
   const std::string skip = SelectSource(source);
   if (!skip.empty()) GTEST_SKIP() << skip;
-  // Large blocks come from mmap (free = munmap) with a fixed threshold; for the brk path,
-  // from the heap top with trimming on every free.
+  // Large blocks come from mmap (free = munmap) with a fixed threshold; for the
+  // brk path, from the heap top with trimming on every free.
   if (path == Path::kBrkTrim) {
     ASSERT_EQ(1, mallopt(M_MMAP_THRESHOLD, 16 << 20));
     ASSERT_EQ(1, mallopt(M_TRIM_THRESHOLD, 16 * 1024));
@@ -284,9 +324,11 @@ void RunCycles(Source source, Path path, int cycles, Tally *t) {
       << "the event source in effect is not the one this case tests";
   const bool explicit_calls = source == Source::kExplicit;
   {
-    // Warm the cache's own allocations up (its region records then come from malloc's
-    // free lists, not from the heap top, so the brk path's block stays at the top).
-    void *tmp = mmap(nullptr, kLen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    // Warm the cache's own allocations up (its region records then come from
+    // malloc's free lists, not from the heap top, so the brk path's block stays
+    // at the top).
+    void *tmp = mmap(nullptr, kLen, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     ASSERT_NE(MAP_FAILED, tmp);
     for (int i = 0; i < 4; ++i) {
       regcache_region_t *w = nullptr;
@@ -306,13 +348,15 @@ void RunCycles(Source source, Path path, int cycles, Tally *t) {
       std::memset(p, 0, kLen);  // pattern bytes are odd: 0 never matches
       regcache_region_t *r = nullptr;
       const int rc = regcache_get(vc.cache, p, kLen, kRemoteAccess, &r);
-      ASSERT_EQ(0, rc) << "cycle " << c << ": regcache_get: " << regcache_strerror(rc);
+      ASSERT_EQ(0, rc) << "cycle " << c
+                       << ": regcache_get: " << regcache_strerror(rc);
       const uint64_t seed = (uint64_t(c) << 8) + step + 1;
       FillPattern(vc.lb.staging(), kLen, seed);
       const std::string werr = vc.WriteTo(p, kLen, r);
       regcache_put(vc.cache, r);
       if (!werr.empty()) {
-        // A write through a region the device no longer accepts: every byte is wrong.
+        // A write through a region the device no longer accepts: every byte is
+        // wrong.
         ++t->failed_writes;
         t->wrong += kLen;
         if (step == 1) t->wrong_after_reuse += kLen;
@@ -337,21 +381,28 @@ void RunCycles(Source source, Path path, int cycles, Tally *t) {
   mem.Release();
   const regcache_stats_t s = vc.Stats();
   std::printf(
-      "STALE-MR source=%s path=%s cycles=%d same_address=%d changed=%d bytes_checked=%zu "
-      "wrong=%zu wrong_after_reuse=%zu failed_writes=%llu | cache: hits=%llu misses=%llu "
+      "STALE-MR source=%s path=%s cycles=%d same_address=%d changed=%d "
+      "bytes_checked=%zu "
+      "wrong=%zu wrong_after_reuse=%zu failed_writes=%llu | cache: hits=%llu "
+      "misses=%llu "
       "invalidations=%llu registrations=%llu\n",
-      SourceName(source), PathName(path), t->cycles, t->same, t->changed, t->checked, t->wrong,
-      t->wrong_after_reuse, static_cast<unsigned long long>(t->failed_writes),
-      static_cast<unsigned long long>(s.hits), static_cast<unsigned long long>(s.misses),
+      SourceName(source), PathName(path), t->cycles, t->same, t->changed,
+      t->checked, t->wrong, t->wrong_after_reuse,
+      static_cast<unsigned long long>(t->failed_writes),
+      static_cast<unsigned long long>(s.hits),
+      static_cast<unsigned long long>(s.misses),
       static_cast<unsigned long long>(s.invalidations),
       static_cast<unsigned long long>(s.registrations));
   std::fflush(stdout);
-  // The path must really have been exercised: the same address reused (else a get after
-  // the change could not be stale) and the change done as intended.
-  const int need = path == Path::kFreeMalloc || path == Path::kBrkTrim ? t->cycles * 9 / 10
-                                                                       : t->cycles;
-  EXPECT_GE(t->same, need) << "the address was not reused often enough to test anything";
-  EXPECT_GE(t->changed, need) << "the memory change did not happen as the path intends";
+  // The path must really have been exercised: the same address reused (else a
+  // get after the change could not be stale) and the change done as intended.
+  const int need = path == Path::kFreeMalloc || path == Path::kBrkTrim
+                       ? t->cycles * 9 / 10
+                       : t->cycles;
+  EXPECT_GE(t->same, need)
+      << "the address was not reused often enough to test anything";
+  EXPECT_GE(t->changed, need)
+      << "the memory change did not happen as the path intends";
 }
 
 class RxeStaleMr : public ::testing::TestWithParam<std::tuple<Source, Path>> {};
@@ -362,24 +413,26 @@ TEST_P(RxeStaleMr, NoWrongBytes) {
   Tally t;
   RunCycles(source, path, CyclesFromEnv(700), &t);
   if (IsSkipped() || HasFatalFailure()) return;
-  EXPECT_EQ(0u, t.wrong) << "RDMA WRITEs through regions returned by the cache missed the "
-                            "program's memory: a stale registration was handed out";
+  EXPECT_EQ(0u, t.wrong)
+      << "RDMA WRITEs through regions returned by the cache missed the "
+         "program's memory: a stale registration was handed out";
   EXPECT_EQ(0u, t.failed_writes);
 }
 
 INSTANTIATE_TEST_SUITE_P(
     Sources, RxeStaleMr,
-    ::testing::Combine(::testing::Values(Source::kPatch, Source::kUffd, Source::kExplicit),
-                       ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc,
-                                         Path::kReallocMove, Path::kMadviseDontneed,
-                                         Path::kBrkTrim)),
+    ::testing::Combine(
+        ::testing::Values(Source::kPatch, Source::kUffd, Source::kExplicit),
+        ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc,
+                          Path::kReallocMove, Path::kMadviseDontneed,
+                          Path::kBrkTrim)),
     [](const ::testing::TestParamInfo<std::tuple<Source, Path>> &info) {
       return std::string(SourceName(std::get<0>(info.param))) + "_" +
              PathName(std::get<1>(info.param));
     });
 
-// Protection off: the same cycles must find wrong bytes, or this test cannot see stale
-// registrations at all (and the zeros above would prove nothing).
+// Protection off: the same cycles must find wrong bytes, or this test cannot
+// see stale registrations at all (and the zeros above would prove nothing).
 class RxeStaleMrNegativeControl : public ::testing::TestWithParam<Path> {};
 
 TEST_P(RxeStaleMrNegativeControl, FindsWrongBytesWithProtectionOff) {
@@ -388,13 +441,16 @@ TEST_P(RxeStaleMrNegativeControl, FindsWrongBytesWithProtectionOff) {
   RunCycles(Source::kNone, GetParam(), 50, &t);
   if (IsSkipped() || HasFatalFailure()) return;
   EXPECT_GT(t.wrong_after_reuse, 0u)
-      << "BROKEN TEST: with REGCACHE_MONITOR=none and no explicit calls the cache must "
-         "hand out stale registrations on this path, and the check did not see any";
+      << "BROKEN TEST: with REGCACHE_MONITOR=none and no explicit calls the "
+         "cache must "
+         "hand out stale registrations on this path, and the check did not see "
+         "any";
 }
 
 INSTANTIATE_TEST_SUITE_P(Paths, RxeStaleMrNegativeControl,
                          ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc,
-                                           Path::kReallocMove, Path::kMadviseDontneed,
+                                           Path::kReallocMove,
+                                           Path::kMadviseDontneed,
                                            Path::kBrkTrim),
                          [](const ::testing::TestParamInfo<Path> &info) {
                            return std::string(PathName(info.param));
