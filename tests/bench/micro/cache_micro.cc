@@ -1,11 +1,15 @@
-// regcache-micro: Google Benchmark micro-benchmarks of the cache (issue 7), each
-// reported next to its goal. Not timed tests: the goals are printed, never asserted.
+// regcache-micro: Google Benchmark micro-benchmarks of the cache (issue 7),
+// each reported next to its goal. Not timed tests: the goals are printed, never
+// asserted.
 //
-//   hit get+put, 1 thread       <= 0.5x UCX rcache (same no-op callbacks; UCX runs in
-//                               regcache-bench-ucx --hit-loop, a process of its own)
+//   hit get+put, 1 thread       <= 0.5x UCX rcache (same no-op callbacks; UCX
+//   runs in
+//                               regcache-bench-ucx --hit-loop, a process of its
+//                               own)
 //   hit throughput, 2 threads   >= 1.8x one thread
 //   bytes per cached region     <= 128 (malloc and RSS delta over N regions)
-//   munmap of an unrelated range with the notifier active: tests/bench/notifier_bench.cc
+//   munmap of an unrelated range with the notifier active:
+//   tests/bench/notifier_bench.cc
 //
 // Extra flags (before Google Benchmark's own): --ucx-iters N (default 5000000).
 #include <malloc.h>
@@ -34,8 +38,8 @@ regcache_t *g_cache = nullptr;
 double g_ucx_ns[3] = {0, 0, 0};  // by thread count (1, 2); 0 = not measured
 std::string g_ucx_note;
 
-const regcache_driver_ops_t kOps = {sizeof(regcache_driver_ops_t), rcbench::BenchReg,
-                                    rcbench::BenchDereg};
+const regcache_driver_ops_t kOps = {sizeof(regcache_driver_ops_t),
+                                    rcbench::BenchReg, rcbench::BenchDereg};
 
 int OpenCache(size_t max_regions, uint64_t flags, regcache_t **cache) {
   regcache_params_t p{};
@@ -85,9 +89,10 @@ double MeasureUcx(int threads, uint64_t iters) {
   return v[1];
 }
 
-// ------------------------------------------------------------------ hit get+put
-// Each thread get+puts 64-byte slices of its own 1 MiB buffer, registered before the
-// loop (one region per thread): the same loop as regcache-bench-ucx --hit-loop.
+// ------------------------------------------------------------------ hit
+// get+put Each thread get+puts 64-byte slices of its own 1 MiB buffer,
+// registered before the loop (one region per thread): the same loop as
+// regcache-bench-ucx --hit-loop.
 void BM_HitGetPut(benchmark::State &state) {
   const size_t len = 1 << 20;
   char *buf = static_cast<char *>(aligned_alloc(4096, len));
@@ -120,9 +125,10 @@ void BM_HitGetPut(benchmark::State &state) {
 }
 BENCHMARK(BM_HitGetPut)->Threads(1)->Threads(2)->UseRealTime();
 
-// ------------------------------------------------------------------ bytes per region
-// N single-page regions (no merging) on every other page of an untouched mapping,
-// registered through a no-op driver: the cache's own memory per cached region.
+// ------------------------------------------------------------------ bytes per
+// region N single-page regions (no merging) on every other page of an untouched
+// mapping, registered through a no-op driver: the cache's own memory per cached
+// region.
 size_t RssBytes() {
   long pages = 0, resident = 0;
   FILE *f = fopen("/proc/self/statm", "r");
@@ -152,16 +158,15 @@ void BM_BytesPerRegion(benchmark::State &state) {
       munmap(area, area_len);
       return;
     }
-    // One region first, so that lazily created per-cache/per-thread state is not
-    // charged to the N regions.
+    // One region first, so that lazily created per-cache/per-thread state is
+    // not charged to the N regions.
     regcache_region_t *r;
     char *base = static_cast<char *>(area);
     if (regcache_get(cache, base, page, 0, &r) == 0) regcache_put(cache, r);
     size_t m0 = MallocBytes(), rss0 = RssBytes();
     size_t failed = 0;
     for (size_t i = 1; i <= n; i++) {
-      if (regcache_get(cache, base + 2 * i * page, page, 0,
-                       &r) != 0) {
+      if (regcache_get(cache, base + 2 * i * page, page, 0, &r) != 0) {
         failed++;
         continue;
       }
@@ -182,9 +187,13 @@ void BM_BytesPerRegion(benchmark::State &state) {
     munmap(area, area_len);
   }
 }
-BENCHMARK(BM_BytesPerRegion)->Arg(1 << 16)->Iterations(1)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_BytesPerRegion)
+    ->Arg(1 << 16)
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond);
 
-// ------------------------------------------------------------------ goals summary
+// ------------------------------------------------------------------ goals
+// summary
 class GoalReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run> &runs) override {
@@ -220,16 +229,19 @@ int main(int argc, char **argv) {
   if (rcbench::CallbacksInit(cfg, &err) != 0 ||
       regcache_driver_custom_open(&kOps, nullptr, &g_driver) != 0 ||
       OpenCache(1024, 0, &g_cache) != 0) {
-    fprintf(stderr, "regcache-micro: cannot set up the cache %s\n", err.c_str());
+    fprintf(stderr, "regcache-micro: cannot set up the cache %s\n",
+            err.c_str());
     return 1;
   }
   if (ucx_iters) {
     g_ucx_ns[1] = MeasureUcx(1, ucx_iters);
     g_ucx_ns[2] = MeasureUcx(2, std::max<uint64_t>(1, ucx_iters / 5));
-    printf("UCX 1.13 ucs_rcache hit get+put (regcache-bench-ucx --hit-loop, median of "
-           "3): 1 thread %.1f ns, 2 threads %.1f ns per thread%s%s\n",
-           g_ucx_ns[1], g_ucx_ns[2], g_ucx_note.empty() ? "" : "; ",
-           g_ucx_note.c_str());
+    printf(
+        "UCX 1.13 ucs_rcache hit get+put (regcache-bench-ucx --hit-loop, "
+        "median of "
+        "3): 1 thread %.1f ns, 2 threads %.1f ns per thread%s%s\n",
+        g_ucx_ns[1], g_ucx_ns[2], g_ucx_note.empty() ? "" : "; ",
+        g_ucx_note.c_str());
   }
 
   GoalReporter rep;
@@ -246,23 +258,37 @@ int main(int argc, char **argv) {
   double m1 = get("BM_HitGetPut/real_time/threads:1", "Mops_total");
   double m2 = get("BM_HitGetPut/real_time/threads:2", "Mops_total");
   if (h1 > 0 && g_ucx_ns[1] > 0)
-    printf("  hit get+put, 1 thread:     %.1f ns vs UCX %.1f ns = %.2fx   (goal <= 0.5x) %s\n",
-           h1, g_ucx_ns[1], h1 / g_ucx_ns[1], h1 / g_ucx_ns[1] <= 0.5 ? "MET" : "NOT MET");
+    printf(
+        "  hit get+put, 1 thread:     %.1f ns vs UCX %.1f ns = %.2fx   (goal "
+        "<= 0.5x) %s\n",
+        h1, g_ucx_ns[1], h1 / g_ucx_ns[1],
+        h1 / g_ucx_ns[1] <= 0.5 ? "MET" : "NOT MET");
   else
-    printf("  hit get+put, 1 thread:     %.1f ns; UCX not measured       (goal <= 0.5x)\n", h1);
+    printf(
+        "  hit get+put, 1 thread:     %.1f ns; UCX not measured       (goal <= "
+        "0.5x)\n",
+        h1);
   if (m1 > 0 && m2 > 0)
-    printf("  hit throughput, 2 threads: %.1f vs %.1f Mops/s = %.2fx       (goal >= 1.8x) %s\n",
-           m2, m1, m2 / m1, m2 / m1 >= 1.8 ? "MET" : "NOT MET");
+    printf(
+        "  hit throughput, 2 threads: %.1f vs %.1f Mops/s = %.2fx       (goal "
+        ">= 1.8x) %s\n",
+        m2, m1, m2 / m1, m2 / m1 >= 1.8 ? "MET" : "NOT MET");
   if (g_ucx_ns[1] > 0 && g_ucx_ns[2] > 0)
-    printf("  (UCX for reference: 2 threads give %.2fx one thread's throughput)\n",
-           2 * g_ucx_ns[1] / g_ucx_ns[2]);
+    printf(
+        "  (UCX for reference: 2 threads give %.2fx one thread's throughput)\n",
+        2 * g_ucx_ns[1] / g_ucx_ns[2]);
   double bpr = get("BM_BytesPerRegion", "bytes_per_region");
   if (bpr >= 0)
-    printf("  bytes per cached region:   %.1f (malloc %.1f, RSS %.1f)   (goal <= 128) %s\n",
-           bpr, get("BM_BytesPerRegion", "malloc_bytes_per_region"),
-           get("BM_BytesPerRegion", "rss_bytes_per_region"), bpr <= 128 ? "MET" : "NOT MET");
-  printf("  munmap of an unrelated range with the notifier active: see notifier-bench "
-         "(tests/bench/notifier_bench.cc)\n");
+    printf(
+        "  bytes per cached region:   %.1f (malloc %.1f, RSS %.1f)   (goal <= "
+        "128) %s\n",
+        bpr, get("BM_BytesPerRegion", "malloc_bytes_per_region"),
+        get("BM_BytesPerRegion", "rss_bytes_per_region"),
+        bpr <= 128 ? "MET" : "NOT MET");
+  printf(
+      "  munmap of an unrelated range with the notifier active: see "
+      "notifier-bench "
+      "(tests/bench/notifier_bench.cc)\n");
   printf("  hit rate >= UCX's on every workload: see regcache-bench\n");
 
   regcache_destroy(g_cache);

@@ -1,10 +1,12 @@
-// regcache-bench: the hit-rate suite (issue 7). Shared types of the orchestrator
-// (regcache-bench), its workers, and the UCX worker (regcache-bench-ucx).
+// regcache-bench: the hit-rate suite (issue 7). Shared types of the
+// orchestrator (regcache-bench), its workers, and the UCX worker
+// (regcache-bench-ucx).
 //
-// A run is: one workload (a list of operations, generated or read from a trace) executed
-// by one contender (regcache, UCX's ucs_rcache, no cache, pre-registered) at one cache
-// capacity, in a process of its own. Every contender registers through the same
-// callbacks (callbacks.cc), which count registrations and pinned bytes.
+// A run is: one workload (a list of operations, generated or read from a trace)
+// executed by one contender (regcache, UCX's ucs_rcache, no cache,
+// pre-registered) at one cache capacity, in a process of its own. Every
+// contender registers through the same callbacks (callbacks.cc), which count
+// registrations and pinned bytes.
 #ifndef REGCACHE_TESTS_BENCH_REGCACHE_BENCH_BENCH_H
 #define REGCACHE_TESTS_BENCH_REGCACHE_BENCH_BENCH_H
 
@@ -17,11 +19,12 @@ namespace rcbench {
 
 // ------------------------------------------------------------------ operations
 enum class OpKind : uint8_t {
-  kMap,     // buf = mmap(len) (anonymous, read-write, populated, one guard page after)
+  kMap,     // buf = mmap(len) (anonymous, read-write, populated, one guard page
+            // after)
   kMalloc,  // buf = malloc(len) through glibc
   kGet,     // get [buf+off, +len) with access
-  kPut,     // put the most recent unmatched get of (buf, off, len) on this thread
-  kFree,    // free(buf)
+  kPut,   // put the most recent unmatched get of (buf, off, len) on this thread
+  kFree,  // free(buf)
   kMunmap,  // munmap [buf+off, +len) (page-aligned)
 };
 
@@ -47,7 +50,8 @@ struct GenParams {
   bool full = false;
   uint64_t seed = 42;
   uint64_t ops_scale = 1;  // multiplies the number of get/put operations
-  size_t default_regions = 32;  // the capacity the pool workloads are sized against
+  size_t default_regions =
+      32;  // the capacity the pool workloads are sized against
 };
 
 // Names of the generators, in report order.
@@ -70,24 +74,28 @@ constexpr int kDefaultLevel = 3;  // 32 regions, 64 MiB
 Capacity CapacityOfLevel(int level);
 
 // ------------------------------------------------------------------ callbacks
-// The registration callbacks every contender uses (regcache_driver_ops_t's signature).
+// The registration callbacks every contender uses (regcache_driver_ops_t's
+// signature).
 struct RegConfig {
-  std::string driver = "pin";  // pin (mlock + cost model) | verbs | none (no-op)
-  uint64_t base_ns = 5000;     // fixed cost per registration (busy wait)
-  uint64_t page_ns = 20;       // plus this per 4 KiB page
-  uint64_t dereg_ns = 1000;    // fixed cost per deregistration
+  std::string driver =
+      "pin";                 // pin (mlock + cost model) | verbs | none (no-op)
+  uint64_t base_ns = 5000;   // fixed cost per registration (busy wait)
+  uint64_t page_ns = 20;     // plus this per 4 KiB page
+  uint64_t dereg_ns = 1000;  // fixed cost per deregistration
 };
 int CallbacksInit(const RegConfig &cfg, std::string *err);
 void CallbacksFini();
-int BenchReg(void *ctx, void *addr, size_t len, unsigned access, void **handle_p,
-             uint32_t *lkey_p, uint64_t *rkey_p, void **desc_p);
+int BenchReg(void *ctx, void *addr, size_t len, unsigned access,
+             void **handle_p, uint32_t *lkey_p, uint64_t *rkey_p,
+             void **desc_p);
 int BenchDereg(void *ctx, void *handle);
 struct RegCounters {
   uint64_t regs, deregs, reg_failures, pinned_bytes, peak_pinned_bytes;
 };
 RegCounters ReadRegCounters();
 void ResetPeakPinned();
-// Registrations made by the calling thread (tells a hit from a miss, uniformly).
+// Registrations made by the calling thread (tells a hit from a miss,
+// uniformly).
 uint64_t ThreadRegs();
 
 // ------------------------------------------------------------------ contenders
@@ -127,15 +135,16 @@ std::string FormatResult(const Result &r);  // one "RESULT k=v ..." line
 bool ParseResult(const std::string &line, Result *r);
 
 // ------------------------------------------------------------------ executor
-// Runs w on c (already opened); fills r's counters. Buffers are mapped/freed by ops.
+// Runs w on c (already opened); fills r's counters. Buffers are mapped/freed by
+// ops.
 void Execute(const Workload &w, Contender *c, Result *r);
 
 // ------------------------------------------------------------------ workers
 // The worker's command line (see worker.cc): --worker CONTENDER --workload NAME
 // [--trace FILE] --level L [--full] [--seed S] [--scale K] [--driver D]
-// [--reg-ns N] [--page-ns N] [--dereg-ns N]. make_contender builds the binary's own
-// contenders (NULL if unknown). Prints one RESULT line on stdout; exit status 0 on
-// success.
+// [--reg-ns N] [--page-ns N] [--dereg-ns N]. make_contender builds the binary's
+// own contenders (NULL if unknown). Prints one RESULT line on stdout; exit
+// status 0 on success.
 using ContenderFactory = Contender *(*)(const std::string &name);
 int WorkerMain(int argc, char **argv, ContenderFactory make_contender);
 

@@ -1,11 +1,13 @@
 // The registration callbacks every contender uses, and the timer.
 //
-// pin (default): mlock/munlock of the range plus a deterministic cost (busy wait of
-//   base_ns + page_ns per 4 KiB page; dereg_ns per deregistration), so that a miss costs
-//   about what a small ibv_reg_mr costs and the same for every contender. Without
-//   CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the pages are touched instead of locked.
-// verbs: ibv_reg_mr/ibv_dereg_mr on the first RDMA device (inside the rxe guest).
-// none:  no-op (for hit-path measurements).
+// pin (default): mlock/munlock of the range plus a deterministic cost (busy
+// wait of
+//   base_ns + page_ns per 4 KiB page; dereg_ns per deregistration), so that a
+//   miss costs about what a small ibv_reg_mr costs and the same for every
+//   contender. Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the pages
+//   are touched instead of locked.
+// verbs: ibv_reg_mr/ibv_dereg_mr on the first RDMA device (inside the rxe
+// guest). none:  no-op (for hit-path measurements).
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -51,8 +53,8 @@ double CalibrateNsPerTick() {
   }
   auto t1 = clk::now();
   uint64_t c1 = Ticks();
-  double ns = double(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0)
-                         .count());
+  double ns = double(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
   return ns / double(c1 - c0);
 #else
   return 1.0;
@@ -117,6 +119,8 @@ void Account(size_t len) {
 
 int CallbacksInit(const RegConfig &cfg, std::string *err) {
   g_cfg = cfg;
+  NsPerTick();  // calibrate now (20 ms), not inside the first timed
+                // registration
   if (cfg.driver == "none") {
     g_mode = Mode::kNone;
   } else if (cfg.driver == "pin") {
@@ -126,10 +130,11 @@ int CallbacksInit(const RegConfig &cfg, std::string *err) {
                     rl.rlim_cur >= (rlim_t(1) << 30);
     g_mode = can_lock ? Mode::kPin : Mode::kTouch;
     if (!can_lock)
-      fprintf(stderr,
-              "regcache-bench: RLIMIT_MEMLOCK is %llu bytes: pages are touched, "
-              "not locked\n",
-              (unsigned long long)rl.rlim_cur);
+      fprintf(
+          stderr,
+          "regcache-bench: RLIMIT_MEMLOCK is %llu bytes: pages are touched, "
+          "not locked\n",
+          (unsigned long long)rl.rlim_cur);
   } else if (cfg.driver == "verbs") {
 #ifdef REGCACHE_BENCH_HAVE_VERBS
     int n = 0;
@@ -248,7 +253,8 @@ int BenchDereg(void * /*ctx*/, void *handle) {
     case Mode::kTouch: {
       Handle *h = static_cast<Handle *>(handle);
       len = h->len;
-      // The memory may be unmapped already (invalidated region): ENOMEM is expected.
+      // The memory may be unmapped already (invalidated region): ENOMEM is
+      // expected.
       if (g_mode == Mode::kPin) munlock(h->addr, h->len);
       free(h);
       Spin(g_cfg.dereg_ns);

@@ -1,4 +1,5 @@
-// Executes a workload's operations on a contender and measures every get and put.
+// Executes a workload's operations on a contender and measures every get and
+// put.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -41,14 +42,16 @@ void DoMap(Buffers *b, uint32_t id, uint64_t len) {
     perror("regcache-bench: mmap");
     exit(2);
   }
-  // A guard page keeps neighbouring buffers from being adjacent (one buffer, one region).
+  // A guard page keeps neighbouring buffers from being adjacent (one buffer,
+  // one region).
   mprotect(static_cast<char *>(p) + rounded, kPage, PROT_NONE);
   b->ptr[id] = static_cast<char *>(p);
   b->len[id] = len;
 }
 
-// The harness's own cost of a timed get+put (two timer pairs, two virtual calls),
-// measured on a contender that does nothing: subtracted from every pair.
+// The harness's own cost of a timed get+put (two timer pairs, two virtual
+// calls), measured on a contender that does nothing: subtracted from every
+// pair.
 double HarnessFloorTicks() {
   static const double v = [] {
     Contender *noop = NewPreRegistered();

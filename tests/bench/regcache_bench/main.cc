@@ -1,10 +1,11 @@
 // regcache-bench: the hit-rate suite of issue 7 (docs/bench.md).
 //
-// The orchestrator runs every (workload, contender, capacity) in a fresh process: itself
-// with --worker for regcache / nocache / prereg, regcache-bench-ucx (same directory) for
-// UCX's ucs_rcache, and reads one RESULT line from each through a pipe. It prints a
-// table (default capacity, ratios to UCX), and optionally a CSV and an SVG plot of hit
-// rate vs capacity per workload.
+// The orchestrator runs every (workload, contender, capacity) in a fresh
+// process: itself with --worker for regcache / nocache / prereg,
+// regcache-bench-ucx (same directory) for UCX's ucs_rcache, and reads one
+// RESULT line from each through a pipe. It prints a table (default capacity,
+// ratios to UCX), and optionally a CSV and an SVG plot of hit rate vs capacity
+// per workload.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -34,7 +35,8 @@ extern char **environ;
 namespace rcbench {
 namespace {
 
-// ------------------------------------------------------------------ regcache contender
+// ------------------------------------------------------------------ regcache
+// contender
 class Regcache : public Contender {
  public:
   const char *name() const override { return "regcache"; }
@@ -43,7 +45,8 @@ class Regcache : public Contender {
                                               BenchReg, BenchDereg};
     int rc = regcache_driver_custom_open(&ops, nullptr, &drv_);
     if (rc != 0) {
-      *err = std::string("regcache_driver_custom_open: ") + regcache_strerror(rc);
+      *err =
+          std::string("regcache_driver_custom_open: ") + regcache_strerror(rc);
       return rc;
     }
     regcache_params_t p{};
@@ -72,9 +75,9 @@ class Regcache : public Contender {
     regcache_stats_t s{};
     if (regcache_get_stats(cache_, &s) != 0) return "";
     std::ostringstream o;
-    o << "source:" << regcache_notifier_source() << ",invalidations:" << s.invalidations
-      << ",evictions:" << s.evictions << ",merges:" << s.merges
-      << ",retries:" << s.retries;
+    o << "source:" << regcache_notifier_source()
+      << ",invalidations:" << s.invalidations << ",evictions:" << s.evictions
+      << ",merges:" << s.merges << ",retries:" << s.retries;
     return o.str();
   }
   void Close() override {
@@ -94,7 +97,8 @@ Contender *MakeContender(const std::string &name) {
   return nullptr;
 }
 
-// ------------------------------------------------------------------ orchestrator
+// ------------------------------------------------------------------
+// orchestrator
 struct Options {
   bool full = false, sweep = true;
   std::vector<std::string> workloads, traces, contenders;
@@ -106,21 +110,28 @@ struct Options {
 void Usage(FILE *f) {
   fprintf(f,
           "usage: regcache-bench [options]\n"
-          "  --full                 long version (10x the operations, bigger buffers)\n"
+          "  --full                 long version (10x the operations, bigger "
+          "buffers)\n"
           "  --workloads A,B,...    subset of: ");
   for (auto &n : WorkloadNames()) fprintf(f, "%s ", n.c_str());
-  fprintf(f,
-          "\n"
-          "  --trace FILE           also replay a trace (repeatable; format: docs/bench.md)\n"
-          "  --dump-traces DIR      write every generator's trace to DIR/NAME.trace, exit\n"
-          "  --contenders A,B,...   subset of: regcache ucx nocache prereg (default all)\n"
-          "  --no-sweep             only the default capacity (no hit-rate curve)\n"
-          "  --csv FILE             every result as CSV\n"
-          "  --plot FILE.svg        hit rate vs cache capacity per workload (SVG)\n"
-          "  --driver pin|verbs     registration callbacks (default pin: mlock + cost)\n"
-          "  --reg-ns N --page-ns N --dereg-ns N   cost model of the pin driver\n"
-          "  --seed N  --scale K    generator seed; multiply the operation counts by K\n"
-          "  --timeout S            per-run limit in seconds (default 600)\n");
+  fprintf(
+      f,
+      "\n"
+      "  --trace FILE           also replay a trace (repeatable; format: "
+      "docs/bench.md)\n"
+      "  --dump-traces DIR      write every generator's trace to "
+      "DIR/NAME.trace, exit\n"
+      "  --contenders A,B,...   subset of: regcache ucx nocache prereg "
+      "(default all)\n"
+      "  --no-sweep             only the default capacity (no hit-rate curve)\n"
+      "  --csv FILE             every result as CSV\n"
+      "  --plot FILE.svg        hit rate vs cache capacity per workload (SVG)\n"
+      "  --driver pin|verbs     registration callbacks (default pin: mlock + "
+      "cost)\n"
+      "  --reg-ns N --page-ns N --dereg-ns N   cost model of the pin driver\n"
+      "  --seed N  --scale K    generator seed; multiply the operation counts "
+      "by K\n"
+      "  --timeout S            per-run limit in seconds (default 600)\n");
 }
 
 std::vector<std::string> Split(const std::string &s) {
@@ -147,8 +158,9 @@ void RunWorker(const std::string &exe, const std::vector<std::string> &args,
   std::vector<std::string> env_s;
   for (char **e = environ; *e; e++) env_s.push_back(*e);
   if (ucx_env) {
-    const char *defaults[] = {"UCX_MEM_MALLOC_HOOKS=no", "UCX_MEM_MALLOC_RELOC=no",
-                              "UCX_MEM_EVENTS=yes", "UCX_WARN_UNUSED_ENV_VARS=n"};
+    const char *defaults[] = {"UCX_MEM_MALLOC_HOOKS=no",
+                              "UCX_MEM_MALLOC_RELOC=no", "UCX_MEM_EVENTS=yes",
+                              "UCX_WARN_UNUSED_ENV_VARS=n"};
     for (const char *d : defaults) {
       std::string var(d, size_t(strchr(d, '=') - d));
       if (!getenv(var.c_str())) env_s.push_back(d);
@@ -170,7 +182,8 @@ void RunWorker(const std::string &exe, const std::vector<std::string> &args,
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
   pid_t pid;
-  int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), envp.data());
+  int rc =
+      posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv.data(), envp.data());
   posix_spawn_file_actions_destroy(&fa);
   close(fds[1]);
   if (rc != 0) {
@@ -222,13 +235,15 @@ void RunWorker(const std::string &exe, const std::vector<std::string> &args,
 class Progress {
  public:
   explicit Progress(size_t total)
-      : total_(total), t0_(std::chrono::steady_clock::now()),
+      : total_(total),
+        t0_(std::chrono::steady_clock::now()),
         tty_(isatty(2) != 0) {}
   void Step(size_t done, const std::string &what) {
     double s = Elapsed();
     if (s < 3) return;
     if (tty_) {
-      fprintf(stderr, "\r[%3zu/%zu] %5.1f s  %-48s", done, total_, s, what.c_str());
+      fprintf(stderr, "\r[%3zu/%zu] %5.1f s  %-48s", done, total_, s,
+              what.c_str());
       shown_ = true;
     } else if (s - last_ >= 5) {
       fprintf(stderr, "regcache-bench: [%zu/%zu] %.0f s %s\n", done, total_, s,
@@ -306,7 +321,8 @@ int Orchestrate(int argc, char **argv) {
     GenParams gp;
     gp.full = o.full;
     for (size_t i = 0; i + 1 < o.pass.size(); i++) {
-      if (o.pass[i] == "--seed") gp.seed = strtoull(o.pass[i + 1].c_str(), nullptr, 0);
+      if (o.pass[i] == "--seed")
+        gp.seed = strtoull(o.pass[i + 1].c_str(), nullptr, 0);
       if (o.pass[i] == "--scale")
         gp.ops_scale = strtoull(o.pass[i + 1].c_str(), nullptr, 0);
     }
@@ -343,15 +359,15 @@ int Orchestrate(int argc, char **argv) {
     }
 
   printf("regcache-bench: %zu workloads x %zu contenders, %s run, driver %s\n",
-         wl.size(), o.contenders.size(), o.full ? "full" : "quick",
-         [&] {
+         wl.size(), o.contenders.size(), o.full ? "full" : "quick", [&] {
            for (size_t i = 0; i + 1 < o.pass.size(); i++)
              if (o.pass[i] == "--driver") return o.pass[i + 1].c_str();
            return "pin";
          }());
   fflush(stdout);
   if (!have_ucx)
-    fprintf(stderr, "regcache-bench: %s not built (no libucx-dev): no UCX column\n",
+    fprintf(stderr,
+            "regcache-bench: %s not built (no libucx-dev): no UCX column\n",
             ucx_exe.c_str());
 
   std::vector<Result> results;
@@ -368,9 +384,9 @@ int Orchestrate(int argc, char **argv) {
     if (job.contender == "ucx" && !have_ucx) {
       r.error = "not built";
     } else {
-      std::vector<std::string> args = {"--worker", job.contender, "--workload",
-                                       job.workload, "--level",
-                                       std::to_string(job.level)};
+      std::vector<std::string> args = {"--worker",   job.contender,
+                                       "--workload", job.workload,
+                                       "--level",    std::to_string(job.level)};
       if (!job.trace.empty()) {
         args.push_back("--trace");
         args.push_back(job.trace);
@@ -390,7 +406,8 @@ int Orchestrate(int argc, char **argv) {
   std::vector<std::string> names;
   for (auto &w : wl) names.push_back(w.first);
   PrintTable(stdout, names, o.contenders, results);
-  printf("(%.1f s; machine: %s)\n", progress.Elapsed(), MachineDescription().c_str());
+  printf("(%.1f s; machine: %s)\n", progress.Elapsed(),
+         MachineDescription().c_str());
   int rc = 0;
   std::string err;
   if (!o.csv.empty()) {

@@ -17,7 +17,8 @@ namespace {
 const Result *Find(const std::vector<Result> &rs, const std::string &w,
                    const std::string &c, int level) {
   for (const Result &r : rs)
-    if (r.workload == w && r.contender == c && r.level == level && r.ok) return &r;
+    if (r.workload == w && r.contender == c && r.level == level && r.ok)
+      return &r;
   return nullptr;
 }
 
@@ -46,10 +47,14 @@ std::string CapText(int level) {
 std::string Xml(const std::string &s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else
+      o += c;
   }
   return o;
 }
@@ -81,19 +86,21 @@ void PrintTable(FILE *f, const std::vector<std::string> &workloads,
       snprintf(nh, sizeof nh, r->hits ? "%.1f" : "-", r->HitNs());
       snprintf(na, sizeof na, "%.1f", r->AllNs());
       bool hu = u != nullptr;
-      fprintf(f, "  %-9s %8s %5s %8llu %5s %8llu %5s %11s %5s %9s %5s %9s %5s\n",
-              c.c_str(), hit, Ratio(r->HitRate(), hu ? u->HitRate() : 0, hu).c_str(),
-              (unsigned long long)r->regs,
-              Ratio(double(r->regs), hu ? double(u->regs) : 0, hu).c_str(),
-              (unsigned long long)r->deregs,
-              Ratio(double(r->deregs), hu ? double(u->deregs) : 0, hu).c_str(),
-              Bytes(double(r->peak_pinned)).c_str(),
-              Ratio(double(r->peak_pinned), hu ? double(u->peak_pinned) : 0, hu)
-                  .c_str(),
-              nh,
-              r->hits && hu && u->hits ? Ratio(r->HitNs(), u->HitNs(), true).c_str()
-                                       : "-",
-              na, Ratio(r->AllNs(), hu ? u->AllNs() : 0, hu).c_str());
+      fprintf(
+          f, "  %-9s %8s %5s %8llu %5s %8llu %5s %11s %5s %9s %5s %9s %5s\n",
+          c.c_str(), hit,
+          Ratio(r->HitRate(), hu ? u->HitRate() : 0, hu).c_str(),
+          (unsigned long long)r->regs,
+          Ratio(double(r->regs), hu ? double(u->regs) : 0, hu).c_str(),
+          (unsigned long long)r->deregs,
+          Ratio(double(r->deregs), hu ? double(u->deregs) : 0, hu).c_str(),
+          Bytes(double(r->peak_pinned)).c_str(),
+          Ratio(double(r->peak_pinned), hu ? double(u->peak_pinned) : 0, hu)
+              .c_str(),
+          nh,
+          r->hits && hu && u->hits ? Ratio(r->HitNs(), u->HitNs(), true).c_str()
+                                   : "-",
+          na, Ratio(r->AllNs(), hu ? u->AllNs() : 0, hu).c_str());
     }
   }
   // Goal: hit rate >= UCX's on every workload at equal capacity.
@@ -128,39 +135,44 @@ bool WriteCsv(const std::string &path, const std::vector<Result> &results,
     *err = path + ": " + strerror(errno);
     return false;
   }
-  fprintf(f,
-          "workload,contender,level,max_regions,max_bytes,gets,hits,hit_rate,"
-          "registrations,deregistrations,peak_pinned_bytes,ns_per_getput_hit,"
-          "ns_per_getput_all,errors,wall_s,hit_rate_vs_ucx,registrations_vs_ucx,"
-          "deregistrations_vs_ucx,peak_pinned_vs_ucx,ns_hit_vs_ucx,ns_all_vs_ucx,"
-          "ok,extra\n");
+  fprintf(
+      f,
+      "workload,contender,level,max_regions,max_bytes,gets,hits,hit_rate,"
+      "registrations,deregistrations,peak_pinned_bytes,ns_per_getput_hit,"
+      "ns_per_getput_all,errors,wall_s,hit_rate_vs_ucx,registrations_vs_ucx,"
+      "deregistrations_vs_ucx,peak_pinned_vs_ucx,ns_hit_vs_ucx,ns_all_vs_ucx,"
+      "ok,extra\n");
   for (const Result &r : results) {
     const Result *u = Find(results, r.workload, "ucx", r.level);
     auto ratio = [&](double v, double uv) {
       if (!u || !r.ok) return std::string();
       return Ratio(v, uv, true);
     };
-    fprintf(f, "%s,%s,%d,%zu,%zu,%llu,%llu,%.6f,%llu,%llu,%llu,%.2f,%.2f,%llu,%.4f,",
-            r.workload.c_str(), r.contender.c_str(), r.level, r.cap.regions,
-            r.cap.bytes, (unsigned long long)r.gets, (unsigned long long)r.hits,
-            r.HitRate(), (unsigned long long)r.regs, (unsigned long long)r.deregs,
-            (unsigned long long)r.peak_pinned, r.HitNs(), r.AllNs(),
-            (unsigned long long)r.errors, r.wall_s);
-    fprintf(f, "%s,%s,%s,%s,%s,%s,%d,\"%s\"\n",
-            ratio(r.HitRate(), u ? u->HitRate() : 0).c_str(),
-            ratio(double(r.regs), u ? double(u->regs) : 0).c_str(),
-            ratio(double(r.deregs), u ? double(u->deregs) : 0).c_str(),
-            ratio(double(r.peak_pinned), u ? double(u->peak_pinned) : 0).c_str(),
-            (r.hits && u && u->hits) ? ratio(r.HitNs(), u->HitNs()).c_str() : "",
-            ratio(r.AllNs(), u ? u->AllNs() : 0).c_str(), r.ok ? 1 : 0,
-            (r.ok ? r.extra : r.error).c_str());
+    fprintf(
+        f,
+        "%s,%s,%d,%zu,%zu,%llu,%llu,%.6f,%llu,%llu,%llu,%.2f,%.2f,%llu,%.4f,",
+        r.workload.c_str(), r.contender.c_str(), r.level, r.cap.regions,
+        r.cap.bytes, (unsigned long long)r.gets, (unsigned long long)r.hits,
+        r.HitRate(), (unsigned long long)r.regs, (unsigned long long)r.deregs,
+        (unsigned long long)r.peak_pinned, r.HitNs(), r.AllNs(),
+        (unsigned long long)r.errors, r.wall_s);
+    fprintf(
+        f, "%s,%s,%s,%s,%s,%s,%d,\"%s\"\n",
+        ratio(r.HitRate(), u ? u->HitRate() : 0).c_str(),
+        ratio(double(r.regs), u ? double(u->regs) : 0).c_str(),
+        ratio(double(r.deregs), u ? double(u->deregs) : 0).c_str(),
+        ratio(double(r.peak_pinned), u ? double(u->peak_pinned) : 0).c_str(),
+        (r.hits && u && u->hits) ? ratio(r.HitNs(), u->HitNs()).c_str() : "",
+        ratio(r.AllNs(), u ? u->AllNs() : 0).c_str(), r.ok ? 1 : 0,
+        (r.ok ? r.extra : r.error).c_str());
   }
   bool ok = fclose(f) == 0;
   if (!ok) *err = path + ": write failed";
   return ok;
 }
 
-bool WriteSvg(const std::string &path, const std::vector<std::string> &workloads,
+bool WriteSvg(const std::string &path,
+              const std::vector<std::string> &workloads,
               const std::vector<Result> &results, std::string *err) {
   const int cols = 4, pw = 300, ph = 230, ml = 46, mr = 12, mt = 28, mb = 42;
   const int rows = int((workloads.size() + cols - 1) / cols);
@@ -173,11 +185,14 @@ bool WriteSvg(const std::string &path, const std::vector<std::string> &workloads
   struct Series {
     const char *name, *color;
   } series[] = {{"regcache", "#1f77b4"}, {"ucx", "#ff7f0e"}};
-  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\""
-    << H << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
+  o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W
+    << "\" height=\"" << H
+    << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
     << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-    << "<text x=\"10\" y=\"18\" font-size=\"14\">regcache-bench: hit rate vs cache "
-       "capacity (max regions / max bytes), same workload and callbacks</text>\n";
+    << "<text x=\"10\" y=\"18\" font-size=\"14\">regcache-bench: hit rate vs "
+       "cache "
+       "capacity (max regions / max bytes), same workload and "
+       "callbacks</text>\n";
   for (size_t i = 0; i < std::size(series); i++)
     o << "<rect x=\"" << W - 220 + 100 * int(i) << "\" y=\"8\" width=\"14\" "
       << "height=\"4\" fill=\"" << series[i].color << "\"/><text x=\""
@@ -243,8 +258,9 @@ std::string MachineDescription() {
   utsname u{};
   uname(&u);
   char b[512];
-  snprintf(b, sizeof b, "%ld x %s, Linux %s, glibc %s", sysconf(_SC_NPROCESSORS_ONLN),
-           model.c_str(), u.release, gnu_get_libc_version());
+  snprintf(b, sizeof b, "%ld x %s, Linux %s, glibc %s",
+           sysconf(_SC_NPROCESSORS_ONLN), model.c_str(), u.release,
+           gnu_get_libc_version());
   return b;
 }
 

@@ -10,15 +10,18 @@
 
 namespace rcbench {
 
-// Per workload: one row per contender at the default capacity, each number with its
-// ratio to UCX's in the same run; then the hit-rate comparison over every capacity.
+// Per workload: one row per contender at the default capacity, each number with
+// its ratio to UCX's in the same run; then the hit-rate comparison over every
+// capacity.
 void PrintTable(FILE *f, const std::vector<std::string> &workloads,
                 const std::vector<std::string> &contenders,
                 const std::vector<Result> &results);
 bool WriteCsv(const std::string &path, const std::vector<Result> &results,
               std::string *err);
-// One panel per workload: hit rate (y) vs capacity level (x), one line per cache.
-bool WriteSvg(const std::string &path, const std::vector<std::string> &workloads,
+// One panel per workload: hit rate (y) vs capacity level (x), one line per
+// cache.
+bool WriteSvg(const std::string &path,
+              const std::vector<std::string> &workloads,
               const std::vector<Result> &results, std::string *err);
 // "2 x AMD EPYC ..., Linux 6.1, glibc 2.36" (for the report and docs/bench.md).
 std::string MachineDescription();

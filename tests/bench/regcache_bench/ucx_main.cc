@@ -1,14 +1,16 @@
-// regcache-bench-ucx: the UCX contender (ucs_rcache from libucx-dev 1.13), run by
-// regcache-bench in a process of its own so that UCX's memory hooks (ucm) and regcache's
-// notifier never meet. Not linked with libregcache.
+// regcache-bench-ucx: the UCX contender (ucs_rcache from libucx-dev 1.13), run
+// by regcache-bench in a process of its own so that UCX's memory hooks (ucm)
+// and regcache's notifier never meet. Not linked with libregcache.
 //
-//   regcache-bench-ucx --worker ucx --workload NAME --level L ...   one run, RESULT line
-//   regcache-bench-ucx --hit-loop [--iters N] [--threads T]         hit path, ns per op
+//   regcache-bench-ucx --worker ucx --workload NAME --level L ...   one run,
+//   RESULT line regcache-bench-ucx --hit-loop [--iters N] [--threads T] hit
+//   path, ns per op
 //
-// The orchestrator starts it with UCX_MEM_MALLOC_HOOKS=no and UCX_MEM_MALLOC_RELOC=no
-// (unless set): the workloads allocate through glibc in every contender, and UCM's bistro
-// hooks on munmap/madvise/brk still deliver UCM_EVENT_VM_UNMAPPED for glibc's own unmaps.
-// Open() checks that they do: an rcache region of unmapped memory must be re-registered.
+// The orchestrator starts it with UCX_MEM_MALLOC_HOOKS=no and
+// UCX_MEM_MALLOC_RELOC=no (unless set): the workloads allocate through glibc in
+// every contender, and UCM's bistro hooks on munmap/madvise/brk still deliver
+// UCM_EVENT_VM_UNMAPPED for glibc's own unmaps. Open() checks that they do: an
+// rcache region of unmapped memory must be re-registered.
 extern "C" {
 #include <ucm/api/ucm.h>
 #include <ucs/memory/rcache.h>
@@ -42,9 +44,10 @@ void CountUnmap(ucm_event_type_t, ucm_event_t *, void *) {
   g_unmap_events.fetch_add(1, std::memory_order_relaxed);
 }
 
-// UCX caches by memory protection, not by HCA access: its memory domains register with
-// every access flag the protection allows. The same model here: writable memory is
-// registered with REGCACHE_ACCESS_ALL, read-only with remote read.
+// UCX caches by memory protection, not by HCA access: its memory domains
+// register with every access flag the protection allows. The same model here:
+// writable memory is registered with REGCACHE_ACCESS_ALL, read-only with remote
+// read.
 ucs_status_t MemReg(void *, ucs_rcache_t *, void *, ucs_rcache_region_t *region,
                     uint16_t) {
   UcxRegion *r = reinterpret_cast<UcxRegion *>(region);
@@ -55,7 +58,8 @@ ucs_status_t MemReg(void *, ucs_rcache_t *, void *, ucs_rcache_region_t *region,
   void *desc;
   void *addr = reinterpret_cast<void *>(region->super.start);
   size_t len = region->super.end - region->super.start;
-  int rc = BenchReg(nullptr, addr, len, access, &r->handle, &lkey, &rkey, &desc);
+  int rc =
+      BenchReg(nullptr, addr, len, access, &r->handle, &lkey, &rkey, &desc);
   return rc == 0 ? UCS_OK : UCS_ERR_IO_ERROR;
 }
 
@@ -133,11 +137,12 @@ class Ucx : public Contender {
   }
 
  private:
-  // A region whose memory was unmapped must not be returned again: the UCM hooks must
-  // be live in this process, or the comparison would flatter UCX.
+  // A region whose memory was unmapped must not be returned again: the UCM
+  // hooks must be live in this process, or the comparison would flatter UCX.
   static bool SelfCheck(std::string *err) {
     ucs_rcache_t *rc;
-    if (CreateRcache(Capacity{16, size_t(1) << 30}, "selfcheck", &rc) != UCS_OK) {
+    if (CreateRcache(Capacity{16, size_t(1) << 30}, "selfcheck", &rc) !=
+        UCS_OK) {
       *err = "ucs_rcache_create failed";
       return false;
     }
@@ -150,12 +155,13 @@ class Ucx : public Contender {
     uint64_t ev0 = g_unmap_events.load();
     uint64_t deregs0 = ReadRegCounters().deregs;
     free(a);
-    void *b = malloc(len);  // the get below also drains UCX's invalidation queue
-    ok = ok && ucs_rcache_get(rc, b, len, PROT_READ | PROT_WRITE, nullptr, &r) ==
-                   UCS_OK;
+    void *b =
+        malloc(len);  // the get below also drains UCX's invalidation queue
+    ok = ok && ucs_rcache_get(rc, b, len, PROT_READ | PROT_WRITE, nullptr,
+                              &r) == UCS_OK;
     if (ok) ucs_rcache_region_put(rc, r);
-    bool invalidated = g_unmap_events.load() > ev0 &&
-                       ReadRegCounters().deregs > deregs0;
+    bool invalidated =
+        g_unmap_events.load() > ev0 && ReadRegCounters().deregs > deregs0;
     free(b);
     ucs_rcache_destroy(rc);
     if (!ok || !invalidated) {
@@ -174,8 +180,9 @@ Contender *MakeContender(const std::string &name) {
   return nullptr;
 }
 
-// Hit path: each thread get+puts 64-byte slices of its own 1 MiB buffer (one region per
-// thread, registered before the loop) `iters` times. Prints ns per get+put per thread.
+// Hit path: each thread get+puts 64-byte slices of its own 1 MiB buffer (one
+// region per thread, registered before the loop) `iters` times. Prints ns per
+// get+put per thread.
 int HitLoop(uint64_t iters, int threads) {
   std::string err;
   RegConfig cfg;
@@ -233,14 +240,17 @@ int main(int argc, char **argv) {
     uint64_t iters = 10000000;
     int threads = 1;
     for (int i = 2; i + 1 < argc; i += 2) {
-      if (strcmp(argv[i], "--iters") == 0) iters = strtoull(argv[i + 1], nullptr, 0);
-      else if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
+      if (strcmp(argv[i], "--iters") == 0)
+        iters = strtoull(argv[i + 1], nullptr, 0);
+      else if (strcmp(argv[i], "--threads") == 0)
+        threads = atoi(argv[i + 1]);
     }
     return rcbench::HitLoop(iters, threads < 1 ? 1 : threads);
   }
   if (argc > 2 && strcmp(argv[1], "--worker") == 0)
     return rcbench::WorkerMain(argc, argv, rcbench::MakeContender);
   fprintf(stderr,
-          "regcache-bench-ucx: the UCX worker of regcache-bench; run regcache-bench.\n");
+          "regcache-bench-ucx: the UCX worker of regcache-bench; run "
+          "regcache-bench.\n");
   return 2;
 }

@@ -1,5 +1,6 @@
-// A worker: one workload, one contender, one capacity, in a process of its own. Prints
-// one RESULT line on stdout, which the orchestrator (main.cc) reads through a pipe.
+// A worker: one workload, one contender, one capacity, in a process of its own.
+// Prints one RESULT line on stdout, which the orchestrator (main.cc) reads
+// through a pipe.
 #include <malloc.h>
 
 #include <cinttypes>
@@ -28,7 +29,8 @@ class NoCache : public Contender {
   void Close() override {}
 };
 
-// The limit: registration is free (buffers registered before the run, not counted).
+// The limit: registration is free (buffers registered before the run, not
+// counted).
 class PreRegistered : public Contender {
  public:
   const char *name() const override { return "prereg"; }
@@ -89,22 +91,38 @@ bool ParseResult(const std::string &line, Result *r) {
     if (eq == std::string::npos) continue;
     std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
     auto u = [&] { return strtoull(v.c_str(), nullptr, 10); };
-    if (k == "workload") r->workload = v;
-    else if (k == "contender") r->contender = v;
-    else if (k == "level") r->level = int(u());
-    else if (k == "regions") r->cap.regions = u();
-    else if (k == "bytes") r->cap.bytes = u();
-    else if (k == "gets") r->gets = u();
-    else if (k == "hits") r->hits = u();
-    else if (k == "errors") r->errors = u();
-    else if (k == "regs") r->regs = u();
-    else if (k == "deregs") r->deregs = u();
-    else if (k == "peak") r->peak_pinned = u();
-    else if (k == "hit_ns_sum") r->hit_ns_sum = strtod(v.c_str(), nullptr);
-    else if (k == "all_ns_sum") r->all_ns_sum = strtod(v.c_str(), nullptr);
-    else if (k == "wall") r->wall_s = strtod(v.c_str(), nullptr);
-    else if (k == "ok") r->ok = v == "1";
-    else if (k == "extra") r->extra = v == "-" ? "" : v;
+    if (k == "workload")
+      r->workload = v;
+    else if (k == "contender")
+      r->contender = v;
+    else if (k == "level")
+      r->level = int(u());
+    else if (k == "regions")
+      r->cap.regions = u();
+    else if (k == "bytes")
+      r->cap.bytes = u();
+    else if (k == "gets")
+      r->gets = u();
+    else if (k == "hits")
+      r->hits = u();
+    else if (k == "errors")
+      r->errors = u();
+    else if (k == "regs")
+      r->regs = u();
+    else if (k == "deregs")
+      r->deregs = u();
+    else if (k == "peak")
+      r->peak_pinned = u();
+    else if (k == "hit_ns_sum")
+      r->hit_ns_sum = strtod(v.c_str(), nullptr);
+    else if (k == "all_ns_sum")
+      r->all_ns_sum = strtod(v.c_str(), nullptr);
+    else if (k == "wall")
+      r->wall_s = strtod(v.c_str(), nullptr);
+    else if (k == "ok")
+      r->ok = v == "1";
+    else if (k == "extra")
+      r->extra = v == "-" ? "" : v;
   }
   return true;
 }
@@ -143,9 +161,9 @@ int WorkerMain(int argc, char **argv, ContenderFactory make_contender) {
     fprintf(stderr, "regcache-bench worker: unknown argument '%s'\n", argv[i]);
     return 2;
   }
-  // glibc's dynamic mmap threshold would turn every freed large buffer into heap memory
-  // after the first one; a fixed threshold keeps the churn workload's munmaps real (and
-  // the same in every contender's process).
+  // glibc's dynamic mmap threshold would turn every freed large buffer into
+  // heap memory after the first one; a fixed threshold keeps the churn
+  // workload's munmaps real (and the same in every contender's process).
   mallopt(M_MMAP_THRESHOLD, 128 * 1024);
   mallopt(M_TRIM_THRESHOLD, 128 * 1024);
 

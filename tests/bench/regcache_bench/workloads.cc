@@ -1,4 +1,5 @@
-// The workload generators of issue 7 and the trace reader/writer (format: docs/bench.md).
+// The workload generators of issue 7 and the trace reader/writer (format:
+// docs/bench.md).
 #include <algorithm>
 #include <cinttypes>
 #include <cmath>
@@ -19,7 +20,8 @@ namespace {
 
 constexpr uint64_t kKiB = 1024, kMiB = 1024 * 1024;
 constexpr unsigned kSend = REGCACHE_ACCESS_LOCAL_WRITE;
-constexpr unsigned kRecv = REGCACHE_ACCESS_LOCAL_WRITE | REGCACHE_ACCESS_REMOTE_WRITE;
+constexpr unsigned kRecv =
+    REGCACHE_ACCESS_LOCAL_WRITE | REGCACHE_ACCESS_REMOTE_WRITE;
 constexpr unsigned kRead = REGCACHE_ACCESS_REMOTE_READ;
 
 class Builder {
@@ -64,7 +66,8 @@ void PingPong(const GenParams &p, Workload *w) {
   w->description = "ping-pong: one 64 KiB buffer, get+put again and again";
   Builder b(w);
   uint32_t buf = b.Map(64 * kKiB);
-  for (uint64_t i = 0, n = NumOps(p); i < n; i++) b.GetPut(buf, 0, 64 * kKiB, kSend);
+  for (uint64_t i = 0, n = NumOps(p); i < n; i++)
+    b.GetPut(buf, 0, 64 * kKiB, kSend);
 }
 
 void Pool(const GenParams &p, Workload *w, size_t nbufs, const char *what) {
@@ -93,11 +96,13 @@ void SubRanges(const GenParams &p, Workload *w) {
 }
 
 void Growing(const GenParams &p, Workload *w) {
-  w->description =
-      "growing message sizes 1 KiB .. 64 MiB from the start of one 64 MiB buffer";
+  const int nsizes = p.full ? 17 : 15;  // 1 KiB << 0 .. 16 (quick: .. 14)
+  const uint64_t max_len = kKiB << (nsizes - 1);
+  w->description = "growing message sizes 1 KiB .. " +
+                   std::to_string(max_len / kMiB) +
+                   " MiB from the start of one buffer";
   Builder b(w);
-  uint32_t buf = b.Map(64 * kMiB);
-  const int nsizes = 17;  // 1 KiB << 0 .. 16
+  uint32_t buf = b.Map(max_len);
   uint64_t reps = std::max<uint64_t>(1, NumOps(p) / nsizes);
   for (int k = 0; k < nsizes; k++)
     for (uint64_t i = 0; i < reps; i++) b.GetPut(buf, 0, kKiB << k, kSend);
@@ -105,9 +110,10 @@ void Growing(const GenParams &p, Workload *w) {
 
 void Churn(const GenParams &p, Workload *w) {
   const uint64_t max_len = (p.full ? 4 : 1) * kMiB;
-  w->description = "malloc/free churn through glibc: 16 live message buffers, 1 KiB .. " +
-                   std::to_string(max_len / kMiB) +
-                   " MiB, oldest freed (mmap threshold fixed at 128 KiB: real munmaps)";
+  w->description =
+      "malloc/free churn through glibc: 16 live message buffers, 1 KiB .. " +
+      std::to_string(max_len / kMiB) +
+      " MiB, oldest freed (mmap threshold fixed at 128 KiB: real munmaps)";
   Builder b(w);
   std::mt19937_64 rng(p.seed);
   std::vector<std::pair<uint32_t, uint64_t>> live;  // id, len
@@ -134,7 +140,8 @@ void Churn(const GenParams &p, Workload *w) {
 
 void Flags(const GenParams &p, Workload *w) {
   w->description =
-      "8 buffers of 256 KiB, access alternating local write / remote read+write";
+      "8 buffers of 256 KiB, access alternating local write / remote "
+      "read+write";
   Builder b(w);
   std::vector<uint32_t> bufs;
   for (int i = 0; i < 8; i++) bufs.push_back(b.Map(256 * kKiB));
@@ -148,7 +155,8 @@ void Threads(const GenParams &p, Workload *w) {
   const uint16_t nthreads = 2;
   w->nthreads = nthreads;
   w->description =
-      "2 threads: 8 shared + 8 private 64 KiB buffers each, half the gets shared";
+      "2 threads: 8 shared + 8 private 64 KiB buffers each, half the gets "
+      "shared";
   Builder b(w);
   std::vector<uint32_t> shared;
   std::vector<std::vector<uint32_t>> priv(nthreads);
@@ -164,7 +172,8 @@ void Threads(const GenParams &p, Workload *w) {
   }
 }
 
-// ------------------------------------------------------------------ trace format
+// ------------------------------------------------------------------ trace
+// format
 std::string AccessText(unsigned a) {
   if (a == 0) return "r";
   std::string s;
@@ -187,11 +196,16 @@ bool ParseAccess(const std::string &s, unsigned *a) {
   std::string tok;
   while (std::getline(ss, tok, '+')) {
     if (tok == "r") continue;
-    if (tok == "lw") *a |= REGCACHE_ACCESS_LOCAL_WRITE;
-    else if (tok == "rr") *a |= REGCACHE_ACCESS_REMOTE_READ;
-    else if (tok == "rw") *a |= REGCACHE_ACCESS_REMOTE_WRITE;
-    else if (tok == "ra") *a |= REGCACHE_ACCESS_REMOTE_ATOMIC;
-    else return false;
+    if (tok == "lw")
+      *a |= REGCACHE_ACCESS_LOCAL_WRITE;
+    else if (tok == "rr")
+      *a |= REGCACHE_ACCESS_REMOTE_READ;
+    else if (tok == "rw")
+      *a |= REGCACHE_ACCESS_REMOTE_WRITE;
+    else if (tok == "ra")
+      *a |= REGCACHE_ACCESS_REMOTE_ATOMIC;
+    else
+      return false;
   }
   return true;
 }
@@ -209,14 +223,22 @@ bool MakeWorkload(const std::string &name, const GenParams &p, Workload *w,
                   std::string *err) {
   *w = Workload();
   w->name = name;
-  if (name == "pingpong") PingPong(p, w);
-  else if (name == "pool-fit") Pool(p, w, p.default_regions * 3 / 4, "below");
-  else if (name == "pool-over") Pool(p, w, p.default_regions * 3 / 2, "above");
-  else if (name == "subrange") SubRanges(p, w);
-  else if (name == "growing") Growing(p, w);
-  else if (name == "churn") Churn(p, w);
-  else if (name == "flags") Flags(p, w);
-  else if (name == "threads") Threads(p, w);
+  if (name == "pingpong")
+    PingPong(p, w);
+  else if (name == "pool-fit")
+    Pool(p, w, p.default_regions * 3 / 4, "below");
+  else if (name == "pool-over")
+    Pool(p, w, p.default_regions * 3 / 2, "above");
+  else if (name == "subrange")
+    SubRanges(p, w);
+  else if (name == "growing")
+    Growing(p, w);
+  else if (name == "churn")
+    Churn(p, w);
+  else if (name == "flags")
+    Flags(p, w);
+  else if (name == "threads")
+    Threads(p, w);
   else {
     *err = "unknown workload '" + name + "'";
     return false;
@@ -254,8 +276,9 @@ bool WriteTrace(const std::string &path, const Workload &w, std::string *err) {
                 tsuffix);
         break;
       case OpKind::kGet:
-        fprintf(f, "get 0x%" PRIx64 " %" PRIu64 " %s%s\n", base[op.buf] + op.off,
-                op.len, AccessText(op.access).c_str(), tsuffix);
+        fprintf(f, "get 0x%" PRIx64 " %" PRIu64 " %s%s\n",
+                base[op.buf] + op.off, op.len, AccessText(op.access).c_str(),
+                tsuffix);
         break;
       case OpKind::kPut:
         fprintf(f, "put 0x%" PRIx64 " %" PRIu64 "%s\n", base[op.buf] + op.off,
@@ -265,8 +288,8 @@ bool WriteTrace(const std::string &path, const Workload &w, std::string *err) {
         fprintf(f, "free 0x%" PRIx64 "%s\n", base[op.buf], tsuffix);
         break;
       case OpKind::kMunmap:
-        fprintf(f, "munmap 0x%" PRIx64 " %" PRIu64 "%s\n", base[op.buf] + op.off,
-                op.len, tsuffix);
+        fprintf(f, "munmap 0x%" PRIx64 " %" PRIu64 "%s\n",
+                base[op.buf] + op.off, op.len, tsuffix);
         break;
     }
   }
@@ -284,8 +307,9 @@ bool ReadTrace(const std::string &path, Workload *w, std::string *err) {
   *w = Workload();
   w->name = path.substr(path.find_last_of('/') + 1);
   w->description = "trace " + path;
-  // Live buffers by trace address (start -> id, len). Ranges outside every declared
-  // buffer go to one implicit arena mapped over their span (offsets preserved).
+  // Live buffers by trace address (start -> id, len). Ranges outside every
+  // declared buffer go to one implicit arena mapped over their span (offsets
+  // preserved).
   struct Live {
     uint32_t id;
     uint64_t len;
@@ -293,7 +317,8 @@ bool ReadTrace(const std::string &path, Workload *w, std::string *err) {
   std::map<uint64_t, Live> live;
   const uint32_t kArena = UINT32_MAX;
   uint64_t arena_lo = UINT64_MAX, arena_hi = 0;
-  std::vector<uint64_t> arena_addr;  // per op using the arena: its trace address
+  std::vector<uint64_t>
+      arena_addr;  // per op using the arena: its trace address
   std::string line;
   int lineno = 0;
   auto fail = [&](const std::string &what) {
@@ -349,7 +374,7 @@ bool ReadTrace(const std::string &path, Workload *w, std::string *err) {
       o.buf = it->second.id;
       live.erase(it);
     } else if (op == "get" || op == "put" || op == "munmap") {
-      o.kind = op == "get" ? OpKind::kGet
+      o.kind = op == "get"   ? OpKind::kGet
                : op == "put" ? OpKind::kPut
                              : OpKind::kMunmap;
       if (op == "get") {
