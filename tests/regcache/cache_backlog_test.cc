@@ -81,7 +81,9 @@ TEST(CacheBacklog, MunmapMmapCyclesStayBounded) {
               static_cast<unsigned long long>(max_pending),
               static_cast<long>(rss1) - static_cast<long>(rss0));
   EXPECT_LE(max_pending, 100u);
+#ifndef REGCACHE_SANITIZE_ADDRESS  // ASan's quarantine keeps freed memory resident
   EXPECT_LE(static_cast<long>(rss1) - static_cast<long>(rss0), 512 * 1024);
+#endif
   EXPECT_GE(s.invalidations, static_cast<uint64_t>(kCycles / 2));
   regcache_destroy(c);
   EXPECT_EQ(td->Live(), 0u);
