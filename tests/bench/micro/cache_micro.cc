@@ -188,7 +188,7 @@ void BM_BytesPerRegion(benchmark::State &state) {
   }
 }
 BENCHMARK(BM_BytesPerRegion)
-    ->Arg(1 << 16)
+    ->Arg(1 << 18)
     ->Iterations(1)
     ->Unit(benchmark::kMillisecond);
 
@@ -196,6 +196,7 @@ BENCHMARK(BM_BytesPerRegion)
 // summary
 class GoalReporter : public benchmark::ConsoleReporter {
  public:
+  GoalReporter() : ConsoleReporter(isatty(1) ? OO_ColorTabular : OO_Tabular) {}
   void ReportRuns(const std::vector<Run> &runs) override {
     ConsoleReporter::ReportRuns(runs);
     for (const Run &r : runs) {
