@@ -264,7 +264,7 @@ int main(int argc, char **argv) {
         "<= 0.5x) %s\n",
         h1, g_ucx_ns[1], h1 / g_ucx_ns[1],
         h1 / g_ucx_ns[1] <= 0.5 ? "MET" : "NOT MET");
-  else
+  else if (h1 > 0)
     printf(
         "  hit get+put, 1 thread:     %.1f ns; UCX not measured       (goal <= "
         "0.5x)\n",
