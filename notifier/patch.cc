@@ -76,6 +76,15 @@
 #define SHM_REMAP 040000
 #endif
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define REGCACHE_HAS_TSAN 1
+#endif
+#endif
+#ifndef REGCACHE_HAS_TSAN
+#define REGCACHE_HAS_TSAN 0
+#endif
+
 namespace regcache::notifier::sources {
 
 #if defined(__x86_64__)
@@ -375,6 +384,14 @@ void RestoreLocked() {
 }  // namespace
 
 int PatchInstall() {
+#if defined(__SANITIZE_THREAD__) || REGCACHE_HAS_TSAN
+  internal::Logf(internal::kLogWarn,
+                 "notifier: patch source unavailable under ThreadSanitizer: "
+                 "hooks would run instrumented code inside the sanitizer's own "
+                 "mmap/munmap interceptors and thread start-up (SEGV in "
+                 "__tsan::MemoryAccess observed)");
+  return -ENOSYS;
+#endif
   std::lock_guard<std::mutex> g(g_mu);
   if (g_installed) return 0;
   void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);

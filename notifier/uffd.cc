@@ -65,6 +65,15 @@
 #define UFFD_FEATURE_WP_ASYNC (1 << 15)
 #endif
 
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define REGCACHE_HAS_TSAN 1
+#endif
+#endif
+#ifndef REGCACHE_HAS_TSAN
+#define REGCACHE_HAS_TSAN 0
+#endif
+
 namespace regcache::notifier::sources {
 namespace {
 
@@ -252,6 +261,14 @@ int WatchByMaps(uintptr_t start, uintptr_t end) {
 }  // namespace
 
 int UffdInstall() {
+#if defined(__SANITIZE_THREAD__) || REGCACHE_HAS_TSAN
+  internal::Logf(internal::kLogWarn,
+                 "notifier: uffd source unavailable under ThreadSanitizer: the "
+                 "sanitizer's munmap/madvise interceptors hold runtime locks "
+                 "across the syscall that the monitor thread needs to read the "
+                 "event (munmap hangs observed)");
+  return -ENOSYS;
+#endif
   std::lock_guard<std::mutex> g(g_mu);
   if (g_installed) return 0;
   int rc = StartLocked();

@@ -189,6 +189,14 @@ TEST_F(EventsTest, BrkTrimThroughFreeInMainArena) {
   ASSERT_EQ(mallopt(M_MMAP_THRESHOLD, 64 << 20), 1);
   ASSERT_EQ(mallopt(M_TRIM_THRESHOLD, 128 << 10), 1);
   size_t len = 4 << 20;
+  // Warm up: our Register allocates a Subscription; make it reuse a freed chunk
+  // below the block instead of landing above it (that would pin the heap top:
+  // no trim).
+  Subscription *warm = nullptr;
+  ASSERT_EQ(Register(&Recorder::kOps, &iv_, 1, 1, &warm), 0);
+  ASSERT_EQ(Unregister(warm), 0);
+  iv_.releases = 0;
+  iv_.released = false;
   char *p =
       static_cast<char *>(malloc(len));  // main thread: main arena, top of heap
   ASSERT_NE(p, nullptr);
