@@ -23,13 +23,8 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/regcacheConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/regcacheConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/regcache)
 
-set(REGCACHE_PC_REQUIRES_PRIVATE "spdlog")
-if(REGCACHE_HAVE_VERBS)
-  string(APPEND REGCACHE_PC_REQUIRES_PRIVATE ", libibverbs")
-endif()
-if(REGCACHE_HAVE_LIBFABRIC)
-  string(APPEND REGCACHE_PC_REQUIRES_PRIVATE ", libfabric")
-endif()
+# Only the shared library is installed: its private dependencies (spdlog, fmt,
+# libibverbs, libfabric) are recorded in its DT_NEEDED, so the .pc lists none.
 configure_file(${PROJECT_SOURCE_DIR}/cmake/regcache.pc.in
   ${CMAKE_CURRENT_BINARY_DIR}/regcache.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/regcache.pc
