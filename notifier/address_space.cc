@@ -495,8 +495,20 @@ void EndRange(Frame *f) {
   (void)woke;
 }
 
-unsigned EnterHold() { return EnterWindow(/*may_wait=*/true); }
-void ExitHold(unsigned slot) { ExitWindow(slot); }
+std::atomic<uint32_t> g_async_in_flight{0};
+
+// The uffd monitor's hold: counted in g_async_in_flight before read() releases
+// the unmapping thread, and out only after the events it read are delivered
+// (see AsyncEventsInFlight() in address_space.h).
+unsigned EnterHold() {
+  unsigned slot = EnterWindow(/*may_wait=*/true);
+  g_async_in_flight.fetch_add(1, std::memory_order_seq_cst);
+  return slot;
+}
+void ExitHold(unsigned slot) {
+  g_async_in_flight.fetch_sub(1, std::memory_order_seq_cst);
+  ExitWindow(slot);
+}
 
 }  // namespace internal
 
@@ -689,6 +701,20 @@ int Resume() {
 }
 
 bool InCallback() { return t_state.cb_depth > 0; }
+
+// Process exit: every subscriber gets release exactly once, from here (the
+// shared library's destructor, or the executable's when linked statically).
+// Runs after the atexit handlers and static destructors registered after this
+// library was loaded, before patch.cc's priority-200 destructor restores libc's
+// code. Never waits for ranges in flight on other threads.
+__attribute__((destructor)) static void NotifierFini() { Teardown(); }
+
+void WaitAsyncEvents() {
+  // A monitor thread (inside its hold) or a callback would wait for itself.
+  if (t_state.cb_depth > 0 || t_state.inflight > 0) return;
+  if (!AsyncEventsInFlight()) return;
+  WaitUntil([] { return !AsyncEventsInFlight(); });
+}
 
 void Teardown() {
   {

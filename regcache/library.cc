@@ -43,12 +43,6 @@ int LibraryInit() {
 
 }  // namespace regcache
 
-// Process exit: release every subscriber exactly once (see
-// <regcache/notifier.h>).
-__attribute__((destructor)) static void regcache_library_fini() {
-  regcache::notifier::Teardown();
-}
-
 extern "C" {
 
 REGCACHE_API void regcache_version(unsigned *major, unsigned *minor,

@@ -6,8 +6,8 @@
 // A bad value is reported once and returned (-EINVAL) to every caller until it
 // is fixed with regcache_config_set().
 //
-// At process exit the library destructor tears the notifier down: every
-// subscriber (each cache included) gets release exactly once.
+// At process exit the notifier's own destructor tears the address space down:
+// every subscriber (each cache included) gets release exactly once.
 #ifndef REGCACHE_REGCACHE_LIBRARY_H_
 #define REGCACHE_REGCACHE_LIBRARY_H_
 
