@@ -13,6 +13,7 @@
 
 #include <regcache/notifier.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -67,6 +68,28 @@ int NotifyUnmapped(uintptr_t start, size_t len);
 
 int Quiesce();
 int Resume();
+
+// ASYNCHRONOUS SOURCES (uffd). The kernel reports UNMAP after the unmap, and
+// releases the unmapping thread when the monitor read()s the event, before the
+// event is dispatched. So a thread whose munmap() has returned may still find
+// the old range un-invalidated. To close that window the monitor counts itself
+// in flight BEFORE read() and out after dispatching: a reader that sees
+// AsyncEventsInFlight() == false after its munmap returned knows every event
+// of that munmap has been delivered. A lock-free lookup (the cache's hit path)
+// checks it and, when true, takes its slow path, which calls
+// WaitAsyncEvents() before consulting its index.
+namespace internal {
+extern std::atomic<uint32_t> g_async_in_flight;
+}
+inline bool AsyncEventsInFlight() {
+  // seq_cst: ordered after the caller's earlier munmap/free (a plain load on
+  // x86).
+  return internal::g_async_in_flight.load(std::memory_order_seq_cst) != 0;
+}
+// Waits until no asynchronous event is being read or dispatched. Returns at
+// once inside a callback or on a monitor thread (the event being dispatched
+// may be our own caller's).
+void WaitAsyncEvents();
 
 // True while the calling thread is inside a notifier callback.
 bool InCallback();

@@ -706,8 +706,11 @@ void Cache::Remember(Region *r, uint64_t word) {
 
 int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
   ThreadState *ts = t_state;
+  // AsyncEventsInFlight: with the uffd source, a munmap that has returned may
+  // not have been delivered yet (docs/notifier.md); GetSlow waits for it.
   if (ts != nullptr &&
-      !(attention_.load(std::memory_order_acquire) & kHitSlowMask)) {
+      !(attention_.load(std::memory_order_acquire) & kHitSlowMask) &&
+      !notifier::AsyncEventsInFlight()) {
     const uintptr_t end = addr + len;
     for (const FrontEntry &e : ts->e) {
       if (e.cache_id != id_ || addr < e.start || end > e.end ||
@@ -743,6 +746,9 @@ int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
 
 int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
   const uintptr_t end = addr + len;
+  // An asynchronous source (uffd) may still be delivering the invalidation of
+  // memory the caller already unmapped: let it finish before the index is read.
+  notifier::WaitAsyncEvents();
   ReapDead();
   if (shutdown_.load(std::memory_order_acquire)) return -ESHUTDOWN;
   Driver *const d = driver();
