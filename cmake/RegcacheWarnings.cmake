@@ -7,7 +7,10 @@ target_compile_options(regcache_build_flags INTERFACE -Wall -Wextra
 if(REGCACHE_SANITIZE STREQUAL "asan")
   target_compile_options(regcache_build_flags INTERFACE -fsanitize=address,undefined
                          -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
-  target_link_options(regcache_build_flags INTERFACE -fsanitize=address,undefined)
+  target_link_options(regcache_build_flags INTERFACE -fsanitize=address,undefined
+    # A C program linked with the C driver still needs UBSan's C++ runtime for
+    # the vptr checks inside libregcache.
+    $<$<AND:$<LINK_LANGUAGE:C>,$<C_COMPILER_ID:Clang>>:-fsanitize-link-c++-runtime -lstdc++>)
   target_compile_definitions(regcache_build_flags INTERFACE REGCACHE_SANITIZE_ADDRESS=1)
 elseif(REGCACHE_SANITIZE STREQUAL "tsan")
   target_compile_options(regcache_build_flags INTERFACE -fsanitize=thread -fno-omit-frame-pointer)

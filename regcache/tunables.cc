@@ -28,17 +28,17 @@ constexpr Spec kTable[] = {
      "uffd, else none).",
      "auto|patch|uffd|none"},
     {"MAX_REGIONS", Type::kUint, "16384",
-     "Most unused regions a cache keeps registered; least recently used ones "
-     "beyond it are "
-     "deregistered. Default: well under the max_mr of common HCAs (rxe 524287, "
-     "mlx5 "
-     "~16M) and 16x libfabric's 1024, whose default is known to thrash. 0 "
-     "disables caching.",
+     "Most regions a cache keeps registered. Beyond it, least recently used "
+     "unused regions are deregistered (regions in use are never evicted, so "
+     "the "
+     "count can exceed the limit while they are held). Default: well under the "
+     "max_mr of common HCAs (rxe 524287, mlx5 ~16M) and 16x libfabric's 1024, "
+     "which is known to thrash. 0 disables caching.",
      nullptr},
     {"MAX_BYTES", Type::kSize, "auto",
-     "Most bytes of unused regions a cache keeps registered (pinned). auto: "
-     "3/4 of "
-     "RLIMIT_MEMLOCK when that limit is finite, else 1/4 of physical RAM.",
+     "Most registered (pinned) bytes a cache keeps; beyond it, least recently "
+     "used unused regions are deregistered. auto: 3/4 of RLIMIT_MEMLOCK when "
+     "that limit is finite, else 1/4 of physical RAM.",
      "auto"},
     {"MERGE_MAX_BYTES", Type::kSize, "64m",
      "A region formed by merging overlapping and adjacent regions never grows "
