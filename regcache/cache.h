@@ -115,6 +115,9 @@ struct Params {
   size_t max_regions = 0;
   size_t max_bytes = 0;
   size_t merge_max_bytes = 0;
+  // ACCESS_POLICY=all (default): register writable memory with
+  // REGCACHE_ACCESS_ALL; requested: with the union of the requested flags.
+  bool access_all = true;
   bool print_stats = false;
   std::string name;
 };

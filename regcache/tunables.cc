@@ -46,6 +46,15 @@ constexpr Spec kTable[] = {
      "many bytes (a request larger than this is registered as it is). 0 "
      "disables merging.",
      nullptr},
+    {"ACCESS_POLICY", Type::kEnum, "all",
+     "Access a cache registers memory with. all: writable memory gets every "
+     "access (local write, remote read, write and atomic), so requests with "
+     "different flags share one registration, as UCX and libfabric do; a key "
+     "then allows remote writes even where the application asked for local "
+     "access only (it grants nothing until the application sends the rkey). "
+     "Read-only memory, or a driver refusing, falls back to the requested "
+     "access. requested: only the union of the requested flags.",
+     "all|requested"},
     {"ODP", Type::kEnum, "auto",
      "On-demand paging for the verbs driver (read when a driver is opened). "
      "auto: register "

@@ -173,7 +173,10 @@ TEST_F(CacheTest, NoMergeFlag) {
 }
 
 TEST_F(CacheTest, AccessUnionNoBouncing) {
+  // The union of requested flags is what ACCESS_POLICY=requested registers.
+  ASSERT_EQ(regcache_config_set("ACCESS_POLICY", "requested"), 0);
   regcache_t *c = Create();
+  ASSERT_EQ(regcache_config_set("ACCESS_POLICY", "all"), 0);
   regcache_put(c, Get(c, Page(0), kPage, REGCACHE_ACCESS_LOCAL_WRITE));
   regcache_region_t *r = Get(c, Page(0), kPage, REGCACHE_ACCESS_REMOTE_READ);
   EXPECT_EQ(regcache_region_access(r),
@@ -190,6 +193,41 @@ TEST_F(CacheTest, AccessUnionNoBouncing) {
   }
   EXPECT_EQ(td_->Registers(), 2u);
   EXPECT_EQ(Stats(c).hits, 3u);
+}
+
+TEST_F(CacheTest, AccessPolicyAllRegistersWritableMemoryWithEveryFlag) {
+  regcache_t *c = Create();  // default policy: all
+  regcache_put(c, Get(c, Page(0), kPage, REGCACHE_ACCESS_LOCAL_WRITE));
+  EXPECT_EQ(td_->register_calls.back().access, REGCACHE_ACCESS_ALL);
+  // A remote write after a local write is a hit: one registration.
+  regcache_region_t *r = Get(c, Page(0), kPage, REGCACHE_ACCESS_REMOTE_WRITE);
+  EXPECT_EQ(regcache_region_access(r), REGCACHE_ACCESS_ALL);
+  regcache_put(c, r);
+  EXPECT_EQ(td_->Registers(), 1u);
+  EXPECT_EQ(Stats(c).hits, 1u);
+}
+
+TEST_F(CacheTest, AccessPolicyAllFallsBackWhenTheDriverRefuses) {
+  regcache_t *c = Create();
+  td_->fail_next = 1;  // e.g. a device without remote atomics
+  td_->fail_errno = -EACCES;
+  regcache_region_t *r = Get(c, Page(0), kPage, REGCACHE_ACCESS_LOCAL_WRITE);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(regcache_region_access(r), REGCACHE_ACCESS_LOCAL_WRITE);
+  ASSERT_EQ(td_->register_calls.size(), 2u);
+  EXPECT_EQ(td_->register_calls[0].access, REGCACHE_ACCESS_ALL);
+  EXPECT_EQ(td_->register_calls[1].access, REGCACHE_ACCESS_LOCAL_WRITE);
+  regcache_put(c, r);
+  EXPECT_EQ(Stats(c).failures, 0u);
+}
+
+TEST_F(CacheTest, AccessPolicyRequested) {
+  ASSERT_EQ(regcache_config_set("ACCESS_POLICY", "requested"), 0);
+  regcache_t *c = Create();
+  ASSERT_EQ(regcache_config_set("ACCESS_POLICY", "all"), 0);
+  regcache_put(c, Get(c, Page(0), kPage, REGCACHE_ACCESS_LOCAL_WRITE));
+  EXPECT_EQ(td_->register_calls.back().access, REGCACHE_ACCESS_LOCAL_WRITE);
+  EXPECT_EQ(regcache_config_set("ACCESS_POLICY", "some"), -EINVAL);
 }
 
 TEST_F(CacheTest, EvictsLeastRecentlyUsed) {
@@ -611,6 +649,8 @@ TEST_F(HostCacheTest, UnmappedIsEfaultReadOnlyIsEacces) {
   EXPECT_EQ(regcache_get(c_, p, kPage, REGCACHE_ACCESS_REMOTE_WRITE, &r),
             -EACCES);
   ASSERT_EQ(regcache_get(c_, p, kPage, REGCACHE_ACCESS_REMOTE_READ, &r), 0);
+  // ACCESS_POLICY=all widens only writable memory: read-only keeps its flags.
+  EXPECT_EQ(regcache_region_access(r), REGCACHE_ACCESS_REMOTE_READ);
   regcache_put(c_, r);
   r = nullptr;
   ASSERT_EQ(regcache_notify_unmapped(p, 4 * kPage), 0);
