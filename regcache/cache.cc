@@ -479,11 +479,50 @@ void Cache::InvalidateLocked(uintptr_t start, uintptr_t end) {
   if (end == PageDown(UINTPTR_MAX)) end = UINTPTR_MAX;
   size_t n = 0;
   while (Region *r = FirstOverlapLocked(start, end)) {
+    // Part of the region is still mapped: it spanned memory with different
+    // lifetimes (typically adjacent buffers glued by a merge).
+    if (r->start < start || r->end > end) AddCutZoneLocked(r->start, r->end);
     RetireLocked(r, &dead_);
     ++n;
   }
+  if (count_ == 0) {
+    lo_.store(UINTPTR_MAX, std::memory_order_relaxed);
+    hi_.store(0, std::memory_order_relaxed);
+  }
   if (n) invalidations_.fetch_add(n, std::memory_order_relaxed);
   if (dead_.head) attention_.fetch_or(kDead, std::memory_order_release);
+}
+
+void Cache::AddCutZoneLocked(uintptr_t start, uintptr_t end) {
+  // Coalesce with every overlapping or touching zone (repeat: the union may
+  // now touch more). Allocation-free: this may run inside munmap.
+  for (bool merged = true; merged;) {
+    merged = false;
+    for (int i = 0; i < n_cut_zones_; ++i) {
+      Zone &z = cut_zones_[i];
+      if (z.start <= end && start <= z.end) {
+        start = std::min(start, z.start);
+        end = std::max(end, z.end);
+        z = cut_zones_[--n_cut_zones_];
+        merged = true;
+        break;
+      }
+    }
+  }
+  // Full: forget one (round robin). Forgetting only allows adjacency merging
+  // there again; folding zones together could forbid it far beyond any cut.
+  if (n_cut_zones_ == kCutZones) {
+    cut_zones_[cut_zone_victim_++ % kCutZones] = {start, end};
+    return;
+  }
+  cut_zones_[n_cut_zones_++] = {start, end};
+}
+
+bool Cache::InCutZoneLocked(uintptr_t boundary) const {
+  for (int i = 0; i < n_cut_zones_; ++i)
+    if (cut_zones_[i].start <= boundary && boundary <= cut_zones_[i].end)
+      return true;
+  return false;
 }
 
 // ---------------------------------------------------------------- index
@@ -608,10 +647,10 @@ void Cache::RetireLocked(Region *r, List *unused) {
   ClockUnlinkLocked(r);
   --count_;
   bytes_ -= r->end - r->start;
-  if (count_ == 0) {
-    lo_.store(UINTPTR_MAX, std::memory_order_relaxed);
-    hi_.store(0, std::memory_order_relaxed);
-  }
+  // No filter-bounds reset here: the insert path retires the regions it folds
+  // after it widened [lo_, hi_) for the new region, and resetting them then
+  // would let the callback skip invalidations of the region being inserted
+  // (a stale registration). InvalidateLocked and EvictLocked reset them.
   uint64_t w = r->word.load(std::memory_order_relaxed);
   uint64_t nw;
   do {
@@ -644,6 +683,9 @@ Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
       // #10090).
       if (overlaps) p.access |= r->access;
       if (r->start >= p.start && r->end <= p.end) continue;
+      // Adjacent (touching, not overlapping): glue only outside cut zones.
+      if (!overlaps && InCutZoneLocked(r->end == p.start ? p.start : p.end))
+        continue;
       const uintptr_t ns = std::min(p.start, r->start);
       const uintptr_t ne = std::max(p.end, r->end);
       if (ne - ns <= bound) {

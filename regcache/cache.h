@@ -48,6 +48,12 @@
 // range subscription on the planned range, seq = ReadBegin, driver Register,
 // lock, ReadRetry(seq) ? undo and retry : insert (overlapping regions leave the
 // index; held ones stay registered until their last put), unlock, unsubscribe.
+// Adjacent (touching) regions are merged only across boundaries outside the
+// "cut zones": ranges of regions an invalidation removed while part of them
+// stayed mapped, the evidence that they glued memory with independent
+// lifetimes (malloc'ed buffers side by side in one VMA). So one free() no
+// longer invalidates its neighbours, while pieces of one big buffer still
+// become one region.
 #ifndef REGCACHE_REGCACHE_CACHE_H_
 #define REGCACHE_REGCACHE_CACHE_H_
 
@@ -219,6 +225,13 @@ class Cache {
   void DrainAndUnlock() REGCACHE_RELEASE(mu_);
   void DrainPendingLocked() REGCACHE_REQUIRES(mu_);
   void InvalidateLocked(uintptr_t start, uintptr_t end) REGCACHE_REQUIRES(mu_);
+  // Cut zones (adjacency merge policy, docs/cache.md "Miss"): address ranges
+  // of regions that an invalidation cut, i.e. unmapped in part. Memory there
+  // has independent lifetimes (malloc'ed buffers side by side), so a new
+  // registration is not glued to an adjacent region across a boundary inside
+  // a zone; overlapping regions are still merged.
+  void AddCutZoneLocked(uintptr_t start, uintptr_t end) REGCACHE_REQUIRES(mu_);
+  bool InCutZoneLocked(uintptr_t boundary) const REGCACHE_REQUIRES(mu_);
 
   // Index (treap by start) and CLOCK list.
   void IndexInsertLocked(Region *r) REGCACHE_REQUIRES(mu_);
@@ -265,6 +278,13 @@ class Cache {
   size_t bytes_ REGCACHE_GUARDED_BY(mu_) = 0;  // indexed bytes
   size_t orphan_count_ REGCACHE_GUARDED_BY(mu_) = 0;
   uint64_t slow_hits_ REGCACHE_GUARDED_BY(mu_) = 0;
+  static constexpr int kCutZones = 16;
+  struct Zone {
+    uintptr_t start, end;
+  };
+  Zone cut_zones_[kCutZones] REGCACHE_GUARDED_BY(mu_) = {};
+  int n_cut_zones_ REGCACHE_GUARDED_BY(mu_) = 0;
+  unsigned cut_zone_victim_ REGCACHE_GUARDED_BY(mu_) = 0;  // round robin
 
   PendingSet pending_;
   // Bounds of everything indexed since the index was last empty: the callback's

@@ -162,6 +162,50 @@ TEST_F(CacheTest, MergesAdjacentUpToTheBound) {
   for (auto &call : td_->register_calls) EXPECT_LE(call.len, 6 * kPage);
 }
 
+// Regression: folding the only indexed region into a merged one used to reset
+// the callback's filter bounds after they were widened for the new region, so
+// an unmap of the merged region was filtered out and it stayed cached (stale).
+TEST_F(CacheTest, InvalidationOfAMergedRegionIsSeen) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 64 * kPage);
+  regcache_put(c, Get(c, Page(10), kPage));
+  regcache_put(c, Get(c, Page(10), 2 * kPage));  // overlaps: merged
+  ASSERT_EQ(Stats(c).merges, 1u);
+  ASSERT_EQ(regcache_notify_unmapped(Page(10), 2 * kPage), 0);
+  EXPECT_EQ(Stats(c).invalidations, 1u);
+  size_t regs = td_->Registers();
+  regcache_put(c, Get(c, Page(10), kPage));
+  EXPECT_EQ(td_->Registers(), regs + 1);  // a miss, not a stale hit
+}
+
+TEST_F(CacheTest, NoAdjacencyMergeWhereAnInvalidationCutARegion) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 64 * kPage);
+  regcache_put(c, Get(c, Page(10), kPage));
+  regcache_region_t *r = Get(c, Page(11), kPage);  // adjacent: glued
+  EXPECT_EQ(regcache_region_addr(r), Page(10));
+  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
+  regcache_put(c, r);
+  // Page 11 goes (like free() of one of two neighbouring buffers): the glued
+  // region is cut, and its range becomes a cut zone.
+  ASSERT_EQ(regcache_notify_unmapped(Page(11), kPage), 0);
+  EXPECT_EQ(Stats(c).invalidations, 1u);
+  regcache_put(c, Get(c, Page(10), kPage));
+  r = Get(c, Page(11), kPage);  // adjacent again, but across a cut boundary
+  EXPECT_EQ(regcache_region_addr(r), Page(11));
+  EXPECT_EQ(regcache_region_length(r), kPage);
+  regcache_put(c, r);
+  // Overlapping regions are still merged inside a zone...
+  r = Get(c, Page(10) + kPage / 2, kPage);
+  EXPECT_EQ(regcache_region_addr(r), Page(10));
+  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
+  regcache_put(c, r);
+  // ...and adjacent ones outside it.
+  regcache_put(c, Get(c, Page(20), kPage));
+  r = Get(c, Page(21), kPage);
+  EXPECT_EQ(regcache_region_addr(r), Page(20));
+  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
+  regcache_put(c, r);
+}
+
 TEST_F(CacheTest, NoMergeFlag) {
   regcache_t *c = CreateWith(1000, SIZE_MAX, 1 << 20, REGCACHE_FLAG_NO_MERGE);
   regcache_put(c, Get(c, Page(0), kPage));
