@@ -1,0 +1,89 @@
+// dlopen / dlclose of libregcache.so (argv[1]) in a program that does not link
+// it: with the patch source, libc's munmap entry is patched while a cache
+// exists and restored after dlclose (its first 16 bytes compared); munmap and
+// free work afterwards. Prints "DLOPEN-OK" on success.
+#include <dlfcn.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#define CHECK(c)                                                       \
+  do {                                                                 \
+    if (!(c)) {                                                        \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s (%s)\n", __FILE__, \
+                   __LINE__, #c, dlerror());                           \
+      return 99;                                                       \
+    }                                                                  \
+  } while (0)
+
+int main(int argc, char **argv) {
+  if (argc < 2) return 2;
+  void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  CHECK(libc != nullptr);
+  // libc's own munmap (a sanitizer's interceptor would be found by
+  // RTLD_DEFAULT).
+  auto *entry = static_cast<const unsigned char *>(dlsym(libc, "munmap"));
+  CHECK(entry != nullptr);
+  unsigned char before[16], during[16], after[16];
+  std::memcpy(before, entry, 16);
+
+  void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  CHECK(lib != nullptr);
+  using ConfigSet = int (*)(const char *, const char *);
+  using HostOpen = int (*)(void **);
+  using Create = int (*)(void *, const void *, void **);
+  using Destroy = void (*)(void *);
+  using Close = void (*)(void *);
+  using Source = const char *(*)();
+  auto config_set =
+      reinterpret_cast<ConfigSet>(dlsym(lib, "regcache_config_set"));
+  auto host_open =
+      reinterpret_cast<HostOpen>(dlsym(lib, "regcache_driver_host_open"));
+  auto create = reinterpret_cast<Create>(dlsym(lib, "regcache_create"));
+  auto destroy = reinterpret_cast<Destroy>(dlsym(lib, "regcache_destroy"));
+  auto close = reinterpret_cast<Close>(dlsym(lib, "regcache_driver_close"));
+  auto source =
+      reinterpret_cast<Source>(dlsym(lib, "regcache_notifier_source"));
+  CHECK(config_set && host_open && create && destroy && close && source);
+  CHECK(config_set("MONITOR", "auto") == 0);
+  void *drv = nullptr, *cache = nullptr;
+  CHECK(host_open(&drv) == 0);
+  CHECK(create(drv, nullptr, &cache) == 0);
+  const bool patched = std::strcmp(source(), "patch") == 0;
+  std::memcpy(during, entry, 16);
+  std::printf("source=%s munmap entry changed while loaded: %d\n", source(),
+              std::memcmp(before, during, 16) != 0);
+  if (patched) CHECK(std::memcmp(before, during, 16) != 0);
+  destroy(cache);
+  close(drv);
+  CHECK(dlclose(lib) == 0);
+  void *still = dlopen(argv[1], RTLD_NOW | RTLD_NOLOAD);
+  std::memcpy(after, entry, 16);
+  std::printf("unloaded: %d, munmap entry restored: %d\n", still == nullptr,
+              std::memcmp(before, after, 16) == 0);
+  if (still == nullptr) {
+    // The library is gone: its hook code is gone too, so libc must be as it
+    // was.
+    CHECK(std::memcmp(before, after, 16) == 0);
+  } else {
+    dlclose(still);
+  }
+  // No crash after: munmap, mmap, malloc/free of large blocks.
+  for (int i = 0; i < 100; ++i) {
+    void *p = mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    CHECK(p != MAP_FAILED);
+    std::memset(p, 1, 1 << 20);
+    CHECK(munmap(p, 1 << 20) == 0);
+    void *q = std::malloc(4 << 20);
+    CHECK(q != nullptr);
+    std::memset(q, 2, 4 << 20);
+    std::free(q);
+  }
+  std::printf("DLOPEN-OK\n");
+  return 0;
+}
