@@ -701,10 +701,12 @@ Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
 }
 
 // ---------------------------------------------------------------- eviction
-void Cache::EvictLocked(List *victims, bool all) {
+void Cache::EvictLocked(List *victims, bool all, size_t room_regions,
+                        size_t room_bytes) {
   size_t budget = all ? count_ : 2 * count_ + 1;  // CLOCK: two sweeps at most
   while (clock_head_ && budget-- > 0) {
-    if (!all && count_ <= params_.max_regions && bytes_ <= params_.max_bytes)
+    if (!all && count_ + room_regions <= params_.max_regions &&
+        bytes_ + room_bytes <= params_.max_bytes)
       break;
     Region *r = clock_head_;
     uint64_t w = r->word.load(std::memory_order_acquire);
@@ -737,7 +739,12 @@ void Cache::EvictLocked(List *victims, bool all) {
 }
 
 void Cache::UpdateOverLimitLocked() {
-  if (count_ > params_.max_regions || bytes_ > params_.max_bytes) {
+  // Lazy byte limit: a miss makes room before registering, so a region larger
+  // than max_bytes may stay cached alone until the next miss needs room (as
+  // UCX does); evicting it at its put made every reuse a miss (growing
+  // workload at 8 MiB). The count limit (a device resource) is kept at put.
+  if (count_ > params_.max_regions ||
+      (bytes_ > params_.max_bytes && count_ > 1)) {
     attention_.fetch_or(kOverLimit, std::memory_order_relaxed);
   } else {
     attention_.fetch_and(~uint32_t{kOverLimit}, std::memory_order_relaxed);
@@ -828,6 +835,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
   }
 
   Plan plan;
+  List early;  // unused regions to deregister before registering
   {
     LockAndDrain();
     if (shutdown_.load(std::memory_order_relaxed)) {
@@ -844,8 +852,26 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       return 0;
     }
     plan = PlanLocked(req_start, req_end, access);
+    // Before registering (peak pinned bytes): unused regions the new one
+    // replaces leave now rather than after, and unused ones are evicted to
+    // make room for it. Held ones are folded at insert as before. If the
+    // registration then fails, this cost only cached regions.
+    size_t folded_early = 0;
+    for (Region *o = FirstOverlapLocked(plan.start, plan.end);
+         o && o->start < plan.end;) {
+      Region *next = LowerBoundLocked(o->start + 1);
+      if (Region::Refs(o->word.load(std::memory_order_relaxed)) == 0) {
+        RetireLocked(o, &early);
+        ++folded_early;
+      }
+      o = next;
+    }
+    if (folded_early)
+      merges_.fetch_add(folded_early, std::memory_order_relaxed);
+    EvictLocked(&early, false, 1, plan.end - plan.start);
     DrainAndUnlock();
   }
+  DeregisterList(&early);
   misses_.fetch_add(1, std::memory_order_relaxed);
   // The access the plan needs (request, union of overlapping regions); with
   // ACCESS_POLICY=all writable memory is registered with every access so that

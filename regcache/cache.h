@@ -254,7 +254,10 @@ class Cache {
   void RetireLocked(Region *r, List *unused) REGCACHE_REQUIRES(mu_);
   // Evicts unused regions (CLOCK order) until within limits (all unused ones if
   // `all`).
-  void EvictLocked(List *victims, bool all) REGCACHE_REQUIRES(mu_);
+  // With room_regions/room_bytes: until that much more also fits (a miss makes
+  // room for its region before registering it).
+  void EvictLocked(List *victims, bool all, size_t room_regions = 0,
+                   size_t room_bytes = 0) REGCACHE_REQUIRES(mu_);
   void UpdateOverLimitLocked() REGCACHE_REQUIRES(mu_);
   bool TryRefLocked(Region *r, uint64_t *word_out) REGCACHE_REQUIRES(mu_);
 

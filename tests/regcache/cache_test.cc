@@ -306,6 +306,32 @@ TEST_F(CacheTest, ByteLimit) {
   EXPECT_EQ(td_->Live(), 2u);
 }
 
+TEST_F(CacheTest, RegionLargerThanTheByteLimitStaysUntilTheNextMiss) {
+  regcache_t *c = CreateWith(4, 2 * kPage, 0);
+  regcache_put(c, Get(c, Page(0), 4 * kPage));  // alone over max_bytes
+  EXPECT_EQ(td_->Live(), 1u);                   // still cached after its put
+  regcache_put(c, Get(c, Page(0), 4 * kPage));
+  EXPECT_EQ(td_->Registers(), 1u);  // reused: a hit
+  // The next miss makes room first: the big one goes before it registers.
+  regcache_put(c, Get(c, Page(8), kPage));
+  EXPECT_EQ(td_->Live(), 1u);
+  EXPECT_EQ(Stats(c).evictions, 1u);
+  EXPECT_LE(Stats(c).peak_bytes, 4 * kPage);
+}
+
+TEST_F(CacheTest, ReplacedUnusedRegionsAreDeregisteredBeforeRegistering) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 64 * kPage);
+  regcache_put(c, Get(c, Page(0), 4 * kPage));
+  size_t live_during = 99;
+  td_->on_register = [&](void *, size_t) { live_during = td_->Live(); };
+  regcache_region_t *r = Get(c, Page(2), 8 * kPage);  // overlaps: merged
+  td_->on_register = nullptr;
+  EXPECT_EQ(regcache_region_length(r), 10 * kPage);
+  EXPECT_EQ(live_during, 0u);  // the 4-page region went first
+  EXPECT_EQ(Stats(c).peak_bytes, 10 * kPage);
+  regcache_put(c, r);
+}
+
 TEST_F(CacheTest, InUseRegionsAreNeverEvicted) {
   regcache_t *c = CreateWith(1, SIZE_MAX, 0);
   regcache_region_t *a = Get(c, Page(0), kPage);
