@@ -3,6 +3,7 @@
 // exists and restored after dlclose (its first 16 bytes compared); munmap and
 // free work afterwards. Prints "DLOPEN-OK" on success.
 #include <dlfcn.h>
+#include <regcache/regcache.h>  // types only: the library is dlopened
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -33,12 +34,12 @@ int main(int argc, char **argv) {
 
   void *lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
   CHECK(lib != nullptr);
-  using ConfigSet = int (*)(const char *, const char *);
-  using HostOpen = int (*)(void **);
-  using Create = int (*)(void *, const void *, void **);
-  using Destroy = void (*)(void *);
-  using Close = void (*)(void *);
-  using Source = const char *(*)();
+  using ConfigSet = decltype(&regcache_config_set);
+  using HostOpen = decltype(&regcache_driver_host_open);
+  using Create = decltype(&regcache_create);
+  using Destroy = decltype(&regcache_destroy);
+  using Close = decltype(&regcache_driver_close);
+  using Source = decltype(&regcache_notifier_source);
   auto config_set =
       reinterpret_cast<ConfigSet>(dlsym(lib, "regcache_config_set"));
   auto host_open =
@@ -50,7 +51,8 @@ int main(int argc, char **argv) {
       reinterpret_cast<Source>(dlsym(lib, "regcache_notifier_source"));
   CHECK(config_set && host_open && create && destroy && close && source);
   CHECK(config_set("MONITOR", "auto") == 0);
-  void *drv = nullptr, *cache = nullptr;
+  regcache_driver_t *drv = nullptr;
+  regcache_t *cache = nullptr;
   CHECK(host_open(&drv) == 0);
   CHECK(create(drv, nullptr, &cache) == 0);
   const bool patched = std::strcmp(source(), "patch") == 0;
