@@ -836,7 +836,8 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
 
   Plan plan;
   List early;  // unused regions to deregister before registering
-  {
+  int slot = -1;
+  for (;;) {
     LockAndDrain();
     if (shutdown_.load(std::memory_order_relaxed)) {
       DrainAndUnlock();
@@ -851,7 +852,27 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       *out = r;
       return 0;
     }
+    // Another thread is registering memory covering ours: wait for it, outside
+    // the lock, then look again (its region, or a miss of our own if it
+    // failed or was invalidated).
+    bool covered = false;
+    for (const InFlight &f : inflight_)
+      covered |= f.used && f.start <= req_start && req_end <= f.end &&
+                 (access & ~f.access) == 0;
+    if (covered) {
+      const uint32_t seen = inflight_done_.load(std::memory_order_relaxed);
+      DrainAndUnlock();
+      inflight_done_.wait(seen, std::memory_order_acquire);
+      continue;
+    }
     plan = PlanLocked(req_start, req_end, access);
+    for (int i = 0; i < kInFlight; ++i) {
+      if (!inflight_[i].used) {
+        inflight_[i] = {plan.start, plan.end, plan.access, true};
+        slot = i;
+        break;
+      }
+    }
     // Before registering (peak pinned bytes): unused regions the new one
     // replaces leave now rather than after, and unused ones are evicted to
     // make room for it. Held ones are folded at insert as before. If the
@@ -870,7 +891,15 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       merges_.fetch_add(folded_early, std::memory_order_relaxed);
     EvictLocked(&early, false, 1, plan.end - plan.start);
     DrainAndUnlock();
+    break;
   }
+  struct EndGuard {
+    Cache *c;
+    int slot;
+    ~EndGuard() {
+      if (slot >= 0) c->EndInFlight(slot);
+    }
+  } end_guard{this, slot};
   DeregisterList(&early);
   misses_.fetch_add(1, std::memory_order_relaxed);
   // The access the plan needs (request, union of overlapping regions); with
@@ -1021,6 +1050,14 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     *out = nr;
     return 0;
   }
+}
+
+void Cache::EndInFlight(int slot) {
+  LockAndDrain();
+  inflight_[slot].used = false;
+  DrainAndUnlock();
+  inflight_done_.fetch_add(1, std::memory_order_release);
+  inflight_done_.notify_all();
 }
 
 void Cache::Put(Region *r) {

@@ -281,6 +281,19 @@ class Cache {
   size_t bytes_ REGCACHE_GUARDED_BY(mu_) = 0;  // indexed bytes
   size_t orphan_count_ REGCACHE_GUARDED_BY(mu_) = 0;
   uint64_t slow_hits_ REGCACHE_GUARDED_BY(mu_) = 0;
+  // Misses being registered (outside the lock): a concurrent miss covered by
+  // one waits for it (inflight_done_ changes) and looks up again, instead of
+  // registering the same memory twice. A miss finding no free slot just
+  // registers unpublished.
+  static constexpr int kInFlight = 8;
+  struct InFlight {
+    uintptr_t start, end;
+    unsigned access;
+    bool used;
+  };
+  InFlight inflight_[kInFlight] REGCACHE_GUARDED_BY(mu_) = {};
+  std::atomic<uint32_t> inflight_done_{0};
+  void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
   static constexpr int kCutZones = 16;
   struct Zone {
     uintptr_t start, end;

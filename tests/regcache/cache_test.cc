@@ -332,6 +332,27 @@ TEST_F(CacheTest, ReplacedUnusedRegionsAreDeregisteredBeforeRegistering) {
   regcache_put(c, r);
 }
 
+TEST_F(CacheTest, ConcurrentMissesOnTheSameMemoryRegisterOnce) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 0);
+  std::thread second;
+  regcache_region_t *r2 = nullptr;
+  std::atomic<int> calls{0};
+  td_->on_register = [&](void *, size_t) {
+    if (calls++ != 0) return;
+    // The first miss is registering: a second thread misses on the same
+    // memory meanwhile.
+    second = std::thread([&] { r2 = Get(c, Page(1), 64); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  };
+  regcache_region_t *r1 = Get(c, Page(0), 4 * kPage);
+  second.join();
+  td_->on_register = nullptr;
+  EXPECT_EQ(r1, r2);  // the second waited for the first's registration
+  EXPECT_EQ(td_->Registers(), 1u);
+  regcache_put(c, r1);
+  regcache_put(c, r2);
+}
+
 TEST_F(CacheTest, InUseRegionsAreNeverEvicted) {
   regcache_t *c = CreateWith(1, SIZE_MAX, 0);
   regcache_region_t *a = Get(c, Page(0), kPage);
