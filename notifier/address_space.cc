@@ -683,6 +683,24 @@ int NotifyUnmapped(uintptr_t start, size_t len) {
   return 0;
 }
 
+int NotifyStart(uintptr_t start, size_t len) {
+  if (len == 0 || start + len < start) return -EINVAL;
+  if (t_state.nframes >= kMaxTlsFrames) return -EOVERFLOW;
+  internal::BeginRange(&t_frames[t_state.nframes++], start, start + len);
+  return 0;
+}
+
+int NotifyEnd(uintptr_t start, size_t len) {
+  if (t_state.nframes == 0) return -EINVAL;
+  Frame *f = &t_frames[t_state.nframes - 1];
+  if (f->start != start || f->end != start + len) return -EINVAL;
+  --t_state.nframes;
+  internal::EndRange(f);
+  return 0;
+}
+
+bool InRange() { return t_state.cb_depth > 0 || t_state.inflight > 0; }
+
 int Quiesce() {
   if (t_state.cb_depth > 0 || t_state.inflight > 0) return -EDEADLK;
   g_quiesce.fetch_add(1, std::memory_order_seq_cst);

@@ -65,6 +65,16 @@ bool ReadRetry(const Subscription *sub, uint64_t seq);
 void InvalidateRangeStart(uintptr_t start, uintptr_t end);
 void InvalidateRangeEnd(uintptr_t start, uintptr_t end);
 int NotifyUnmapped(uintptr_t start, size_t len);
+// The explicit source's bracket (regcache_notify_unmap_start/end): start
+// before the memory changes, end after, on the same thread, nested properly.
+// Unlike InvalidateRangeStart/End these report misuse instead of aborting:
+// -EINVAL for a wrapping or empty range or an end that does not match the
+// innermost open start of this thread, -EOVERFLOW when nested too deep.
+int NotifyStart(uintptr_t start, size_t len);
+int NotifyEnd(uintptr_t start, size_t len);
+// True while the calling thread is inside a callback or has a range open
+// (between a start and its end): a registration there would wait for itself.
+bool InRange();
 
 int Quiesce();
 int Resume();

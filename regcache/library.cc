@@ -155,7 +155,7 @@ REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier) {
 REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
                                               uint64_t *seq_p) {
   if (notifier == nullptr || seq_p == nullptr) return -EINVAL;
-  if (regcache::notifier::InCallback()) return -EDEADLK;
+  if (regcache::notifier::InRange()) return -EDEADLK;
   *seq_p = regcache::notifier::ReadBegin(
       reinterpret_cast<regcache::notifier::Subscription *>(notifier));
   return 0;
@@ -177,6 +177,15 @@ REGCACHE_API int regcache_notify_unmapped(const void *addr, size_t len) {
   if (start + len < start) return -EINVAL;
   if (len == 0) return 0;
   return regcache::notifier::NotifyUnmapped(start, len);
+}
+
+REGCACHE_API int regcache_notify_unmap_start(const void *addr, size_t len) {
+  return regcache::notifier::NotifyStart(reinterpret_cast<uintptr_t>(addr),
+                                         len);
+}
+
+REGCACHE_API int regcache_notify_unmap_end(const void *addr, size_t len) {
+  return regcache::notifier::NotifyEnd(reinterpret_cast<uintptr_t>(addr), len);
 }
 
 REGCACHE_API int regcache_notifier_quiesce(void) {

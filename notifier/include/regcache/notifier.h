@@ -125,10 +125,27 @@ REGCACHE_API int regcache_notifier_read_retry(const regcache_notifier_t *notifie
  * Explicit source: the caller says [addr, addr+len) is about to be (or has just been)
  * unmapped or discarded. Delivers start and end to every overlapping subscriber before it
  * returns. For hosts that already hook memory (Open MPI's patcher, UCX's ucm): call it
- * from the hook, before the memory changes. Returns 0, -EINVAL for a wrapping range.
- * len == 0 is a no-op.
+ * from the hook, before the memory changes, and again after it changed, or better use
+ * the bracket below: with one call before the change, another thread may register the
+ * old pages between the call and the change (measured in tests/reliability). Returns 0,
+ * -EINVAL for a wrapping range. len == 0 is a no-op.
  */
 REGCACHE_API int regcache_notify_unmapped(const void *addr, size_t len);
+
+/*
+ * Explicit source, bracketed (the kernel's invalidate_range_start/end): call
+ * regcache_notify_unmap_start() before the memory in [addr, addr+len) changes and
+ * regcache_notify_unmap_end() with the same range after it changed, on the same thread.
+ * In between, overlapping cached registrations are gone and new registrations of the
+ * range wait (in other threads) until the end, so no thread can register the old pages
+ * between the notification and the change, which a single regcache_notify_unmapped()
+ * before the change cannot prevent. Brackets nest (up to 8 per thread). The calling
+ * thread must not call regcache_get() on memory in between (-EDEADLK).
+ * Returns 0; -EINVAL for len == 0, a wrapping range, or an end that does not match the
+ * thread's innermost open start; -EOVERFLOW when nested too deep.
+ */
+REGCACHE_API int regcache_notify_unmap_start(const void *addr, size_t len);
+REGCACHE_API int regcache_notify_unmap_end(const void *addr, size_t len);
 
 /*
  * Quiesce / resume (EMM's stop/start). quiesce returns once no range is in flight and
