@@ -16,7 +16,7 @@ PKGS=(
 )
 if [[ "${REGCACHE_DEPS_EXTRA:-}" == *rxe* ]]; then
   PKGS+=(qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers
-         ibverbs-utils rdmacm-utils perftest)
+         ibverbs-utils rdmacm-utils perftest libopenmpi-dev openmpi-bin)
 fi
 
 missing=()

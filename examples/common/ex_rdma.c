@@ -43,8 +43,9 @@ int ex_rdma_open(ex_rdma_t *r, int depth) {
   struct ibv_device *dev = n > 0 ? pick_device(list, n) : NULL;
   if (dev == NULL) {
     ibv_free_device_list(list);
-    fprintf(stderr, "no RDMA device (or not REGCACHE_RXE_DEVICE); run in the rxe guest "
-                    "(tests/rxe/rxe-run.sh) or on a host with an HCA\n");
+    fprintf(stderr,
+            "no RDMA device (or not REGCACHE_RXE_DEVICE); run in the rxe guest "
+            "(tests/rxe/rxe-run.sh) or on a host with an HCA\n");
     return -1;
   }
   r->ctx = ibv_open_device(dev);
@@ -54,7 +55,8 @@ int ex_rdma_open(ex_rdma_t *r, int depth) {
 
   struct ibv_port_attr port;
   memset(&port, 0, sizeof port);
-  if ((err = ibv_query_port(r->ctx, EX_PORT, &port)) != 0) return fail("ibv_query_port", err);
+  if ((err = ibv_query_port(r->ctx, EX_PORT, &port)) != 0)
+    return fail("ibv_query_port", err);
   if (port.state != IBV_PORT_ACTIVE) {
     fprintf(stderr, "port %d is not active\n", EX_PORT);
     return -1;
@@ -68,11 +70,14 @@ int ex_rdma_open(ex_rdma_t *r, int depth) {
   } else if (r->roce) {
     for (int i = 0; i < port.gid_tbl_len && r->gid_index < 0; i++) {
       struct ibv_gid_entry entry;
-      if (ibv_query_gid_ex(r->ctx, EX_PORT, (uint32_t)i, &entry, 0) != 0) continue;
-      if (entry.gid_type == IBV_GID_TYPE_ROCE_V2 && ipv4_mapped(entry.gid.raw)) r->gid_index = i;
+      if (ibv_query_gid_ex(r->ctx, EX_PORT, (uint32_t)i, &entry, 0) != 0)
+        continue;
+      if (entry.gid_type == IBV_GID_TYPE_ROCE_V2 && ipv4_mapped(entry.gid.raw))
+        r->gid_index = i;
     }
     if (r->gid_index < 0) {
-      fprintf(stderr, "no RoCEv2 IPv4 GID on port 1 (set REGCACHE_RXE_GID_INDEX)\n");
+      fprintf(stderr,
+              "no RoCEv2 IPv4 GID on port 1 (set REGCACHE_RXE_GID_INDEX)\n");
       return -1;
     }
   } else {
@@ -81,7 +86,8 @@ int ex_rdma_open(ex_rdma_t *r, int depth) {
   if ((err = ibv_query_gid(r->ctx, EX_PORT, r->gid_index, &r->gid)) != 0)
     return fail("ibv_query_gid", err);
 
-  if ((r->pd = ibv_alloc_pd(r->ctx)) == NULL) return fail("ibv_alloc_pd", errno);
+  if ((r->pd = ibv_alloc_pd(r->ctx)) == NULL)
+    return fail("ibv_alloc_pd", errno);
   if ((r->send_cq = ibv_create_cq(r->ctx, depth, NULL, NULL, 0)) == NULL)
     return fail("ibv_create_cq", errno);
   if ((r->recv_cq = ibv_create_cq(r->ctx, depth, NULL, NULL, 0)) == NULL)
@@ -95,14 +101,17 @@ int ex_rdma_open(ex_rdma_t *r, int depth) {
   init.cap.max_recv_wr = (uint32_t)depth;
   init.cap.max_send_sge = 1;
   init.cap.max_recv_sge = 1;
-  if ((r->qp = ibv_create_qp(r->pd, &init)) == NULL) return fail("ibv_create_qp", errno);
+  if ((r->qp = ibv_create_qp(r->pd, &init)) == NULL)
+    return fail("ibv_create_qp", errno);
   struct ibv_qp_attr a;
   memset(&a, 0, sizeof a);
   a.qp_state = IBV_QPS_INIT;
   a.port_num = EX_PORT;
-  a.qp_access_flags = IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
+  a.qp_access_flags =
+      IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE | IBV_ACCESS_REMOTE_READ;
   if ((err = ibv_modify_qp(r->qp, &a,
-                           IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT | IBV_QP_ACCESS_FLAGS)))
+                           IBV_QP_STATE | IBV_QP_PKEY_INDEX | IBV_QP_PORT |
+                               IBV_QP_ACCESS_FLAGS)))
     return fail("ibv_modify_qp(INIT)", err);
   return 0;
 }
@@ -111,7 +120,8 @@ void ex_rdma_local_addr(const ex_rdma_t *r, ex_qp_addr_t *addr) {
   memset(addr, 0, sizeof *addr);
   memcpy(addr->gid, r->gid.raw, sizeof addr->gid);
   addr->qpn = r->qp->qp_num;
-  addr->psn = r->qp->qp_num & 0xffffff; /* any 24-bit value both sides agree on */
+  addr->psn =
+      r->qp->qp_num & 0xffffff; /* any 24-bit value both sides agree on */
   addr->lid = r->lid;
   addr->roce = (uint8_t)r->roce;
 }
@@ -137,8 +147,9 @@ int ex_rdma_connect(ex_rdma_t *r, const ex_qp_addr_t *peer) {
     a.ah_attr.dlid = peer->lid;
   }
   int err = ibv_modify_qp(r->qp, &a,
-                          IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU | IBV_QP_DEST_QPN |
-                              IBV_QP_RQ_PSN | IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
+                          IBV_QP_STATE | IBV_QP_AV | IBV_QP_PATH_MTU |
+                              IBV_QP_DEST_QPN | IBV_QP_RQ_PSN |
+                              IBV_QP_MAX_DEST_RD_ATOMIC | IBV_QP_MIN_RNR_TIMER);
   if (err) return fail("ibv_modify_qp(RTR)", err);
   memset(&a, 0, sizeof a);
   a.qp_state = IBV_QPS_RTS;
@@ -148,8 +159,9 @@ int ex_rdma_connect(ex_rdma_t *r, const ex_qp_addr_t *peer) {
   a.sq_psn = self.psn;
   a.max_rd_atomic = 16;
   err = ibv_modify_qp(r->qp, &a,
-                      IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT | IBV_QP_RNR_RETRY |
-                          IBV_QP_SQ_PSN | IBV_QP_MAX_QP_RD_ATOMIC);
+                      IBV_QP_STATE | IBV_QP_TIMEOUT | IBV_QP_RETRY_CNT |
+                          IBV_QP_RNR_RETRY | IBV_QP_SQ_PSN |
+                          IBV_QP_MAX_QP_RD_ATOMIC);
   if (err) return fail("ibv_modify_qp(RTS)", err);
   return 0;
 }
@@ -164,8 +176,8 @@ static int wait_cq(struct ibv_cq *cq, struct ibv_wc *wc, const char *what) {
     }
     if (n == 1) {
       if (wc->status != IBV_WC_SUCCESS) {
-        fprintf(stderr, "%s completion: %s (status %d)\n", what, ibv_wc_status_str(wc->status),
-                (int)wc->status);
+        fprintf(stderr, "%s completion: %s (status %d)\n", what,
+                ibv_wc_status_str(wc->status), (int)wc->status);
         return -1;
       }
       return 0;
@@ -177,8 +189,9 @@ static int wait_cq(struct ibv_cq *cq, struct ibv_wc *wc, const char *what) {
   }
 }
 
-int ex_rdma_post_wait(ex_rdma_t *r, enum ibv_wr_opcode op, void *local, uint32_t lkey,
-                      size_t len, uint64_t remote_addr, uint32_t rkey, uint32_t imm) {
+int ex_rdma_post_wait(ex_rdma_t *r, enum ibv_wr_opcode op, void *local,
+                      uint32_t lkey, size_t len, uint64_t remote_addr,
+                      uint32_t rkey, uint32_t imm) {
   struct ibv_sge sge;
   sge.addr = (uintptr_t)local;
   sge.length = (uint32_t)len;
@@ -196,11 +209,12 @@ int ex_rdma_post_wait(ex_rdma_t *r, enum ibv_wr_opcode op, void *local, uint32_t
   int err = ibv_post_send(r->qp, &wr, &bad);
   if (err) return fail("ibv_post_send", err);
   struct ibv_wc wc;
-  if (wait_cq(r->send_cq, &wc, op == IBV_WR_RDMA_READ ? "RDMA READ" : "RDMA WRITE") != 0)
+  if (wait_cq(r->send_cq, &wc,
+              op == IBV_WR_RDMA_READ ? "RDMA READ" : "RDMA WRITE") != 0)
     return -1;
   if (wc.wr_id != wr.wr_id) {
-    fprintf(stderr, "unexpected completion %llu (want %llu)\n", (unsigned long long)wc.wr_id,
-            (unsigned long long)wr.wr_id);
+    fprintf(stderr, "unexpected completion %llu (want %llu)\n",
+            (unsigned long long)wc.wr_id, (unsigned long long)wr.wr_id);
     return -1;
   }
   return 0;
@@ -232,9 +246,11 @@ void ex_rdma_close(ex_rdma_t *r) {
 }
 
 static uint64_t word(uint64_t seed, size_t i) {
-  uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull + (uint64_t)(i / 8) * 0xd1b54a32d192ed03ull;
+  uint64_t x = (seed + 1) * 0x9e3779b97f4a7c15ull +
+               (uint64_t)(i / 8) * 0xd1b54a32d192ed03ull;
   x ^= x >> 29;
-  return x | 0x0101010101010101ull; /* no zero byte: fresh (zero) memory never matches */
+  return x | 0x0101010101010101ull; /* no zero byte: fresh (zero) memory never
+                                       matches */
 }
 
 void ex_fill(void *buf, size_t len, uint64_t seed) {

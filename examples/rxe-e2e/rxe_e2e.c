@@ -1,33 +1,35 @@
 /*
  * rxe-e2e: end-to-end cost of memory registration on a real RDMA path.
  *
- * The loop: RDMA WRITE a message from buffer i % pool of a rotating pool to a landing
- * buffer on another queue pair, wait for the completion, check the data arrived. The
- * contenders differ only in how the source buffer gets its lkey/descriptor:
+ * The loop: RDMA WRITE a message from buffer i % pool of a rotating pool to a
+ * landing buffer on another queue pair, wait for the completion, check the data
+ * arrived. The contenders differ only in how the source buffer gets its
+ * lkey/descriptor:
  *
- *   prereg       ibv_reg_mr of every pool buffer before the loop (the limit: free)
- *   regcache     regcache_get / regcache_put around each WRITE (verbs driver)
- *   every        ibv_reg_mr / ibv_dereg_mr around each WRITE (no cache)
- *   fi-prereg    the same loop through libfabric (verbs;ofi_rxm, fi_write), MRs made once
- *   fi-cache     fi_mr_reg / fi_close around each fi_write: libfabric's own MR cache
- *                (FI_MR_CACHE_MONITOR=userfaultfd by default, --fi-monitor)
+ *   prereg       ibv_reg_mr of every pool buffer before the loop (the limit:
+ * free) regcache     regcache_get / regcache_put around each WRITE (verbs
+ * driver) every        ibv_reg_mr / ibv_dereg_mr around each WRITE (no cache)
+ *   fi-prereg    the same loop through libfabric (verbs;ofi_rxm, fi_write), MRs
+ * made once fi-cache     fi_mr_reg / fi_close around each fi_write: libfabric's
+ * own MR cache (FI_MR_CACHE_MONITOR=userfaultfd by default, --fi-monitor)
  *   fi-every     the same with libfabric's cache off (FI_MR_CACHE_MAX_COUNT=0)
- *   fi-regcache  regcache_get / regcache_put on regcache's fabric driver, libfabric's
- *                cache off
+ *   fi-regcache  regcache_get / regcache_put on regcache's fabric driver,
+ * libfabric's cache off
  *
- * Each (contender, size, repetition) runs in its own process (this program re-executed
- * with --worker), so no two memory-hook layers meet and every contender starts from the
- * same state. The first pass through the pool is a warm-up and is not timed (prereg does
- * its registrations before the loop too). The table shows the median over --reps runs
- * and the ratios to prereg / every measured in the same run.
+ * Each (contender, size, repetition) runs in its own process (this program
+ * re-executed with --worker), so no two memory-hook layers meet and every
+ * contender starts from the same state. The first pass through the pool is a
+ * warm-up and is not timed (prereg does its registrations before the loop too).
+ * The table shows the median over --reps runs and the ratios to prereg / every
+ * measured in the same run.
  *
- * Data: every buffer holds a pattern; each WRITE stamps its iteration number into the
- * first and last 8 bytes, and the landing buffer is checked for both stamps after every
- * WRITE, and compared in full every --check-every iterations. Exit status 1 on any wrong
- * byte or failed contender.
+ * Data: every buffer holds a pattern; each WRITE stamps its iteration number
+ * into the first and last 8 bytes, and the landing buffer is checked for both
+ * stamps after every WRITE, and compared in full every --check-every
+ * iterations. Exit status 1 on any wrong byte or failed contender.
  *
- * Goals (issue 7, reported, not asserted): regcache <= 1.1x prereg, and >= 80 % faster
- * than every (speed-up >= 1.8x, i.e. time <= 0.56x every).
+ * Goals (issue 7, reported, not asserted): regcache <= 1.1x prereg, and >= 80 %
+ * faster than every (speed-up >= 1.8x, i.e. time <= 0.56x every).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -54,8 +56,9 @@
 #define MAX_SIZES 8
 #define MAX_MODES 8
 
-static const char *const kAllModes[] = {"prereg",    "regcache", "every",    "fi-prereg",
-                                        "fi-cache",  "fi-every", "fi-regcache"};
+static const char *const kAllModes[] = {"prereg",     "regcache", "every",
+                                        "fi-prereg",  "fi-cache", "fi-every",
+                                        "fi-regcache"};
 enum { kNumAllModes = 7 };
 
 typedef struct opts {
@@ -64,7 +67,7 @@ typedef struct opts {
   const char *modes[MAX_MODES];
   int nmodes;
   int pool;
-  long iters;  /* 0: derived from the size */
+  long iters; /* 0: derived from the size */
   int reps;
   long check_every;
   const char *fi_monitor;
@@ -76,7 +79,8 @@ typedef struct result {
   int ok;
 } result_t;
 
-/* ------------------------------------------------------------------ the buffers */
+/* ------------------------------------------------------------------ the
+ * buffers */
 typedef struct pool {
   uint8_t *base;
   size_t size, stride, map_len;
@@ -84,26 +88,30 @@ typedef struct pool {
   uint8_t *landing;
 } pool_t;
 
-/* n buffers of `size` bytes, each followed by a PROT_NONE guard page (so neighbours are
- * never one registration), plus the landing buffer. */
+/* n buffers of `size` bytes, each followed by a PROT_NONE guard page (so
+ * neighbours are never one registration), plus the landing buffer. */
 static int pool_open(pool_t *p, int n, size_t size) {
   memset(p, 0, sizeof *p);
   p->n = n;
   p->size = size;
   p->stride = ((size + 4095) & ~(size_t)4095) + 4096;
   p->map_len = p->stride * (size_t)(n + 1);
-  void *m = mmap(NULL, p->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void *m = mmap(NULL, p->map_len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (m == MAP_FAILED) return -1;
   p->base = m;
   for (int i = 0; i <= n; i++) {
-    mprotect(p->base + p->stride * (size_t)i + p->stride - 4096, 4096, PROT_NONE);
+    mprotect(p->base + p->stride * (size_t)i + p->stride - 4096, 4096,
+             PROT_NONE);
     if (i < n) ex_fill(p->base + p->stride * (size_t)i, size, (uint64_t)i);
   }
   p->landing = p->base + p->stride * (size_t)n;
   memset(p->landing, 0, size);
   return 0;
 }
-static uint8_t *pool_buf(const pool_t *p, long i) { return p->base + p->stride * (size_t)(i % p->n); }
+static uint8_t *pool_buf(const pool_t *p, long i) {
+  return p->base + p->stride * (size_t)(i % p->n);
+}
 static void pool_close(pool_t *p) {
   if (p->base != NULL) munmap(p->base, p->map_len);
 }
@@ -114,8 +122,10 @@ static void stamp(uint8_t *buf, size_t size, long i) {
   memcpy(buf + size - 8, &v, 8);
 }
 
-/* Checks the landing buffer after WRITE i of buffer src; returns the wrong bytes. */
-static unsigned long long check(const pool_t *p, const uint8_t *src, long i, long check_every) {
+/* Checks the landing buffer after WRITE i of buffer src; returns the wrong
+ * bytes. */
+static unsigned long long check(const pool_t *p, const uint8_t *src, long i,
+                                long check_every) {
   uint64_t want = (uint64_t)i | 0x0100000000000000ull, head, tail;
   memcpy(&head, p->landing, 8);
   memcpy(&tail, p->landing + p->size - 8, 8);
@@ -126,9 +136,12 @@ static unsigned long long check(const pool_t *p, const uint8_t *src, long i, lon
   return wrong;
 }
 
-/* ------------------------------------------------------------------ verbs contenders */
-static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters, result_t *res) {
-  ex_rdma_t a, b; /* a sends, b owns the landing buffer; two PDs as in two processes */
+/* ------------------------------------------------------------------ verbs
+ * contenders */
+static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
+                     result_t *res) {
+  ex_rdma_t a,
+      b; /* a sends, b owns the landing buffer; two PDs as in two processes */
   pool_t p;
   regcache_driver_t *drv = NULL;
   regcache_t *cache = NULL;
@@ -142,10 +155,12 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
   ex_rdma_local_addr(&a, &aa);
   ex_rdma_local_addr(&b, &ba);
   if (ex_rdma_connect(&a, &ba) || ex_rdma_connect(&b, &aa)) goto out;
-  landing_mr = ibv_reg_mr(b.pd, p.landing, size, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
+  landing_mr = ibv_reg_mr(b.pd, p.landing, size,
+                          IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
   if (landing_mr == NULL) goto out;
 
-  const int is_prereg = strcmp(mode, "prereg") == 0, is_cache = strcmp(mode, "regcache") == 0;
+  const int is_prereg = strcmp(mode, "prereg") == 0,
+            is_cache = strcmp(mode, "regcache") == 0;
   if (is_prereg) {
     mrs = calloc((size_t)o->pool, sizeof *mrs);
     for (int i = 0; i < o->pool; i++) {
@@ -161,7 +176,8 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
     }
   }
   double t0 = 0;
-  for (long i = -o->pool; i < iters; i++) { /* i < 0: warm-up, one pass over the pool */
+  for (long i = -o->pool; i < iters;
+       i++) { /* i < 0: warm-up, one pass over the pool */
     if (i == 0) t0 = ex_now_ns();
     uint8_t *src = pool_buf(&p, i + o->pool);
     stamp(src, size, i);
@@ -185,8 +201,8 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
       }
       lkey = mr->lkey;
     }
-    int e = ex_rdma_post_wait(&a, IBV_WR_RDMA_WRITE, src, lkey, size, (uintptr_t)p.landing,
-                              landing_mr->rkey, 0);
+    int e = ex_rdma_post_wait(&a, IBV_WR_RDMA_WRITE, src, lkey, size,
+                              (uintptr_t)p.landing, landing_mr->rkey, 0);
     if (region != NULL) regcache_put(cache, region);
     if (mr != NULL) ibv_dereg_mr(mr);
     if (e != 0) goto out;
@@ -200,7 +216,8 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
     res->misses = st.misses;
     res->regs = st.registrations;
   } else {
-    res->regs = is_prereg ? (unsigned long long)o->pool : (unsigned long long)(iters + o->pool);
+    res->regs = is_prereg ? (unsigned long long)o->pool
+                          : (unsigned long long)(iters + o->pool);
   }
   rc = 0;
 out:
@@ -218,7 +235,8 @@ out:
   return rc;
 }
 
-/* ------------------------------------------------------------------ libfabric contenders */
+/* ------------------------------------------------------------------ libfabric
+ * contenders */
 #ifdef EX_HAVE_LIBFABRIC
 typedef struct fab {
   struct fi_info *info;
@@ -236,8 +254,8 @@ static int fab_fail(const char *call, int rc) {
   return -1;
 }
 
-/* verbs;ofi_rxm (RDM, connected through rdma_cm) on REGCACHE_RXE_FI_NODE (default
- * 192.0.2.1, the guest's address), one endpoint writing to itself. */
+/* verbs;ofi_rxm (RDM, connected through rdma_cm) on REGCACHE_RXE_FI_NODE
+ * (default 192.0.2.1, the guest's address), one endpoint writing to itself. */
 static int fab_open(fab_t *f) {
   memset(f, 0, sizeof *f);
   const char *node = getenv("REGCACHE_RXE_FI_NODE");
@@ -247,31 +265,41 @@ static int fab_open(fab_t *f) {
   hints->ep_attr->type = FI_EP_RDM;
   hints->caps = FI_MSG | FI_RMA;
   hints->mode = FI_CONTEXT;
-  hints->domain_attr->mr_mode =
-      FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT;
+  hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR |
+                                FI_MR_ALLOCATED | FI_MR_PROV_KEY |
+                                FI_MR_ENDPOINT;
   hints->domain_attr->threading = FI_THREAD_SAFE;
-  int rc = fi_getinfo(FI_VERSION(1, 17), node, NULL, FI_SOURCE, hints, &f->info);
+  int rc =
+      fi_getinfo(FI_VERSION(1, 17), node, NULL, FI_SOURCE, hints, &f->info);
   fi_freeinfo(hints);
   if (rc) return fab_fail("fi_getinfo(verbs;ofi_rxm)", rc);
-  if ((rc = fi_fabric(f->info->fabric_attr, &f->fabric, NULL))) return fab_fail("fi_fabric", rc);
-  if ((rc = fi_domain(f->fabric, f->info, &f->domain, NULL))) return fab_fail("fi_domain", rc);
+  if ((rc = fi_fabric(f->info->fabric_attr, &f->fabric, NULL)))
+    return fab_fail("fi_fabric", rc);
+  if ((rc = fi_domain(f->fabric, f->info, &f->domain, NULL)))
+    return fab_fail("fi_domain", rc);
   struct fi_av_attr av_attr;
   memset(&av_attr, 0, sizeof av_attr);
   av_attr.type = FI_AV_TABLE;
-  if ((rc = fi_av_open(f->domain, &av_attr, &f->av, NULL))) return fab_fail("fi_av_open", rc);
+  if ((rc = fi_av_open(f->domain, &av_attr, &f->av, NULL)))
+    return fab_fail("fi_av_open", rc);
   struct fi_cq_attr cq_attr;
   memset(&cq_attr, 0, sizeof cq_attr);
   cq_attr.format = FI_CQ_FORMAT_CONTEXT;
   cq_attr.size = 64;
-  if ((rc = fi_cq_open(f->domain, &cq_attr, &f->cq, NULL))) return fab_fail("fi_cq_open", rc);
-  if ((rc = fi_endpoint(f->domain, f->info, &f->ep, NULL))) return fab_fail("fi_endpoint", rc);
+  if ((rc = fi_cq_open(f->domain, &cq_attr, &f->cq, NULL)))
+    return fab_fail("fi_cq_open", rc);
+  if ((rc = fi_endpoint(f->domain, f->info, &f->ep, NULL)))
+    return fab_fail("fi_endpoint", rc);
   if ((rc = fi_ep_bind(f->ep, &f->av->fid, 0)) ||
-      (rc = fi_ep_bind(f->ep, &f->cq->fid, FI_TRANSMIT | FI_RECV)) || (rc = fi_enable(f->ep)))
+      (rc = fi_ep_bind(f->ep, &f->cq->fid, FI_TRANSMIT | FI_RECV)) ||
+      (rc = fi_enable(f->ep)))
     return fab_fail("fi_ep_bind/fi_enable", rc);
   char name[256];
   size_t len = sizeof name;
-  if ((rc = fi_getname(&f->ep->fid, name, &len))) return fab_fail("fi_getname", rc);
-  if (fi_av_insert(f->av, name, 1, &f->self, 0, NULL) != 1) return fab_fail("fi_av_insert", 0);
+  if ((rc = fi_getname(&f->ep->fid, name, &len)))
+    return fab_fail("fi_getname", rc);
+  if (fi_av_insert(f->av, name, 1, &f->self, 0, NULL) != 1)
+    return fab_fail("fi_av_insert", 0);
   f->next_key = 1;
   return 0;
 }
@@ -286,8 +314,10 @@ static void fab_close(fab_t *f) {
   memset(f, 0, sizeof *f);
 }
 
-static int fab_reg(fab_t *f, void *buf, size_t len, uint64_t access, struct fid_mr **mr) {
-  int rc = fi_mr_reg(f->domain, buf, len, access, 0, f->next_key++, 0, mr, NULL);
+static int fab_reg(fab_t *f, void *buf, size_t len, uint64_t access,
+                   struct fid_mr **mr) {
+  int rc =
+      fi_mr_reg(f->domain, buf, len, access, 0, f->next_key++, 0, mr, NULL);
   if (rc) return fab_fail("fi_mr_reg", rc);
   if (f->info->domain_attr->mr_mode & FI_MR_ENDPOINT) {
     if ((rc = fi_mr_bind(*mr, &f->ep->fid, 0)) || (rc = fi_mr_enable(*mr)))
@@ -296,7 +326,8 @@ static int fab_reg(fab_t *f, void *buf, size_t len, uint64_t access, struct fid_
   return 0;
 }
 
-static int fab_write(fab_t *f, void *src, size_t len, void *desc, void *dst, uint64_t key) {
+static int fab_write(fab_t *f, void *src, size_t len, void *desc, void *dst,
+                     uint64_t key) {
   struct fi_context ctx;
   ssize_t rc;
   const double deadline = ex_now_ns() + 60e9;
@@ -319,21 +350,25 @@ static int fab_write(fab_t *f, void *src, size_t len, void *desc, void *dst, uin
       return fab_fail("fi_write completion", err.err);
     }
     if (n != -FI_EAGAIN) return fab_fail("fi_cq_read", (int)n);
-    if (ex_now_ns() > deadline) return fab_fail("fi_write completion (60 s)", FI_ETIMEDOUT);
+    if (ex_now_ns() > deadline)
+      return fab_fail("fi_write completion (60 s)", FI_ETIMEDOUT);
   }
 }
 
-static int run_fabric(const char *mode, size_t size, const opts_t *o, long iters, result_t *res) {
+static int run_fabric(const char *mode, size_t size, const opts_t *o,
+                      long iters, result_t *res) {
   const int is_prereg = strcmp(mode, "fi-prereg") == 0;
   const int is_regcache = strcmp(mode, "fi-regcache") == 0;
-  /* Read by libfabric when the domain is opened: only fi-cache keeps its cache. */
+  /* Read by libfabric when the domain is opened: only fi-cache keeps its cache.
+   */
   if (strcmp(mode, "fi-cache") == 0) {
     setenv("FI_MR_CACHE_MONITOR", o->fi_monitor, 1);
   } else {
     setenv("FI_MR_CACHE_MAX_COUNT", "0", 1);
     setenv("FI_MR_CACHE_MONITOR", "disabled", 1);
   }
-  setenv("FI_UNIVERSE_SIZE", "16", 0); /* rxe's CQs are smaller than ofi_rxm's default */
+  setenv("FI_UNIVERSE_SIZE", "16",
+         0); /* rxe's CQs are smaller than ofi_rxm's default */
   fab_t f;
   pool_t p;
   struct fid_mr **mrs = NULL, *landing_mr = NULL;
@@ -430,22 +465,28 @@ static int worker(const char *mode, size_t size, const opts_t *o) {
     rc = run_verbs(mode, size, o, iters, &res);
   }
   if (rc != 0) return 1;
-  printf("RESULT ns=%.1f wrong=%llu hits=%llu misses=%llu regs=%llu iters=%ld\n", res.ns_per_write,
-         res.wrong, res.hits, res.misses, res.regs, iters);
+  printf(
+      "RESULT ns=%.1f wrong=%llu hits=%llu misses=%llu regs=%llu iters=%ld\n",
+      res.ns_per_write, res.wrong, res.hits, res.misses, res.regs, iters);
   return 0;
 }
 
-static int spawn(const char *self, const char *mode, size_t size, const opts_t *o, result_t *res) {
+static int spawn(const char *self, const char *mode, size_t size,
+                 const opts_t *o, result_t *res) {
   char cmd[8192];
-  snprintf(cmd, sizeof cmd, "'%s' --worker %s --sizes %zu --pool %d --iters %ld --check-every %ld "
-           "--fi-monitor %s", self, mode, size, o->pool, o->iters, o->check_every, o->fi_monitor);
+  snprintf(
+      cmd, sizeof cmd,
+      "'%s' --worker %s --sizes %zu --pool %d --iters %ld --check-every %ld "
+      "--fi-monitor %s",
+      self, mode, size, o->pool, o->iters, o->check_every, o->fi_monitor);
   FILE *f = popen(cmd, "r");
   if (f == NULL) return -1;
   char line[512];
   memset(res, 0, sizeof *res);
   while (fgets(line, sizeof line, f) != NULL) {
-    if (sscanf(line, "RESULT ns=%lf wrong=%llu hits=%llu misses=%llu regs=%llu", &res->ns_per_write,
-               &res->wrong, &res->hits, &res->misses, &res->regs) == 5)
+    if (sscanf(line, "RESULT ns=%lf wrong=%llu hits=%llu misses=%llu regs=%llu",
+               &res->ns_per_write, &res->wrong, &res->hits, &res->misses,
+               &res->regs) == 5)
       res->ok = 1;
   }
   int st = pclose(f);
@@ -468,9 +509,12 @@ static size_t parse_size(const char *s) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: rxe-e2e [--sizes 4k,64k,1m] [--modes prereg,regcache,...] [--pool N] [--iters N]\n"
-          "               [--reps N] [--check-every N] [--fi-monitor userfaultfd|memhooks] [--short]\n"
-          "modes: prereg regcache every fi-prereg fi-cache fi-every fi-regcache (default: all built)\n");
+          "usage: rxe-e2e [--sizes 4k,64k,1m] [--modes prereg,regcache,...] "
+          "[--pool N] [--iters N]\n"
+          "               [--reps N] [--check-every N] [--fi-monitor "
+          "userfaultfd|memhooks] [--short]\n"
+          "modes: prereg regcache every fi-prereg fi-cache fi-every "
+          "fi-regcache (default: all built)\n");
   exit(2);
 }
 
@@ -485,7 +529,8 @@ int main(int argc, char **argv) {
   char sizes_arg[256] = "4k,64k,1m", modes_arg[256] = "";
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (strcmp(a, "--short") == 0) { /* the ctest: every contender, few iterations, all checked */
+    if (strcmp(a, "--short") ==
+        0) { /* the ctest: every contender, few iterations, all checked */
       snprintf(sizes_arg, sizeof sizes_arg, "16k");
       o.pool = 4;
       o.iters = 16;
@@ -494,18 +539,28 @@ int main(int argc, char **argv) {
       continue;
     }
     if (v == NULL) usage();
-    if (strcmp(a, "--worker") == 0) worker_mode = v;
-    else if (strcmp(a, "--sizes") == 0) snprintf(sizes_arg, sizeof sizes_arg, "%s", v);
-    else if (strcmp(a, "--modes") == 0) snprintf(modes_arg, sizeof modes_arg, "%s", v);
-    else if (strcmp(a, "--pool") == 0) o.pool = atoi(v);
-    else if (strcmp(a, "--iters") == 0) o.iters = atol(v);
-    else if (strcmp(a, "--reps") == 0) o.reps = atoi(v);
-    else if (strcmp(a, "--check-every") == 0) o.check_every = atol(v);
-    else if (strcmp(a, "--fi-monitor") == 0) o.fi_monitor = v;
-    else usage();
+    if (strcmp(a, "--worker") == 0)
+      worker_mode = v;
+    else if (strcmp(a, "--sizes") == 0)
+      snprintf(sizes_arg, sizeof sizes_arg, "%s", v);
+    else if (strcmp(a, "--modes") == 0)
+      snprintf(modes_arg, sizeof modes_arg, "%s", v);
+    else if (strcmp(a, "--pool") == 0)
+      o.pool = atoi(v);
+    else if (strcmp(a, "--iters") == 0)
+      o.iters = atol(v);
+    else if (strcmp(a, "--reps") == 0)
+      o.reps = atoi(v);
+    else if (strcmp(a, "--check-every") == 0)
+      o.check_every = atol(v);
+    else if (strcmp(a, "--fi-monitor") == 0)
+      o.fi_monitor = v;
+    else
+      usage();
     i++;
   }
-  for (char *s = strtok(sizes_arg, ","); s != NULL && o.nsizes < MAX_SIZES; s = strtok(NULL, ","))
+  for (char *s = strtok(sizes_arg, ","); s != NULL && o.nsizes < MAX_SIZES;
+       s = strtok(NULL, ","))
     o.sizes[o.nsizes++] = parse_size(s);
   if (o.pool < 1 || o.reps < 1 || o.nsizes < 1) usage();
   for (int k = 0; k < o.nsizes; k++)
@@ -513,7 +568,8 @@ int main(int argc, char **argv) {
   if (worker_mode != NULL) return worker(worker_mode, o.sizes[0], &o);
 
   if (modes_arg[0] != '\0') {
-    for (char *s = strtok(modes_arg, ","); s != NULL && o.nmodes < MAX_MODES; s = strtok(NULL, ","))
+    for (char *s = strtok(modes_arg, ","); s != NULL && o.nmodes < MAX_MODES;
+         s = strtok(NULL, ","))
       o.modes[o.nmodes++] = s;
   } else {
     for (int k = 0; k < kNumAllModes; k++) {
@@ -528,8 +584,11 @@ int main(int argc, char **argv) {
   if (n <= 0) return 1;
   self[n] = '\0';
 
-  printf("rxe-e2e: RDMA WRITE loop, pool of %d buffers, %d rep(s) per cell (median), "
-         "libfabric monitor %s\n", o.pool, o.reps, o.fi_monitor);
+  printf(
+      "rxe-e2e: RDMA WRITE loop, pool of %d buffers, %d rep(s) per cell "
+      "(median), "
+      "libfabric monitor %s\n",
+      o.pool, o.reps, o.fi_monitor);
   int failed = 0;
   for (int si = 0; si < o.nsizes; si++) {
     const size_t size = o.sizes[si];
@@ -538,17 +597,19 @@ int main(int argc, char **argv) {
     int ok[MAX_MODES];
     for (int m = 0; m < o.nmodes; m++) ok[m] = 1;
     for (int r = 0; r < o.reps && r < 16; r++) {
-      for (int m = 0; m < o.nmodes; m++) { /* interleaved: drift hits every contender alike */
+      for (int m = 0; m < o.nmodes;
+           m++) { /* interleaved: drift hits every contender alike */
         result_t res;
         if (spawn(self, o.modes[m], size, &o, &res) != 0) {
-          fprintf(stderr, "rxe-e2e: %s at %zu bytes FAILED\n", o.modes[m], size);
+          fprintf(stderr, "rxe-e2e: %s at %zu bytes FAILED\n", o.modes[m],
+                  size);
           ok[m] = 0;
           failed = 1;
           continue;
         }
         if (res.wrong != 0) {
-          fprintf(stderr, "rxe-e2e: %s at %zu bytes: %llu WRONG bytes\n", o.modes[m], size,
-                  res.wrong);
+          fprintf(stderr, "rxe-e2e: %s at %zu bytes: %llu WRONG bytes\n",
+                  o.modes[m], size, res.wrong);
           failed = 1;
         }
         ns[m][r] = res.ns_per_write;
@@ -564,8 +625,8 @@ int main(int argc, char **argv) {
     /* Ratios to prereg and every of the same API family, same run. */
     printf("\nmessage %zu bytes, %ld writes timed per run\n", size,
            o.iters > 0 ? o.iters : default_iters(size));
-    printf("%-12s %12s %10s %10s %9s %10s\n", "contender", "us/write", "x prereg", "x every",
-           "speed-up", "hit rate");
+    printf("%-12s %12s %10s %10s %9s %10s\n", "contender", "us/write",
+           "x prereg", "x every", "speed-up", "hit rate");
     for (int m = 0; m < o.nmodes; m++) {
       if (!ok[m]) {
         printf("%-12s %12s\n", o.modes[m], "FAILED");
@@ -581,15 +642,20 @@ int main(int argc, char **argv) {
       char hr[32] = "-";
       if (last[m].hits + last[m].misses > 0)
         snprintf(hr, sizeof hr, "%.1f %%",
-                 100.0 * (double)last[m].hits / (double)(last[m].hits + last[m].misses));
+                 100.0 * (double)last[m].hits /
+                     (double)(last[m].hits + last[m].misses));
       char xp[16] = "-", xe[16] = "-", su[16] = "-";
       if (pre > 0) snprintf(xp, sizeof xp, "%.2f", med[m] / pre);
       if (every > 0) snprintf(xe, sizeof xe, "%.2f", med[m] / every);
       if (every > 0) snprintf(su, sizeof su, "%.2fx", every / med[m]);
-      printf("%-12s %12.1f %10s %10s %9s %10s\n", o.modes[m], med[m] / 1000.0, xp, xe, su, hr);
+      printf("%-12s %12.1f %10s %10s %9s %10s\n", o.modes[m], med[m] / 1000.0,
+             xp, xe, su, hr);
     }
   }
-  printf("\ngoals: regcache <= 1.10x prereg; >= 80 %% faster than every (speed-up >= 1.8x)\n");
-  printf("rxe-e2e: %s\n", failed ? "FAILED" : "all contenders completed, data correct");
+  printf(
+      "\ngoals: regcache <= 1.10x prereg; >= 80 %% faster than every (speed-up "
+      ">= 1.8x)\n");
+  printf("rxe-e2e: %s\n",
+         failed ? "FAILED" : "all contenders completed, data correct");
   return failed;
 }
