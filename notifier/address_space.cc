@@ -496,6 +496,8 @@ void EndRange(Frame *f) {
 }
 
 std::atomic<uint32_t> g_async_in_flight{0};
+std::atomic<uint64_t *> g_patch_guard{nullptr};
+uint64_t g_patch_guard_word = 0;
 
 // The uffd monitor's hold: counted in g_async_in_flight before read() releases
 // the unmapping thread, and out only after the events it read are delivered
@@ -553,6 +555,7 @@ int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
     int rc = InstallSourceLocked();
     if (rc != 0) return rc;
   }
+  VerifySources();
   auto *s = new (std::nothrow) Subscription;
   if (s == nullptr) return -ENOMEM;
   s->ops = ops;
@@ -726,6 +729,39 @@ bool InCallback() { return t_state.cb_depth > 0; }
 // library was loaded, before patch.cc's priority-200 destructor restores libc's
 // code. Never waits for ranges in flight on other threads.
 __attribute__((destructor)) static void NotifierFini() { Teardown(); }
+
+void VerifySources() {
+  if (g_active.load(std::memory_order_acquire) != Source::kPatch) return;
+  if (t_state.cb_depth > 0 || t_state.inflight > 0) return;
+  const char *which = nullptr;
+  {
+    std::lock_guard<std::mutex> g(g_install_mu);
+    if (g_active.load(std::memory_order_acquire) != Source::kPatch ||
+        sources::PatchIntact(&which))
+      return;
+    sources::PatchAbandon();
+    int urc = sources::UffdInstall();
+    Source now = urc == 0 ? Source::kUffd : Source::kNone;
+    internal::Logf(
+        internal::kLogError,
+        "notifier: libc %s was overwritten by another patcher (UCX libucm? "
+        "Open MPI? libfabric?): patch source blind; now %s%s; "
+        "invalidating every registration (unmaps may have been "
+        "missed)",
+        which ? which : "?", SourceName(now),
+        urc == 0 ? "" : " (explicit notifications only)");
+    g_active.store(now, std::memory_order_release);
+  }
+  // Everything cached may have been unmapped unseen.
+  Frame f;
+  internal::BeginRange(&f, 0, UINTPTR_MAX);
+  internal::EndRange(&f);
+}
+
+void SyncForLookup() {
+  VerifySources();
+  WaitAsyncEvents();
+}
 
 void WaitAsyncEvents() {
   // A monitor thread (inside its hold) or a callback would wait for itself.

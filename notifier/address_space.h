@@ -90,7 +90,11 @@ int Resume();
 // WaitAsyncEvents() before consulting its index.
 namespace internal {
 extern std::atomic<uint32_t> g_async_in_flight;
-}
+// The patch source's sentinel: munmap's entry and the word we wrote there
+// (nullptr when patch is not installed).
+extern std::atomic<uint64_t *> g_patch_guard;
+extern uint64_t g_patch_guard_word;
+}  // namespace internal
 inline bool AsyncEventsInFlight() {
   // seq_cst: ordered after the caller's earlier munmap/free (a plain load on
   // x86).
@@ -100,6 +104,29 @@ inline bool AsyncEventsInFlight() {
 // once inside a callback or on a monitor thread (the event being dispatched
 // may be our own caller's).
 void WaitAsyncEvents();
+
+// ANOTHER PATCHER. A library that patches libc after us (UCX's libucm, Open
+// MPI's patcher, libfabric's memhooks) overwrites our jumps and calls the
+// syscalls itself: the patch source would go blind without knowing. So the
+// patch source keeps a sentinel: PatchIntact() is one load of libc's munmap
+// entry. VerifySources() (called by every Register and by SyncForLookup())
+// checks every patched entry; when one was overwritten it logs an error,
+// abandons the patch source (writing nothing), switches to uffd if it can be
+// installed (else none: explicit only), and delivers an invalidation of the
+// whole address space to every subscriber, because events may have been
+// missed since the overwrite.
+inline bool PatchIntact() {
+  uint64_t *p = internal::g_patch_guard.load(std::memory_order_acquire);
+  return p == nullptr ||
+         __atomic_load_n(p, __ATOMIC_RELAXED) == internal::g_patch_guard_word;
+}
+void VerifySources();
+
+// For lock-free lookups (the cache's hit path): true when a lookup may trust
+// its index without synchronizing with the notifier. When false, take the slow
+// path and call SyncForLookup() before reading the index.
+inline bool FastPathOk() { return !AsyncEventsInFlight() && PatchIntact(); }
+void SyncForLookup();
 
 // True while the calling thread is inside a notifier callback.
 bool InCallback();

@@ -65,6 +65,7 @@
 #include <cstring>
 #include <mutex>
 
+#include "notifier/address_space.h"
 #include "notifier/internal.h"
 #include "notifier/procmap.h"
 #include "notifier/sources.h"
@@ -360,7 +361,20 @@ int WriteEntry(uint8_t *entry, uint64_t word) {
   return SetProt(entry, PROT_READ | PROT_EXEC);
 }
 
+void SetGuardLocked() {
+  // munmap's entry is the sentinel lock-free lookups check (FastPathOk()).
+  internal::g_patch_guard_word = g_targets[0].patched;
+  internal::g_patch_guard.store(
+      reinterpret_cast<uint64_t *>(g_targets[0].entry),
+      std::memory_order_release);
+}
+
+void ClearGuardLocked() {
+  internal::g_patch_guard.store(nullptr, std::memory_order_release);
+}
+
 void RestoreLocked() {
+  ClearGuardLocked();
   for (Target &t : g_targets) {
     if (!t.active) continue;
     uint64_t now = __atomic_load_n(reinterpret_cast<uint64_t *>(t.entry),
@@ -482,7 +496,31 @@ int PatchInstall() {
   }
   procmap::Init();  // for shmdt's extent; without it shmdt over-invalidates
   g_installed = true;
+  SetGuardLocked();
   return 0;
+}
+
+bool PatchIntact(const char **which) {
+  std::lock_guard<std::mutex> g(g_mu);
+  if (!g_installed) return true;
+  for (const Target &t : g_targets) {
+    if (!t.active) continue;
+    if (__atomic_load_n(reinterpret_cast<uint64_t *>(t.entry),
+                        __ATOMIC_SEQ_CST) != t.patched) {
+      if (which) *which = t.name;
+      return false;
+    }
+  }
+  return true;
+}
+
+void PatchAbandon() {
+  std::lock_guard<std::mutex> g(g_mu);
+  ClearGuardLocked();
+  // The entries now belong to whoever overwrote them: restoring our saved
+  // bytes would break that library, so nothing is written.
+  for (Target &t : g_targets) t.active = false;
+  g_installed = false;
 }
 
 void PatchUninstall() {
@@ -502,6 +540,8 @@ __attribute__((destructor(200))) void PatchFini() { PatchUninstall(); }
 
 int PatchInstall() { return -ENOSYS; }
 void PatchUninstall() {}
+bool PatchIntact(const char **) { return true; }
+void PatchAbandon() {}
 
 #endif
 

@@ -20,6 +20,13 @@ int PatchInstall();
 // Restores libc's original bytes. Safe while other threads run (see patch.cc).
 void PatchUninstall();
 
+// True while every entry still holds our jump (or nothing is installed). On
+// false, *which names the first overwritten function.
+bool PatchIntact(const char **which);
+// Forgets the patch without writing anything: another library has overwritten
+// our jumps and owns the entries now.
+void PatchAbandon();
+
 // uffd: userfaultfd monitor thread. 0, or -ENOSYS/-EPERM (no userfaultfd),
 // -errno.
 int UffdInstall();

@@ -779,11 +779,12 @@ void Cache::Remember(Region *r, uint64_t word) {
 
 int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
   ThreadState *ts = t_state;
-  // AsyncEventsInFlight: with the uffd source, a munmap that has returned may
-  // not have been delivered yet (docs/notifier.md); GetSlow waits for it.
+  // FastPathOk: false while the uffd source is still delivering a munmap that
+  // has already returned, or when another library overwrote the patch source's
+  // hooks (docs/notifier.md); GetSlow synchronizes with the notifier first.
   if (ts != nullptr &&
       !(attention_.load(std::memory_order_acquire) & kHitSlowMask) &&
-      !notifier::AsyncEventsInFlight()) {
+      notifier::FastPathOk()) {
     const uintptr_t end = addr + len;
     for (const FrontEntry &e : ts->e) {
       if (e.cache_id != id_ || addr < e.start || end > e.end ||
@@ -819,9 +820,13 @@ int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
 
 int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
   const uintptr_t end = addr + len;
+  // Between its own regcache_notify_unmap_start/end (or inside a callback) a
+  // thread's registration would wait for itself.
+  if (notifier::InRange()) return -EDEADLK;
   // An asynchronous source (uffd) may still be delivering the invalidation of
-  // memory the caller already unmapped: let it finish before the index is read.
-  notifier::WaitAsyncEvents();
+  // memory the caller already unmapped, or the patch source may have been
+  // overwritten: settle both before the index is read.
+  notifier::SyncForLookup();
   ReapDead();
   if (shutdown_.load(std::memory_order_acquire)) return -ESHUTDOWN;
   Driver *const d = driver();

@@ -198,6 +198,16 @@ int ExpectNotBlind(Env *e, const char *order) {
   const uint64_t inv = e->Invalidations();
   const int ucm0 = g_ucm_events;
   CHECK(munmap(p, 4 * kPage) == 0);
+  // What must hold: the next get at that address, on new memory, does not
+  // return the stale registration (the notifier may only learn of another
+  // patcher's overwrite at that lookup).
+  char *q = static_cast<char *>(
+      mmap(p, 4 * kPage, PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0));
+  CHECK(q == p);
+  regcache_region_t *r2 = nullptr;
+  CHECK(regcache_get(e->c, q, 4 * kPage, 0, &r2) == 0);
+  regcache_put(e->c, r2);
   const char *src = regcache_notifier_source();
   const bool seen = e->Invalidations() > inv;
   std::printf("%s: source=%s regcache-saw-unmap=%d ucm-events=%d\n", order, src,
