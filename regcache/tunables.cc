@@ -38,7 +38,8 @@ constexpr Spec kTable[] = {
     {"MAX_BYTES", Type::kSize, "auto",
      "Most registered (pinned) bytes a cache keeps; beyond it, least recently "
      "used unused regions are deregistered. auto: 3/4 of RLIMIT_MEMLOCK when "
-     "that limit is finite, else 1/4 of physical RAM.",
+     "that limit is finite and applies (no CAP_IPC_LOCK), else 1/4 of "
+     "physical RAM.",
      "auto"},
     {"MERGE_MAX_BYTES", Type::kSize, "64m",
      "A region formed by merging overlapping and adjacent regions never grows "
