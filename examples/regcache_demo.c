@@ -21,13 +21,13 @@ static double now_ns(void) {
   return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
-#define CHECK(cond, ...)                        \
-  do {                                          \
-    if (!(cond)) {                              \
+#define CHECK(cond, ...)                                      \
+  do {                                                        \
+    if (!(cond)) {                                            \
       fprintf(stderr, "regcache-demo: FAILED: " __VA_ARGS__); \
-      fprintf(stderr, "\n");                    \
-      return 1;                                 \
-    }                                           \
+      fprintf(stderr, "\n");                                  \
+      return 1;                                               \
+    }                                                         \
   } while (0)
 
 int main(int argc, char **argv) {
@@ -45,14 +45,17 @@ int main(int argc, char **argv) {
   rc = regcache_create(drv, NULL, &cache);
   CHECK(rc == 0, "regcache_create: %s", regcache_strerror(rc));
 
-  char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   CHECK(buf != MAP_FAILED, "mmap");
   memset(buf, 1, len);
 
-  rc = regcache_get(cache, buf, len, REGCACHE_ACCESS_LOCAL_WRITE, &r1); /* miss */
+  rc = regcache_get(cache, buf, len, REGCACHE_ACCESS_LOCAL_WRITE,
+                    &r1); /* miss */
   CHECK(rc == 0, "first get: %s", regcache_strerror(rc));
   regcache_put(cache, r1);
-  rc = regcache_get(cache, buf + 4096, 4096, 0, &r2); /* hit: inside the cached region */
+  rc = regcache_get(cache, buf + 4096, 4096, 0,
+                    &r2); /* hit: inside the cached region */
   CHECK(rc == 0, "second get: %s", regcache_strerror(rc));
   CHECK(r2 == r1, "second get should hit the first region");
   uint64_t old_rkey = regcache_region_rkey(r2);
@@ -70,7 +73,8 @@ int main(int argc, char **argv) {
   }
   rc = regcache_get(cache, again, len, REGCACHE_ACCESS_LOCAL_WRITE, &r3);
   CHECK(rc == 0, "get after munmap: %s", regcache_strerror(rc));
-  CHECK(regcache_region_rkey(r3) != old_rkey, "stale registration returned after munmap");
+  CHECK(regcache_region_rkey(r3) != old_rkey,
+        "stale registration returned after munmap");
   regcache_put(cache, r3);
 
   /* Time the hit path. */
@@ -84,19 +88,22 @@ int main(int argc, char **argv) {
 
   CHECK(regcache_get_stats(cache, &st) == 0, "stats");
   if (!quiet) {
-    printf("regcache-demo: event source %s, driver %s\n", regcache_notifier_source(),
-           regcache_driver_name(drv));
-    printf("  hits %llu misses %llu hit rate %.4f\n", (unsigned long long)st.hits,
-           (unsigned long long)st.misses,
+    printf("regcache-demo: event source %s, driver %s\n",
+           regcache_notifier_source(), regcache_driver_name(drv));
+    printf("  hits %llu misses %llu hit rate %.4f\n",
+           (unsigned long long)st.hits, (unsigned long long)st.misses,
            (double)st.hits / (double)(st.hits + st.misses));
     printf("  registrations %llu deregistrations %llu invalidations %llu\n",
-           (unsigned long long)st.registrations, (unsigned long long)st.deregistrations,
+           (unsigned long long)st.registrations,
+           (unsigned long long)st.deregistrations,
            (unsigned long long)st.invalidations);
     printf("  regions %llu bytes %llu\n", (unsigned long long)st.regions,
            (unsigned long long)st.bytes);
-    printf("  time per get+put (hit) %.1f ns over %ld iterations\n", per_get, iters);
+    printf("  time per get+put (hit) %.1f ns over %ld iterations\n", per_get,
+           iters);
   }
-  CHECK(st.misses == 2, "expected 2 misses, saw %llu", (unsigned long long)st.misses);
+  CHECK(st.misses == 2, "expected 2 misses, saw %llu",
+        (unsigned long long)st.misses);
   CHECK(st.invalidations >= 1, "munmap did not invalidate");
   CHECK(st.registrations == 2, "expected 2 registrations");
 

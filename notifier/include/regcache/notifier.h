@@ -82,7 +82,8 @@ typedef struct regcache_notifier_ops {
  *   -ENOMEM     out of memory;
  *   other       the configured event source could not be installed (e.g. -ENOSYS).
  */
-REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops, void *arg,
+REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops,
+                                            void *arg,
                                             regcache_notifier_t **notifier_p);
 
 /*
@@ -90,9 +91,9 @@ REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops, 
  * mappings under the interval become watched, so this works with every source. Errors as
  * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range.
  */
-REGCACHE_API int regcache_notifier_register_range(const regcache_notifier_ops_t *ops,
-                                                  void *arg, const void *addr, size_t len,
-                                                  regcache_notifier_t **notifier_p);
+REGCACHE_API int regcache_notifier_register_range(
+    const regcache_notifier_ops_t *ops, void *arg, const void *addr, size_t len,
+    regcache_notifier_t **notifier_p);
 
 /*
  * Ends a subscription and runs its release callback (unless teardown already did).
@@ -118,8 +119,10 @@ REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier);
  * called from inside a callback). read_retry returns 1 if an invalidation of the interval
  * started after read_begin, 0 if not, negative errno on bad input.
  */
-REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier, uint64_t *seq_p);
-REGCACHE_API int regcache_notifier_read_retry(const regcache_notifier_t *notifier, uint64_t seq);
+REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
+                                              uint64_t *seq_p);
+REGCACHE_API int regcache_notifier_read_retry(
+    const regcache_notifier_t *notifier, uint64_t seq);
 
 /*
  * Explicit source: the caller says [addr, addr+len) is about to be (or has just been)

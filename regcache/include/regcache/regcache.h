@@ -59,7 +59,8 @@ typedef struct regcache_driver regcache_driver_t;
 #define REGCACHE_VERSION_PATCH 0
 /* The library's version at run time (may be newer than the header). Any pointer may be
  * NULL. */
-REGCACHE_API void regcache_version(unsigned *major, unsigned *minor, unsigned *patch);
+REGCACHE_API void regcache_version(unsigned *major, unsigned *minor,
+                                   unsigned *patch);
 
 /* ---------------------------------------------------------------- access bits */
 /* 0 means local read only. A region with more access than asked for may be returned. */
@@ -83,11 +84,13 @@ REGCACHE_API int regcache_driver_host_open(regcache_driver_t **driver_p);
  * negative errno. reg may leave *lkey_p, *rkey_p, *desc_p untouched (they read 0/NULL). */
 typedef struct regcache_driver_ops {
   size_t size; /* sizeof(regcache_driver_ops_t): lets the table grow */
-  int (*reg)(void *ctx, void *addr, size_t len, unsigned access, void **handle_p,
-             uint32_t *lkey_p, uint64_t *rkey_p, void **desc_p);
+  int (*reg)(void *ctx, void *addr, size_t len, unsigned access,
+             void **handle_p, uint32_t *lkey_p, uint64_t *rkey_p,
+             void **desc_p);
   int (*dereg)(void *ctx, void *handle);
 } regcache_driver_ops_t;
-REGCACHE_API int regcache_driver_custom_open(const regcache_driver_ops_t *ops, void *ctx,
+REGCACHE_API int regcache_driver_custom_open(const regcache_driver_ops_t *ops,
+                                             void *ctx,
                                              regcache_driver_t **driver_p);
 
 /* Name of the driver ("host", "custom", "verbs", "fabric"); NULL for NULL. */
@@ -110,12 +113,15 @@ enum {
 #define REGCACHE_FLAG_NO_MERGE 0x1u /* never merge neighbouring regions */
 
 typedef struct regcache_params {
-  uint64_t field_mask;    /* REGCACHE_PARAM_* bits: which fields below are set */
-  size_t max_regions;     /* unused regions beyond this are evicted (LRU); 0 = no cache */
-  size_t max_bytes;       /* registered bytes of unused regions beyond this are evicted */
-  size_t merge_max_bytes; /* a merged region never grows beyond this (0: no merging) */
-  uint64_t flags;         /* REGCACHE_FLAG_* */
-  const char *name;       /* for log lines and stats at exit; copied */
+  uint64_t field_mask; /* REGCACHE_PARAM_* bits: which fields below are set */
+  size_t
+      max_regions; /* unused regions beyond this are evicted (LRU); 0 = no cache */
+  size_t
+      max_bytes; /* registered bytes of unused regions beyond this are evicted */
+  size_t
+      merge_max_bytes; /* a merged region never grows beyond this (0: no merging) */
+  uint64_t flags;      /* REGCACHE_FLAG_* */
+  const char *name; /* for log lines and stats at exit; copied */
 } regcache_params_t;
 
 /*
@@ -124,7 +130,8 @@ typedef struct regcache_params {
  * the log names the variable), -ENOMEM, -ESHUTDOWN (process teardown), or the notifier's
  * error if the event source cannot be installed.
  */
-REGCACHE_API int regcache_create(regcache_driver_t *driver, const regcache_params_t *params,
+REGCACHE_API int regcache_create(regcache_driver_t *driver,
+                                 const regcache_params_t *params,
                                  regcache_t **cache_p);
 
 /* Deregisters every region and frees the cache. Regions the caller still holds are
@@ -157,7 +164,8 @@ REGCACHE_API int regcache_flush(regcache_t *cache);
 /* Region accessors; valid while the region is held. NULL gives 0/NULL. */
 REGCACHE_API uint32_t regcache_region_lkey(const regcache_region_t *region);
 REGCACHE_API uint64_t regcache_region_rkey(const regcache_region_t *region);
-REGCACHE_API void *regcache_region_desc(const regcache_region_t *region); /* fi_mr_desc */
+REGCACHE_API void *regcache_region_desc(
+    const regcache_region_t *region); /* fi_mr_desc */
 REGCACHE_API void *regcache_region_addr(const regcache_region_t *region);
 REGCACHE_API size_t regcache_region_length(const regcache_region_t *region);
 REGCACHE_API unsigned regcache_region_access(const regcache_region_t *region);
@@ -168,13 +176,15 @@ REGCACHE_API void *regcache_region_handle(const regcache_region_t *region);
 typedef struct regcache_stats {
   uint64_t hits, misses, merges, evictions, invalidations;
   uint64_t registrations, deregistrations, regions, bytes;
-  uint64_t pending;     /* invalidated regions waiting for deregistration */
-  uint64_t retries;     /* inserts retried because the memory changed while registering */
-  uint64_t peak_bytes;  /* highest `bytes` seen */
-  uint64_t failures;    /* driver registration failures returned to callers */
+  uint64_t pending; /* invalidated regions waiting for deregistration */
+  uint64_t
+      retries; /* inserts retried because the memory changed while registering */
+  uint64_t peak_bytes; /* highest `bytes` seen */
+  uint64_t failures;   /* driver registration failures returned to callers */
 } regcache_stats_t;
 /* Fills *stats_p (a consistent-enough snapshot: counters are per thread). */
-REGCACHE_API int regcache_get_stats(regcache_t *cache, regcache_stats_t *stats_p);
+REGCACHE_API int regcache_get_stats(regcache_t *cache,
+                                    regcache_stats_t *stats_p);
 /* Writes the stats as one human-readable line per counter to stream. */
 REGCACHE_API int regcache_print_stats(regcache_t *cache, FILE *stream);
 
@@ -205,7 +215,8 @@ REGCACHE_API int regcache_set_log_level(int level);
 REGCACHE_API int regcache_config_set(const char *name, const char *value);
 /* Copies the current value of tunable `name` into buf (NUL-terminated, truncated).
  * Returns the full length, or -ENOENT / -EINVAL. */
-REGCACHE_API int regcache_config_get(const char *name, char *buf, size_t buflen);
+REGCACHE_API int regcache_config_get(const char *name, char *buf,
+                                     size_t buflen);
 /* Prints every tunable: name, current value, and with REGCACHE_CONFIG_PRINT_HELP its
  * type, default and help text. */
 #define REGCACHE_CONFIG_PRINT_HELP 0x1u

@@ -94,6 +94,14 @@ struct RegCounters {
 };
 RegCounters ReadRegCounters();
 void ResetPeakPinned();
+// Stale-hit detection (pin driver, PFNs readable: root): whether registrations
+// record their page frames, and whether the pages of [addr, addr+len) still map
+// the frames recorded when `handle` (BenchReg's) was registered: 0 fresh,
+// 1 stale, -1 not checked.
+bool FramesChecked();
+int CheckFrames(void *handle, const void *addr, size_t len);
+// The range registered as `handle` (pin driver); false if unknown.
+bool RegRange(void *handle, uintptr_t *start, size_t *len);
 // Registrations made by the calling thread (tells a hit from a miss,
 // uniformly).
 uint64_t ThreadRegs();
@@ -107,6 +115,11 @@ class Contender {
   virtual int Open(const Capacity &cap, std::string *err) = 0;
   virtual int Get(void *addr, size_t len, unsigned access, void **handle) = 0;
   virtual void Put(void *handle) = 0;
+  // BenchReg's handle of the registration behind Get's handle (NULL: none).
+  virtual void *RegHandle(void *handle) {
+    (void)handle;
+    return nullptr;
+  }
   // Extra diagnostics ("key=value ..."), before Close.
   virtual std::string Extra() { return ""; }
   virtual void Close() = 0;
@@ -121,6 +134,9 @@ struct Result {
   int level = 0;
   Capacity cap{0, 0};
   uint64_t gets = 0, hits = 0, errors = 0;
+  // Hits whose registration no longer maps the request's current page frames
+  // (memory unmapped/trimmed and mapped again since); -1: not checked.
+  int64_t stale_hits = -1;
   uint64_t regs = 0, deregs = 0, peak_pinned = 0;
   double hit_ns_sum = 0, all_ns_sum = 0;  // get+put times, ns
   double wall_s = 0;

@@ -9,14 +9,17 @@
 // verbs: ibv_reg_mr/ibv_dereg_mr on the first RDMA device (inside the rxe
 // guest). none:  no-op (for hit-path measurements).
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <thread>
 
 #if defined(__x86_64__)
@@ -97,10 +100,114 @@ std::atomic<uint64_t> g_regs{0}, g_deregs{0}, g_failures{0}, g_pinned{0},
     g_peak{0};
 thread_local uint64_t tl_regs = 0;
 
+// Page frames recorded at registration, in memory of their own (below).
+struct Frames {
+  Frames *next;    // free list
+  int cls;         // size class: 2^cls bytes
+  uintptr_t base;  // page-aligned start
+  size_t npages;
+  uint64_t pfn[];  // 0: page not present
+};
+
+// 24 bytes: the same glibc chunk as the 16-byte handle before frames were
+// recorded, so that the workloads' heap (churn: placement, trims) is unchanged.
 struct Handle {
   void *addr;
   size_t len;
+  Frames *frames;  // NULL: not checked
 };
+
+// Stale-hit detection: the page frames (PFNs, /proc/self/pagemap) of every
+// registration are recorded when it is made and compared with the current ones
+// when a cache hands it out again. PFNs read as 0 without CAP_SYS_ADMIN: then
+// nothing is checked.
+int g_pagemap = -1;
+bool g_frames = false;
+std::mutex g_arena_mu;
+char *g_arena = nullptr, *g_arena_end = nullptr, *g_arena_next = nullptr;
+Frames *g_free_frames[48] = {};
+constexpr uint64_t kPfnMask = (uint64_t(1) << 55) - 1;
+constexpr uint64_t kPresent = uint64_t(1) << 63;
+
+// Frame of each page of [base, base + n pages) into out (0: not present).
+bool ReadFrames(uintptr_t base, size_t n, uint64_t *out) {
+  const off_t off = off_t(base / 4096 * 8);
+  size_t got = 0;
+  while (got < n * 8) {
+    ssize_t r = pread(g_pagemap, reinterpret_cast<char *>(out) + got,
+                      n * 8 - got, off + off_t(got));
+    if (r <= 0) return false;
+    got += size_t(r);
+  }
+  for (size_t i = 0; i < n; i++)
+    out[i] = (out[i] & kPresent) ? (out[i] & kPfnMask) : 0;
+  return true;
+}
+
+void InitFrames() {
+  g_pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+  if (g_pagemap < 0) return;
+  static volatile char probe[4096] __attribute__((aligned(4096)));
+  probe[0] = 1;
+  uint64_t f = 0;
+  g_frames = ReadFrames(reinterpret_cast<uintptr_t>(&probe[0]), 1, &f) && f;
+  if (!g_frames) return;
+  // Mapped now, before any workload's buffer: the same address-space layout
+  // for every contender.
+  const size_t size = size_t(1) << 36;  // reserved, not committed
+  void *p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) {
+    g_frames = false;
+    return;
+  }
+  g_arena = g_arena_next = static_cast<char *>(p);
+  g_arena_end = g_arena + size;
+}
+
+// Frames live in one reserved mapping (power-of-two size classes, free
+// lists), never in the heap and never unmapped: recording them must not change
+// the malloc workloads nor send the caches unmap events.
+
+Frames *AllocFrames(size_t npages) {
+  const size_t bytes = sizeof(Frames) + npages * 8;
+  int cls = 6;
+  while ((size_t(1) << cls) < bytes) cls++;
+  std::lock_guard<std::mutex> l(g_arena_mu);
+  if (Frames *f = g_free_frames[cls]) {
+    g_free_frames[cls] = f->next;
+    return f;
+  }
+  if (size_t(g_arena_end - g_arena_next) < (size_t(1) << cls)) return nullptr;
+  Frames *f = reinterpret_cast<Frames *>(g_arena_next);
+  g_arena_next += size_t(1) << cls;
+  f->cls = cls;
+  return f;
+}
+
+void FreeFrames(Frames *f) {
+  if (f == nullptr) return;
+  std::lock_guard<std::mutex> l(g_arena_mu);
+  f->next = g_free_frames[f->cls];
+  g_free_frames[f->cls] = f;
+}
+
+void RecordFrames(Handle *h) {
+  h->frames = nullptr;
+  if (!g_frames) return;
+  const uintptr_t base = reinterpret_cast<uintptr_t>(h->addr) & ~uintptr_t(4095);
+  const uintptr_t end =
+      (reinterpret_cast<uintptr_t>(h->addr) + h->len + 4095) & ~uintptr_t(4095);
+  Frames *f = AllocFrames((end - base) / 4096);
+  if (f == nullptr) return;
+  f->base = base;
+  f->npages = (end - base) / 4096;
+  if (ReadFrames(base, f->npages, f->pfn)) {
+    h->frames = f;
+  } else {
+    FreeFrames(f);
+  }
+}
 
 #ifdef REGCACHE_BENCH_HAVE_VERBS
 ibv_context *g_ctx = nullptr;
@@ -135,6 +242,7 @@ int CallbacksInit(const RegConfig &cfg, std::string *err) {
           "regcache-bench: RLIMIT_MEMLOCK is %llu bytes: pages are touched, "
           "not locked\n",
           (unsigned long long)rl.rlim_cur);
+    if (g_mode == Mode::kPin) InitFrames();  // touched pages may still move
   } else if (cfg.driver == "verbs") {
 #ifdef REGCACHE_BENCH_HAVE_VERBS
     int n = 0;
@@ -162,7 +270,43 @@ int CallbacksInit(const RegConfig &cfg, std::string *err) {
   return 0;
 }
 
+bool FramesChecked() { return g_frames; }
+
+int CheckFrames(void *handle, const void *addr, size_t len) {
+  if (!g_frames || handle == nullptr || len == 0) return -1;
+  const Frames *f = static_cast<const Handle *>(handle)->frames;
+  if (f == nullptr) return -1;
+  uintptr_t s = reinterpret_cast<uintptr_t>(addr) & ~uintptr_t(4095);
+  uintptr_t e =
+      (reinterpret_cast<uintptr_t>(addr) + len + 4095) & ~uintptr_t(4095);
+  s = std::max(s, f->base);
+  e = std::min(e, f->base + f->npages * 4096);
+  if (s >= e) return 1;  // the registration does not cover the request at all
+  uint64_t now[256];
+  for (uintptr_t p = s; p < e;) {
+    const size_t n = std::min<size_t>(256, (e - p) / 4096);
+    if (!ReadFrames(p, n, now)) return -1;
+    const uint64_t *was = f->pfn + (p - f->base) / 4096;
+    for (size_t i = 0; i < n; i++)
+      if (now[i] != was[i]) return 1;
+    p += n * 4096;
+  }
+  return 0;
+}
+
+bool RegRange(void *handle, uintptr_t *start, size_t *len) {
+  if (handle == nullptr || (g_mode != Mode::kPin && g_mode != Mode::kTouch))
+    return false;
+  const Handle *h = static_cast<const Handle *>(handle);
+  *start = reinterpret_cast<uintptr_t>(h->addr);
+  *len = h->len;
+  return true;
+}
+
 void CallbacksFini() {
+  if (g_pagemap >= 0) close(g_pagemap);
+  g_pagemap = -1;
+  g_frames = false;
 #ifdef REGCACHE_BENCH_HAVE_VERBS
   if (g_pd) ibv_dealloc_pd(g_pd);
   if (g_ctx) ibv_close_device(g_ctx);
@@ -223,6 +367,7 @@ int BenchReg(void * /*ctx*/, void *addr, size_t len, unsigned access,
       }
       h->addr = addr;
       h->len = len;
+      RecordFrames(h);
       *handle_p = h;
       *lkey_p = 1;
       *rkey_p = 1;
@@ -256,6 +401,7 @@ int BenchDereg(void * /*ctx*/, void *handle) {
       // The memory may be unmapped already (invalidated region): ENOMEM is
       // expected.
       if (g_mode == Mode::kPin) munlock(h->addr, h->len);
+      FreeFrames(h->frames);
       free(h);
       Spin(g_cfg.dereg_ns);
       break;

@@ -25,7 +25,7 @@ struct Held {
 };
 
 struct ThreadStats {
-  uint64_t gets = 0, hits = 0, errors = 0;
+  uint64_t gets = 0, hits = 0, errors = 0, stale_hits = 0, stale_misses = 0;
   double hit_ticks = 0, all_ticks = 0;
 };
 
@@ -74,6 +74,25 @@ double HarnessFloorTicks() {
   return v;
 }
 
+// RCBENCH_OPLOG=FILE (one thread): one line per get and free (op index,
+// buffer, hit/miss, stale, registered range relative to the request), to diff
+// two contenders' decisions on the same workload.
+FILE *g_oplog = nullptr;
+const Op *g_op0 = nullptr;
+
+void LogGet(const Op *op, const void *addr, void *reg, bool hit, int stale) {
+  uintptr_t rs = 0;
+  size_t rl = 0;
+  const bool known = RegRange(reg, &rs, &rl);
+  const intptr_t rel =
+      intptr_t(rs) - intptr_t(reinterpret_cast<uintptr_t>(addr));
+  fprintf(g_oplog,
+          "%td get buf=%u off=%llu len=%llu %s stale=%d reg=%+td,%zu\n",
+          op - g_op0, op->buf, (unsigned long long)op->off,
+          (unsigned long long)op->len, hit ? "hit" : "miss", stale,
+          known ? rel : 0, known ? rl : 0);
+}
+
 void RunThread(const std::vector<const Op *> &ops, Buffers *b, Contender *c,
                ThreadStats *st) {
   const double floor = HarnessFloorTicks();
@@ -95,6 +114,7 @@ void RunThread(const std::vector<const Op *> &ops, Buffers *b, Contender *c,
         break;
       }
       case OpKind::kFree:
+        if (g_oplog) fprintf(g_oplog, "%td free buf=%u\n", op - g_op0, op->buf);
         free(b->ptr[op->buf]);
         b->ptr[op->buf] = nullptr;
         break;
@@ -109,6 +129,11 @@ void RunThread(const std::vector<const Op *> &ops, Buffers *b, Contender *c,
         int rc = c->Get(addr, op->len, op->access, &h);
         uint64_t t1 = Ticks();
         bool hit = rc == 0 && ThreadRegs() == regs0;
+        // Outside the timed pair: does the registration handed out still map
+        // the request's pages (page frames recorded at registration)?
+        int stale = rc == 0 ? CheckFrames(c->RegHandle(h), addr, op->len) : -1;
+        if (stale == 1) ++(hit ? st->stale_hits : st->stale_misses);
+        if (g_oplog) LogGet(op, addr, c->RegHandle(h), hit, stale);
         held.push_back({op->buf, op->off, op->len, h, t1 - t0, hit, rc == 0});
         st->gets++;
         if (rc != 0) {
@@ -156,6 +181,9 @@ void Execute(const Workload &w, Contender *c, Result *r) {
   std::vector<std::vector<const Op *>> per(std::max<uint32_t>(1, w.nthreads));
   for (; i < w.ops.size(); i++) per[w.ops[i].thread].push_back(&w.ops[i]);
 
+  g_op0 = w.ops.data();
+  if (const char *log = getenv("RCBENCH_OPLOG"); log && *log && per.size() == 1)
+    g_oplog = fopen(log, "w");
   HarnessFloorTicks();  // calibrate before the clock starts
   RegCounters before = ReadRegCounters();
   ResetPeakPinned();
@@ -179,14 +207,23 @@ void Execute(const Workload &w, Contender *c, Result *r) {
   auto t1 = std::chrono::steady_clock::now();
   RegCounters after = ReadRegCounters();
 
+  if (g_oplog) fclose(g_oplog);
+  g_oplog = nullptr;
   r->wall_s = std::chrono::duration<double>(t1 - t0).count();
+  uint64_t stale_misses = 0;
+  if (FramesChecked()) r->stale_hits = 0;
   for (const ThreadStats &s : stats) {
     r->gets += s.gets;
     r->hits += s.hits;
     r->errors += s.errors;
+    if (FramesChecked()) r->stale_hits += int64_t(s.stale_hits);
+    stale_misses += s.stale_misses;
     r->hit_ns_sum += TicksToNs(s.hit_ticks);
     r->all_ns_sum += TicksToNs(s.all_ticks);
   }
+  if (stale_misses)  // a fresh registration that is not: a harness bug
+    fprintf(stderr, "regcache-bench: %s: %llu stale misses\n", c->name(),
+            (unsigned long long)stale_misses);
   r->regs = after.regs - before.regs;
   r->deregs = after.deregs - before.deregs;
   r->peak_pinned = after.peak_pinned_bytes;

@@ -71,6 +71,9 @@ class Regcache : public Contender {
   void Put(void *handle) override {
     regcache_put(cache_, static_cast<regcache_region_t *>(handle));
   }
+  void *RegHandle(void *handle) override {
+    return regcache_region_handle(static_cast<regcache_region_t *>(handle));
+  }
   std::string Extra() override {
     regcache_stats_t s{};
     if (regcache_get_stats(cache_, &s) != 0) return "";

@@ -67,12 +67,15 @@ void PrintTable(FILE *f, const std::vector<std::string> &workloads,
   fprintf(f,
           "\nPer workload at the default capacity (%s regions/bytes), ratios "
           "(xucx) to UCX's ucs_rcache in the same run.\n"
-          "ns/hit: get+put that registered nothing; ns/op: every get+put.\n",
+          "ns/hit: get+put that registered nothing; ns/op: every get+put.\n"
+          "stale: hits whose registration no longer maps the memory's page "
+          "frames (-: not checked, needs root).\n",
           CapText(kDefaultLevel).c_str());
   for (const std::string &w : workloads) {
     fprintf(f, "\n%s\n", w.c_str());
-    fprintf(f, "  %-9s %8s %5s %8s %5s %8s %5s %11s %5s %9s %5s %9s %5s\n",
-            "contender", "hit", "xucx", "regs", "xucx", "deregs", "xucx",
+    fprintf(f,
+            "  %-9s %8s %5s %6s %8s %5s %8s %5s %11s %5s %9s %5s %9s %5s\n",
+            "contender", "hit", "xucx", "stale", "regs", "xucx", "deregs", "xucx",
             "peak pinned", "xucx", "ns/hit", "xucx", "ns/op", "xucx");
     const Result *u = Find(results, w, "ucx", kDefaultLevel);
     for (const std::string &c : contenders) {
@@ -81,15 +84,18 @@ void PrintTable(FILE *f, const std::vector<std::string> &workloads,
         fprintf(f, "  %-9s (no result)\n", c.c_str());
         continue;
       }
-      char hit[16], nh[16], na[16];
+      char hit[16], nh[16], na[16], stale[24];
       snprintf(hit, sizeof hit, "%.2f%%", 100 * r->HitRate());
+      snprintf(stale, sizeof stale, r->stale_hits < 0 ? "-" : "%lld",
+               (long long)r->stale_hits);
       snprintf(nh, sizeof nh, r->hits ? "%.1f" : "-", r->HitNs());
       snprintf(na, sizeof na, "%.1f", r->AllNs());
       bool hu = u != nullptr;
       fprintf(
-          f, "  %-9s %8s %5s %8llu %5s %8llu %5s %11s %5s %9s %5s %9s %5s\n",
+          f,
+          "  %-9s %8s %5s %6s %8llu %5s %8llu %5s %11s %5s %9s %5s %9s %5s\n",
           c.c_str(), hit,
-          Ratio(r->HitRate(), hu ? u->HitRate() : 0, hu).c_str(),
+          Ratio(r->HitRate(), hu ? u->HitRate() : 0, hu).c_str(), stale,
           (unsigned long long)r->regs,
           Ratio(double(r->regs), hu ? double(u->regs) : 0, hu).c_str(),
           (unsigned long long)r->deregs,
@@ -141,7 +147,7 @@ bool WriteCsv(const std::string &path, const std::vector<Result> &results,
       "registrations,deregistrations,peak_pinned_bytes,ns_per_getput_hit,"
       "ns_per_getput_all,errors,wall_s,hit_rate_vs_ucx,registrations_vs_ucx,"
       "deregistrations_vs_ucx,peak_pinned_vs_ucx,ns_hit_vs_ucx,ns_all_vs_ucx,"
-      "ok,extra\n");
+      "stale_hits,ok,extra\n");
   for (const Result &r : results) {
     const Result *u = Find(results, r.workload, "ucx", r.level);
     auto ratio = [&](double v, double uv) {
@@ -157,13 +163,15 @@ bool WriteCsv(const std::string &path, const std::vector<Result> &results,
         (unsigned long long)r.peak_pinned, r.HitNs(), r.AllNs(),
         (unsigned long long)r.errors, r.wall_s);
     fprintf(
-        f, "%s,%s,%s,%s,%s,%s,%d,\"%s\"\n",
+        f, "%s,%s,%s,%s,%s,%s,%s,%d,\"%s\"\n",
         ratio(r.HitRate(), u ? u->HitRate() : 0).c_str(),
         ratio(double(r.regs), u ? double(u->regs) : 0).c_str(),
         ratio(double(r.deregs), u ? double(u->deregs) : 0).c_str(),
         ratio(double(r.peak_pinned), u ? double(u->peak_pinned) : 0).c_str(),
         (r.hits && u && u->hits) ? ratio(r.HitNs(), u->HitNs()).c_str() : "",
-        ratio(r.AllNs(), u ? u->AllNs() : 0).c_str(), r.ok ? 1 : 0,
+        ratio(r.AllNs(), u ? u->AllNs() : 0).c_str(),
+        r.stale_hits < 0 ? "" : std::to_string(r.stale_hits).c_str(),
+        r.ok ? 1 : 0,
         (r.ok ? r.extra : r.error).c_str());
   }
   bool ok = fclose(f) == 0;

@@ -128,6 +128,9 @@ class Ucx : public Contender {
   void Put(void *handle) override {
     ucs_rcache_region_put(rc_, static_cast<ucs_rcache_region_t *>(handle));
   }
+  void *RegHandle(void *handle) override {
+    return static_cast<UcxRegion *>(handle)->handle;
+  }
   std::string Extra() override {
     return "unmap_events:" + std::to_string(g_unmap_events.load());
   }

@@ -26,6 +26,7 @@ class NoCache : public Contender {
     return BenchReg(nullptr, addr, len, access, handle, &lkey, &rkey, &desc);
   }
   void Put(void *handle) override { BenchDereg(nullptr, handle); }
+  void *RegHandle(void *handle) override { return handle; }
   void Close() override {}
 };
 
@@ -66,10 +67,11 @@ std::string FormatResult(const Result &r) {
            "RESULT workload=%s contender=%s level=%d regions=%zu bytes=%zu "
            "gets=%" PRIu64 " hits=%" PRIu64 " errors=%" PRIu64 " regs=%" PRIu64
            " deregs=%" PRIu64 " peak=%" PRIu64
+           " stale=%" PRId64
            " hit_ns_sum=%.1f all_ns_sum=%.1f wall=%.6f ok=%d extra=%s",
            r.workload.c_str(), r.contender.c_str(), r.level, r.cap.regions,
            r.cap.bytes, r.gets, r.hits, r.errors, r.regs, r.deregs,
-           r.peak_pinned, r.hit_ns_sum, r.all_ns_sum, r.wall_s, r.ok ? 1 : 0,
+           r.peak_pinned, r.stale_hits, r.hit_ns_sum, r.all_ns_sum, r.wall_s, r.ok ? 1 : 0,
            r.extra.empty() ? "-" : r.extra.c_str());
   std::string s = buf;
   if (!r.error.empty()) s += " error=" + r.error;
@@ -113,6 +115,8 @@ bool ParseResult(const std::string &line, Result *r) {
       r->deregs = u();
     else if (k == "peak")
       r->peak_pinned = u();
+    else if (k == "stale")
+      r->stale_hits = strtoll(v.c_str(), nullptr, 10);
     else if (k == "hit_ns_sum")
       r->hit_ns_sum = strtod(v.c_str(), nullptr);
     else if (k == "all_ns_sum")

@@ -13,10 +13,12 @@ int main(void) {
   int rc;
 
   regcache_version(&major, &minor, &patch);
-  if (major != REGCACHE_VERSION_MAJOR || minor != REGCACHE_VERSION_MINOR) return 10;
+  if (major != REGCACHE_VERSION_MAJOR || minor != REGCACHE_VERSION_MINOR)
+    return 10;
   if ((rc = regcache_driver_host_open(&drv)) != 0) return 11;
   if ((rc = regcache_create(drv, NULL, &cache)) != 0) return 12;
-  if ((rc = regcache_get(cache, buf, 1 << 16, REGCACHE_ACCESS_LOCAL_WRITE, &region)) != 0) {
+  if ((rc = regcache_get(cache, buf, 1 << 16, REGCACHE_ACCESS_LOCAL_WRITE,
+                         &region)) != 0) {
     fprintf(stderr, "get: %s\n", regcache_strerror(rc));
     return 13;
   }

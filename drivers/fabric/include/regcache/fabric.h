@@ -70,7 +70,8 @@ REGCACHE_API int regcache_driver_fabric_open(struct fid_domain *domain,
  * Returns 0 and sets *driver_p, or -EINVAL (NULL domain/driver_p; FI_MR_ENDPOINT without
  * ep), -EOPNOTSUPP (FI_MR_RAW), -ENOMEM. */
 REGCACHE_API int regcache_driver_fabric_open2(struct fid_domain *domain,
-                                              const struct fi_info *info, struct fid_ep *ep,
+                                              const struct fi_info *info,
+                                              struct fid_ep *ep,
                                               regcache_driver_t **driver_p);
 
 /* The mr_mode the driver honours (info's, or 0 when opened without info).

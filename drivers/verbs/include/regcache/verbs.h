@@ -60,16 +60,19 @@ REGCACHE_EXTERN_C_BEGIN
  * max_mr_size, max_mr and ODP caps, and reads REGCACHE_ODP. Returns 0 and sets *driver_p,
  * or -EINVAL (NULL pd, pd without context, NULL driver_p, bad REGCACHE_ODP value), -ENOMEM,
  * or the negated errno of a failed device query. */
-REGCACHE_API int regcache_driver_verbs_open(struct ibv_pd *pd, regcache_driver_t **driver_p);
+REGCACHE_API int regcache_driver_verbs_open(struct ibv_pd *pd,
+                                            regcache_driver_t **driver_p);
 
 /* Sets *enabled_p to 1 if the driver registers with IBV_ACCESS_ON_DEMAND, else 0.
  * -EINVAL if driver is NULL or not a verbs driver, or enabled_p is NULL. */
-REGCACHE_API int regcache_driver_verbs_odp(const regcache_driver_t *driver, int *enabled_p);
+REGCACHE_API int regcache_driver_verbs_odp(const regcache_driver_t *driver,
+                                           int *enabled_p);
 
 /* Device limits the driver enforces, and how many MRs it holds now. Any out-pointer may
  * be NULL. -EINVAL if driver is NULL or not a verbs driver. */
 REGCACHE_API int regcache_driver_verbs_limits(const regcache_driver_t *driver,
-                                              uint64_t *max_mr_size_p, uint64_t *max_mr_p,
+                                              uint64_t *max_mr_size_p,
+                                              uint64_t *max_mr_p,
                                               uint64_t *live_mrs_p);
 
 REGCACHE_EXTERN_C_END
