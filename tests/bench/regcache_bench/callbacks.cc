@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -145,6 +146,8 @@ bool ReadFrames(uintptr_t base, size_t n, uint64_t *out) {
 }
 
 void InitFrames() {
+  if (const char *v = getenv("RCBENCH_FRAMES"); v && strcmp(v, "0") == 0)
+    return;  // no stale-hit check
   g_pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
   if (g_pagemap < 0) return;
   static volatile char probe[4096] __attribute__((aligned(4096)));
@@ -195,7 +198,8 @@ void FreeFrames(Frames *f) {
 void RecordFrames(Handle *h) {
   h->frames = nullptr;
   if (!g_frames) return;
-  const uintptr_t base = reinterpret_cast<uintptr_t>(h->addr) & ~uintptr_t(4095);
+  const uintptr_t base =
+      reinterpret_cast<uintptr_t>(h->addr) & ~uintptr_t(4095);
   const uintptr_t end =
       (reinterpret_cast<uintptr_t>(h->addr) + h->len + 4095) & ~uintptr_t(4095);
   Frames *f = AllocFrames((end - base) / 4096);

@@ -8,6 +8,7 @@
 // per workload.
 #include <fcntl.h>
 #include <poll.h>
+#include <regcache/regcache.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -24,8 +25,6 @@
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <regcache/regcache.h>
 
 #include "tests/bench/regcache_bench/bench.h"
 #include "tests/bench/regcache_bench/report.h"

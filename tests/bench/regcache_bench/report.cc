@@ -73,10 +73,9 @@ void PrintTable(FILE *f, const std::vector<std::string> &workloads,
           CapText(kDefaultLevel).c_str());
   for (const std::string &w : workloads) {
     fprintf(f, "\n%s\n", w.c_str());
-    fprintf(f,
-            "  %-9s %8s %5s %6s %8s %5s %8s %5s %11s %5s %9s %5s %9s %5s\n",
-            "contender", "hit", "xucx", "stale", "regs", "xucx", "deregs", "xucx",
-            "peak pinned", "xucx", "ns/hit", "xucx", "ns/op", "xucx");
+    fprintf(f, "  %-9s %8s %5s %6s %8s %5s %8s %5s %11s %5s %9s %5s %9s %5s\n",
+            "contender", "hit", "xucx", "stale", "regs", "xucx", "deregs",
+            "xucx", "peak pinned", "xucx", "ns/hit", "xucx", "ns/op", "xucx");
     const Result *u = Find(results, w, "ucx", kDefaultLevel);
     for (const std::string &c : contenders) {
       const Result *r = Find(results, w, c, kDefaultLevel);
@@ -171,8 +170,7 @@ bool WriteCsv(const std::string &path, const std::vector<Result> &results,
         (r.hits && u && u->hits) ? ratio(r.HitNs(), u->HitNs()).c_str() : "",
         ratio(r.AllNs(), u ? u->AllNs() : 0).c_str(),
         r.stale_hits < 0 ? "" : std::to_string(r.stale_hits).c_str(),
-        r.ok ? 1 : 0,
-        (r.ok ? r.extra : r.error).c_str());
+        r.ok ? 1 : 0, (r.ok ? r.extra : r.error).c_str());
   }
   bool ok = fclose(f) == 0;
   if (!ok) *err = path + ": write failed";

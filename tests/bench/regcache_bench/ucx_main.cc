@@ -15,6 +15,7 @@ extern "C" {
 #include <ucm/api/ucm.h>
 #include <ucs/memory/rcache.h>
 }
+#include <regcache/regcache.h>
 #include <sys/mman.h>
 
 #include <atomic>
@@ -25,8 +26,6 @@ extern "C" {
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <regcache/regcache.h>
 
 #include "tests/bench/regcache_bench/bench.h"
 

@@ -66,13 +66,12 @@ std::string FormatResult(const Result &r) {
   snprintf(buf, sizeof buf,
            "RESULT workload=%s contender=%s level=%d regions=%zu bytes=%zu "
            "gets=%" PRIu64 " hits=%" PRIu64 " errors=%" PRIu64 " regs=%" PRIu64
-           " deregs=%" PRIu64 " peak=%" PRIu64
-           " stale=%" PRId64
+           " deregs=%" PRIu64 " peak=%" PRIu64 " stale=%" PRId64
            " hit_ns_sum=%.1f all_ns_sum=%.1f wall=%.6f ok=%d extra=%s",
            r.workload.c_str(), r.contender.c_str(), r.level, r.cap.regions,
            r.cap.bytes, r.gets, r.hits, r.errors, r.regs, r.deregs,
-           r.peak_pinned, r.stale_hits, r.hit_ns_sum, r.all_ns_sum, r.wall_s, r.ok ? 1 : 0,
-           r.extra.empty() ? "-" : r.extra.c_str());
+           r.peak_pinned, r.stale_hits, r.hit_ns_sum, r.all_ns_sum, r.wall_s,
+           r.ok ? 1 : 0, r.extra.empty() ? "-" : r.extra.c_str());
   std::string s = buf;
   if (!r.error.empty()) s += " error=" + r.error;
   return s;
