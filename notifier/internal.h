@@ -9,6 +9,30 @@
 #define REGCACHE_NOTIFIER_INTERNAL_H_
 
 #include <cstddef>
+
+// Which sanitizer runtime this code runs under (clang: __has_feature; g++:
+// __SANITIZE_*__). The automatic sources refuse to install under some
+// (docs/notifier.md).
+#if defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define REGCACHE_UNDER_TSAN 1
+#endif
+#if __has_feature(address_sanitizer)
+#define REGCACHE_UNDER_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__) && !defined(REGCACHE_UNDER_TSAN)
+#define REGCACHE_UNDER_TSAN 1
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(REGCACHE_UNDER_ASAN)
+#define REGCACHE_UNDER_ASAN 1
+#endif
+#ifndef REGCACHE_UNDER_TSAN
+#define REGCACHE_UNDER_TSAN 0
+#endif
+#ifndef REGCACHE_UNDER_ASAN
+#define REGCACHE_UNDER_ASAN 0
+#endif
 #include <cstdint>
 
 namespace regcache::notifier::internal {

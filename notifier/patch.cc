@@ -77,14 +77,6 @@
 #define SHM_REMAP 040000
 #endif
 
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define REGCACHE_HAS_TSAN 1
-#endif
-#endif
-#ifndef REGCACHE_HAS_TSAN
-#define REGCACHE_HAS_TSAN 0
-#endif
 
 namespace regcache::notifier::sources {
 
@@ -398,7 +390,7 @@ void RestoreLocked() {
 }  // namespace
 
 int PatchInstall() {
-#if defined(__SANITIZE_THREAD__) || REGCACHE_HAS_TSAN
+#if REGCACHE_UNDER_TSAN
   internal::Logf(internal::kLogWarn,
                  "notifier: patch source unavailable under ThreadSanitizer: "
                  "hooks would run instrumented code inside the sanitizer's own "

@@ -65,14 +65,6 @@
 #define UFFD_FEATURE_WP_ASYNC (1 << 15)
 #endif
 
-#if defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define REGCACHE_HAS_TSAN 1
-#endif
-#endif
-#ifndef REGCACHE_HAS_TSAN
-#define REGCACHE_HAS_TSAN 0
-#endif
 
 namespace regcache::notifier::sources {
 namespace {
@@ -260,24 +252,15 @@ int WatchByMaps(uintptr_t start, uintptr_t end) {
 
 }  // namespace
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define REGCACHE_UFFD_HAS_ASAN 1
-#endif
-#endif
-#if defined(__SANITIZE_ADDRESS__)
-#define REGCACHE_UFFD_HAS_ASAN 1
-#endif
-
 int UffdInstall() {
-#if defined(REGCACHE_UFFD_HAS_ASAN)
+#if REGCACHE_UNDER_ASAN
   internal::Logf(internal::kLogWarn,
                  "notifier: uffd source unavailable under AddressSanitizer: "
                  "munmap/madvise of watched memory hangs waiting for the "
                  "monitor (observed in tests/notifier under the asan preset)");
   return -ENOSYS;
 #endif
-#if defined(__SANITIZE_THREAD__) || REGCACHE_HAS_TSAN
+#if REGCACHE_UNDER_TSAN
   internal::Logf(internal::kLogWarn,
                  "notifier: uffd source unavailable under ThreadSanitizer: the "
                  "sanitizer's munmap/madvise interceptors hold runtime locks "
