@@ -110,7 +110,11 @@ constexpr uint64_t kStartInc = uint64_t{1} << kActiveBits;
 
 class Subscription {
  public:
-  const regcache_notifier_ops_t *ops = nullptr;
+  // A copy of the caller's table, taken at Register: dispatch tests a callback
+  // pointer before bracketing it with running++/-- (a subscription without an
+  // end callback costs its ranges no end delivery), and the node, unlike the
+  // caller's table, stays readable until its grace period has passed.
+  regcache_notifier_ops_t ops = {nullptr, nullptr, nullptr};
   void *arg = nullptr;
   uintptr_t start = 0;
   uintptr_t end = 0;
@@ -211,27 +215,29 @@ void ReleaseIfIdle(Subscription *s) {
   if (s->running.load(std::memory_order_seq_cst) != 0) return;
   uint32_t old = s->flags.fetch_or(kReleaseClaimed, std::memory_order_seq_cst);
   if (old & kReleaseClaimed) return;
-  if (s->ops->release != nullptr) {
+  if (s->ops.release != nullptr) {
     ++t_state.cb_depth;
-    s->ops->release(s->arg);
+    s->ops.release(s->arg);
     --t_state.cb_depth;
   }
   s->flags.fetch_or(kReleaseDone, std::memory_order_seq_cst);
   WakeAll();
 }
 
-enum class Which { kStart, kEnd };
+using CallbackFn = void (*)(void *arg, const void *addr, size_t len);
 
-void Deliver(Subscription *s, Which which, uintptr_t start, uintptr_t end) {
+// Runs one callback of s, bracketed by running++/--. Callers skip a NULL
+// callback without calling this: nothing runs, so there is nothing for
+// Unregister to wait for, and the range does not pay two locked
+// read-modify-writes on the subscription (an unrelated munmap with a cache's
+// whole-space subscription, which has a start callback only, pays for one
+// delivery, not two).
+void Deliver(Subscription *s, CallbackFn fn, uintptr_t start, uintptr_t end) {
   s->running.fetch_add(1, std::memory_order_seq_cst);
   if ((s->flags.load(std::memory_order_seq_cst) & kDead) == 0) {
-    auto fn = which == Which::kStart ? s->ops->invalidate_range_start
-                                     : s->ops->invalidate_range_end;
-    if (fn != nullptr) {
-      ++t_state.cb_depth;
-      fn(s->arg, reinterpret_cast<const void *>(start), end - start);
-      --t_state.cb_depth;
-    }
+    ++t_state.cb_depth;
+    fn(s->arg, reinterpret_cast<const void *>(start), end - start);
+    --t_state.cb_depth;
   }
   if (s->running.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
       (s->flags.load(std::memory_order_seq_cst) & kDead) != 0) {
@@ -478,14 +484,18 @@ void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
   ForEachMatching(f, [](Subscription *s) {
     s->seq_word.fetch_add(kStartInc + 1, std::memory_order_seq_cst);
   });
-  ForEachMatching(
-      f, [f](Subscription *s) { Deliver(s, Which::kStart, f->start, f->end); });
+  ForEachMatching(f, [f](Subscription *s) {
+    if (CallbackFn fn = s->ops.invalidate_range_start)
+      Deliver(s, fn, f->start, f->end);
+  });
 }
 
 void EndRange(Frame *f) {
   if (!f->active) return;
-  ForEachMatching(
-      f, [f](Subscription *s) { Deliver(s, Which::kEnd, f->start, f->end); });
+  ForEachMatching(f, [f](Subscription *s) {
+    if (CallbackFn fn = s->ops.invalidate_range_end)
+      Deliver(s, fn, f->start, f->end);
+  });
   bool woke = false;
   ForEachMatching(f, [&woke](Subscription *s) {
     uint64_t old = s->seq_word.fetch_sub(1, std::memory_order_seq_cst);
@@ -558,7 +568,7 @@ int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
   VerifySources();
   auto *s = new (std::nothrow) Subscription;
   if (s == nullptr) return -ENOMEM;
-  s->ops = ops;
+  s->ops = *ops;
   s->arg = arg;
   s->whole = range_len == 0;
   s->start = s->whole ? 0 : start;
