@@ -380,7 +380,9 @@ int Cache::PendingSet::Size() {
 Cache::Cache(regcache_driver *drv, const Params &params)
     : id_(g_next_cache_id.fetch_add(1, std::memory_order_relaxed)),
       drv_(drv),
-      params_(params) {}
+      params_(params) {
+  touch_slack_ = params_.max_regions / 16;
+}
 
 Cache::~Cache() = default;
 
@@ -492,9 +494,6 @@ void Cache::InvalidateLocked(uintptr_t start, uintptr_t end) {
   if (end == PageDown(UINTPTR_MAX)) end = UINTPTR_MAX;
   size_t n = 0;
   while (Region *r = FirstOverlapLocked(start, end)) {
-    // Part of the region is still mapped: it spanned memory with different
-    // lifetimes (typically adjacent buffers glued by a merge).
-    if (r->start < start || r->end > end) AddCutZoneLocked(r->start, r->end);
     RetireLocked(r, &dead_);
     ++n;
   }
@@ -504,38 +503,6 @@ void Cache::InvalidateLocked(uintptr_t start, uintptr_t end) {
   }
   if (n) invalidations_.fetch_add(n, std::memory_order_relaxed);
   if (dead_.head) attention_.fetch_or(kDead, std::memory_order_release);
-}
-
-void Cache::AddCutZoneLocked(uintptr_t start, uintptr_t end) {
-  // Coalesce with every overlapping or touching zone (repeat: the union may
-  // now touch more). Allocation-free: this may run inside munmap.
-  for (bool merged = true; merged;) {
-    merged = false;
-    for (int i = 0; i < n_cut_zones_; ++i) {
-      Zone &z = cut_zones_[i];
-      if (z.start <= end && start <= z.end) {
-        start = std::min(start, z.start);
-        end = std::max(end, z.end);
-        z = cut_zones_[--n_cut_zones_];
-        merged = true;
-        break;
-      }
-    }
-  }
-  // Full: forget one (round robin). Forgetting only allows adjacency merging
-  // there again; folding zones together could forbid it far beyond any cut.
-  if (n_cut_zones_ == kCutZones) {
-    cut_zones_[cut_zone_victim_++ % kCutZones] = {start, end};
-    return;
-  }
-  cut_zones_[n_cut_zones_++] = {start, end};
-}
-
-bool Cache::InCutZoneLocked(uintptr_t boundary) const {
-  for (int i = 0; i < n_cut_zones_; ++i)
-    if (cut_zones_[i].start <= boundary && boundary <= cut_zones_[i].end)
-      return true;
-  return false;
 }
 
 // ---------------------------------------------------------------- index
@@ -696,9 +663,13 @@ Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
       // #10090).
       if (overlaps) p.access |= r->access;
       if (r->start >= p.start && r->end <= p.end) continue;
-      // Adjacent (touching, not overlapping): glue only outside cut zones.
-      if (!overlaps && InCutZoneLocked(r->end == p.start ? p.start : p.end))
-        continue;
+      // Adjacent (touching, not overlapping) regions stay apart: separately
+      // allocated buffers are often adjacent mappings, and a glued pair would
+      // lose both registrations when one buffer is freed. Measured
+      // (docs/bench.md): gluing gained hits only where several requests cover
+      // one allocation, and lost them wherever malloc placed two buffers side
+      // by side; overlapping requests are merged anyway.
+      if (!overlaps) continue;
       const uintptr_t ns = std::min(p.start, r->start);
       const uintptr_t ne = std::max(p.end, r->end);
       if (ne - ns <= bound) {
@@ -716,32 +687,65 @@ Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
 // ---------------------------------------------------------------- eviction
 void Cache::EvictLocked(List *victims, bool all, size_t room_regions,
                         size_t room_bytes) {
-  size_t budget = all ? count_ : 2 * count_ + 1;  // CLOCK: two sweeps at most
-  while (clock_head_ && budget-- > 0) {
+  // Every CAS below fails only when a hit raced us, and each pass either
+  // evicts or rotates a sample to the tail: the budget bounds the work when
+  // everything is in use.
+  size_t budget = 2 * count_ + kEvictSample;
+  while (clock_head_ && budget > 0) {
     if (!all && count_ + room_regions <= params_.max_regions &&
         bytes_ + room_bytes <= params_.max_bytes)
       break;
-    Region *r = clock_head_;
-    uint64_t w = r->word.load(std::memory_order_acquire);
-    if (Region::Refs(w) != 0 || (!all && (w & Region::kAccessed))) {
-      // In use, or used since the last sweep: second chance.
+    // The least recently used unused region among the kEvictSample oldest in
+    // CLOCK order: exact LRU (UCX's policy, which takes a lock on every get
+    // and put for it) in a cache of at most kEvictSample regions, and an
+    // approximation beyond, where the head of the list holds regions not
+    // used since they were last sampled.
+    Region *sample[kEvictSample];
+    int n = 0;
+    Region *victim = nullptr;
+    uint64_t vw = 0;
+    for (Region *r = clock_head_; r && n < kEvictSample; r = r->next) {
+      sample[n++] = r;
+      const uint64_t w = r->word.load(std::memory_order_acquire);
+      if (Region::Refs(w) != 0) continue;
+      if (all) {  // everything unused goes: no need to compare
+        victim = r;
+        vw = w;
+        break;
+      }
+      if (victim == nullptr ||
+          r->last_use.load(std::memory_order_relaxed) <
+              victim->last_use.load(std::memory_order_relaxed)) {
+        victim = r;
+        vw = w;
+      }
+    }
+    budget -= std::min<size_t>(budget, n);
+    // Second chance for the others: the ones in use or used since they were
+    // last looked at go behind the rest, so that the next sample starts with
+    // regions that have not been.
+    for (int i = 0; i < n; ++i) {
+      Region *r = sample[i];
+      if (r == victim) continue;
+      const uint64_t w = r->word.load(std::memory_order_relaxed);
+      if (Region::Refs(w) == 0 && !(w & Region::kAccessed)) continue;
       if (w & Region::kAccessed)
         r->word.fetch_and(~Region::kAccessed, std::memory_order_relaxed);
       ClockUnlinkLocked(r);
       ClockAppendLocked(r);
-      continue;
     }
-    const uint64_t nw = static_cast<uint64_t>(Region::Gen(w) + 1)
+    if (victim == nullptr) continue;  // all in use: look at the next ones
+    const uint64_t nw = static_cast<uint64_t>(Region::Gen(vw) + 1)
                         << Region::kGenShift;
-    if (!r->word.compare_exchange_strong(w, nw, std::memory_order_acq_rel,
-                                         std::memory_order_relaxed))
+    if (!victim->word.compare_exchange_strong(vw, nw, std::memory_order_acq_rel,
+                                              std::memory_order_relaxed))
       continue;  // a hit raced us; look again
-    IndexEraseLocked(r);
-    ClockUnlinkLocked(r);
+    IndexEraseLocked(victim);
+    ClockUnlinkLocked(victim);
     --count_;
-    bytes_ -= r->end - r->start;
-    r->where = Region::kWhereDead;
-    victims->Push(r);
+    bytes_ -= victim->end - victim->start;
+    victim->where = Region::kWhereDead;
+    victims->Push(victim);
     evictions_.fetch_add(1, std::memory_order_relaxed);
   }
   if (count_ == 0) {
@@ -774,6 +778,19 @@ void Cache::CountHit() {
   } else {
     n.fetch_add(1, std::memory_order_relaxed);
   }
+}
+
+// LRU order: a region gets a new stamp from the cache's use clock when it is
+// handed out, unless it already holds one of the touch_slack_ + 1 newest
+// stamps. A region with one of those cannot be the least recently used of a
+// full cache (touch_slack_ < max_regions), so skipping costs no eviction
+// decision, and it keeps a thread that reuses its regions from writing the
+// shared clock on every hit (the 2-thread hit loop then never writes it).
+void Cache::Touch(Region *r) {
+  const uint64_t now = use_clock_.load(std::memory_order_relaxed);
+  if (now - r->last_use.load(std::memory_order_relaxed) <= touch_slack_) return;
+  r->last_use.store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
+                    std::memory_order_relaxed);
 }
 
 void Cache::Remember(Region *r, uint64_t word) {
@@ -817,6 +834,7 @@ int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
           // matching region is a correct answer whatever its history).
           if (r->cache == this && r->start <= addr && end <= r->end &&
               (access & ~r->access) == 0) {
+            Touch(r);
             CountHit();
             *out = r;
             return 0;
@@ -864,6 +882,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     uint64_t w;
     Region *r = FindCoveringLocked(addr, end, access);
     if (r && TryRefLocked(r, &w)) {
+      Touch(r);
       ++slow_hits_;
       DrainAndUnlock();
       Remember(r, w);
@@ -1037,6 +1056,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     uint64_t w;
     if (Region *other = FindCoveringLocked(addr, end, access);
         other && TryRefLocked(other, &w)) {
+      Touch(other);
       // A concurrent miss on the same memory won: use its region, drop ours
       // (still counted as this call's miss).
       DrainAndUnlock();
@@ -1055,6 +1075,8 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     const uint64_t gen = Region::Gen(nr->word.load(std::memory_order_relaxed));
     w = (gen << Region::kGenShift) | Region::kValid | 1;
     nr->where = Region::kWhereIndex;
+    nr->last_use.store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
+                       std::memory_order_relaxed);
     nr->word.store(w, std::memory_order_release);
     IndexInsertLocked(nr);
     ClockAppendLocked(nr);

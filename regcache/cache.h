@@ -43,17 +43,20 @@
 // deregistered by the next cache call outside the lock, never inside the
 // callback.
 //
-// MISS: plan under mu_ (page-align, merge with overlapping and adjacent regions
-// up to merge_max_bytes, union of access), then outside the lock: notifier
-// range subscription on the planned range, seq = ReadBegin, driver Register,
-// lock, ReadRetry(seq) ? undo and retry : insert (overlapping regions leave the
-// index; held ones stay registered until their last put), unlock, unsubscribe.
-// Adjacent (touching) regions are merged only across boundaries outside the
-// "cut zones": ranges of regions an invalidation removed while part of them
-// stayed mapped, the evidence that they glued memory with independent
-// lifetimes (malloc'ed buffers side by side in one VMA). So one free() no
-// longer invalidates its neighbours, while pieces of one big buffer still
-// become one region.
+// MISS: plan under mu_ (page-align, merge with overlapping regions up to
+// merge_max_bytes, union of access), then outside the lock: notifier range
+// subscription on the planned range, seq = ReadBegin, driver Register, lock,
+// ReadRetry(seq) ? undo and retry : insert (overlapping regions leave the
+// index; held ones stay registered until their last put), unlock,
+// unsubscribe. Adjacent (touching) regions are not merged: separately
+// allocated buffers are often adjacent mappings, and one free() would cost
+// the neighbour's registration.
+//
+// EVICTION: least recently used first. Each handed-out region carries a stamp
+// of the cache's use clock (Touch; the hit path writes the shared clock only
+// when the set of recent regions changes); eviction compares the stamps of
+// the kEvictSample oldest regions in CLOCK order: exact LRU up to that many
+// regions, CLOCK-approximated beyond.
 #ifndef REGCACHE_REGCACHE_CACHE_H_
 #define REGCACHE_REGCACHE_CACHE_H_
 
@@ -95,6 +98,10 @@ struct alignas(64) Region {
   Region *prev = nullptr;  // CLOCK list / orphan list
   Region *next =
       nullptr;  // CLOCK list / orphan list / dead list / slab free list
+  // When it was last handed out (UseStamp order): eviction takes the least
+  // recently used. Written by every get, also on the lock-free hit path, so
+  // atomic; only eviction reads it.
+  std::atomic<uint64_t> last_use{0};
 
   static constexpr uint64_t kRefMask = (uint64_t{1} << 30) - 1;
   static constexpr uint64_t kAccessed = uint64_t{1} << 30;
@@ -225,13 +232,6 @@ class Cache {
   void DrainAndUnlock() REGCACHE_RELEASE(mu_);
   void DrainPendingLocked() REGCACHE_REQUIRES(mu_);
   void InvalidateLocked(uintptr_t start, uintptr_t end) REGCACHE_REQUIRES(mu_);
-  // Cut zones (adjacency merge policy, docs/cache.md "Miss"): address ranges
-  // of regions that an invalidation cut, i.e. unmapped in part. Memory there
-  // has independent lifetimes (malloc'ed buffers side by side), so a new
-  // registration is not glued to an adjacent region across a boundary inside
-  // a zone; overlapping regions are still merged.
-  void AddCutZoneLocked(uintptr_t start, uintptr_t end) REGCACHE_REQUIRES(mu_);
-  bool InCutZoneLocked(uintptr_t boundary) const REGCACHE_REQUIRES(mu_);
 
   // Index (treap by start) and CLOCK list.
   void IndexInsertLocked(Region *r) REGCACHE_REQUIRES(mu_);
@@ -252,8 +252,9 @@ class Cache {
   // Takes r out of the index: generation bump; unused -> *unused, held ->
   // orphan list.
   void RetireLocked(Region *r, List *unused) REGCACHE_REQUIRES(mu_);
-  // Evicts unused regions (CLOCK order) until within limits (all unused ones if
-  // `all`).
+  // Evicts unused regions, least recently used first (exact among the
+  // kEvictSample oldest in CLOCK order), until within limits (all unused ones
+  // if `all`).
   // With room_regions/room_bytes: until that much more also fits (a miss makes
   // room for its region before registering it).
   void EvictLocked(List *victims, bool all, size_t room_regions = 0,
@@ -270,6 +271,12 @@ class Cache {
   // Read on every hit and put: kept on its own cache line.
   alignas(64) std::atomic<uint32_t> attention_{0};
   const uint64_t id_;
+  uint64_t touch_slack_ = 0;  // see Touch(); set at creation
+
+  // The LRU clock: the newest stamp handed to a region (Touch). Written only
+  // when the set of recently used regions changes: its own cache line.
+  alignas(64) std::atomic<uint64_t> use_clock_{0};
+  void Touch(Region *r);
 
   alignas(64) mutable Mutex mu_;
   Region *root_ REGCACHE_GUARDED_BY(mu_) = nullptr;
@@ -294,13 +301,8 @@ class Cache {
   InFlight inflight_[kInFlight] REGCACHE_GUARDED_BY(mu_) = {};
   std::atomic<uint32_t> inflight_done_{0};
   void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
-  static constexpr int kCutZones = 16;
-  struct Zone {
-    uintptr_t start, end;
-  };
-  Zone cut_zones_[kCutZones] REGCACHE_GUARDED_BY(mu_) = {};
-  int n_cut_zones_ REGCACHE_GUARDED_BY(mu_) = 0;
-  unsigned cut_zone_victim_ REGCACHE_GUARDED_BY(mu_) = 0;  // round robin
+  // Regions compared per eviction (docs/cache.md "Eviction").
+  static constexpr int kEvictSample = 32;
 
   PendingSet pending_;
   // Bounds of everything indexed since the index was last empty: the callback's

@@ -138,17 +138,17 @@ TEST_F(CacheTest, HitFromAnotherThreadAndFrontTable) {
   EXPECT_EQ(td_->Registers(), 1u);
 }
 
-TEST_F(CacheTest, MergesAdjacentUpToTheBound) {
+TEST_F(CacheTest, MergesOverlappingUpToTheBound) {
   regcache_t *c = CreateWith(1000, SIZE_MAX, 4 * kPage);
   regcache_put(c, Get(c, Page(10), 3 * kPage));
   regcache_region_t *r =
-      Get(c, Page(13), 1);  // adjacent: 4 pages fit the bound
+      Get(c, Page(12), 2 * kPage);  // overlaps: 4 pages fit the bound
   EXPECT_EQ(regcache_region_addr(r), Page(10));
   EXPECT_EQ(regcache_region_length(r), 4 * kPage);
   regcache_put(c, r);
-  r = Get(c, Page(14), 1);  // would make 5 pages: registered alone
-  EXPECT_EQ(regcache_region_addr(r), Page(14));
-  EXPECT_EQ(regcache_region_length(r), kPage);
+  r = Get(c, Page(13), 2 * kPage);  // would make 5 pages: registered alone
+  EXPECT_EQ(regcache_region_addr(r), Page(13));
+  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
   regcache_put(c, r);
   // A request larger than the bound is registered as it is, never merged
   // further.
@@ -156,8 +156,9 @@ TEST_F(CacheTest, MergesAdjacentUpToTheBound) {
   EXPECT_EQ(regcache_region_addr(r), Page(20));
   EXPECT_EQ(regcache_region_length(r), 6 * kPage);
   regcache_put(c, r);
-  r = Get(c, Page(26), 1);
-  EXPECT_EQ(regcache_region_length(r), kPage);
+  r = Get(c, Page(25), 2 * kPage);
+  EXPECT_EQ(regcache_region_addr(r), Page(25));
+  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
   regcache_put(c, r);
   for (auto &call : td_->register_calls) EXPECT_LE(call.len, 6 * kPage);
 }
@@ -177,33 +178,30 @@ TEST_F(CacheTest, InvalidationOfAMergedRegionIsSeen) {
   EXPECT_EQ(td_->Registers(), regs + 1);  // a miss, not a stale hit
 }
 
-TEST_F(CacheTest, NoAdjacencyMergeWhereAnInvalidationCutARegion) {
-  regcache_t *c = CreateWith(1000, SIZE_MAX, 64 * kPage);
-  regcache_put(c, Get(c, Page(10), kPage));
-  regcache_region_t *r = Get(c, Page(11), kPage);  // adjacent: glued
-  EXPECT_EQ(regcache_region_addr(r), Page(10));
-  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
-  regcache_put(c, r);
-  // Page 11 goes (like free() of one of two neighbouring buffers): the glued
-  // region is cut, and its range becomes a cut zone.
-  ASSERT_EQ(regcache_notify_unmapped(Page(11), kPage), 0);
-  EXPECT_EQ(Stats(c).invalidations, 1u);
-  regcache_put(c, Get(c, Page(10), kPage));
-  r = Get(c, Page(11), kPage);  // adjacent again, but across a cut boundary
-  EXPECT_EQ(regcache_region_addr(r), Page(11));
-  EXPECT_EQ(regcache_region_length(r), kPage);
-  regcache_put(c, r);
-  // Overlapping regions are still merged inside a zone...
-  r = Get(c, Page(10) + kPage / 2, kPage);
-  EXPECT_EQ(regcache_region_addr(r), Page(10));
-  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
-  regcache_put(c, r);
-  // ...and adjacent ones outside it.
-  regcache_put(c, Get(c, Page(20), kPage));
-  r = Get(c, Page(21), kPage);
-  EXPECT_EQ(regcache_region_addr(r), Page(20));
-  EXPECT_EQ(regcache_region_length(r), 2 * kPage);
-  regcache_put(c, r);
+// Adjacent regions stay apart, with room in the cache or not: unmapping one
+// buffer must not cost its neighbour's registration (malloc'd buffers above
+// the mmap threshold are often adjacent mappings).
+TEST_F(CacheTest, AdjacentRegionsAreNotGlued) {
+  for (size_t max_regions : {size_t{1000}, size_t{2}}) {
+    SCOPED_TRACE(max_regions);
+    regcache_t *c = CreateWith(max_regions, SIZE_MAX, 64 * kPage);
+    regcache_put(c, Get(c, Page(10), kPage));
+    regcache_region_t *r = Get(c, Page(11), kPage);
+    EXPECT_EQ(regcache_region_addr(r), Page(11));
+    EXPECT_EQ(regcache_region_length(r), kPage);
+    regcache_put(c, r);
+    ASSERT_EQ(regcache_notify_unmapped(Page(11), kPage), 0);
+    EXPECT_EQ(Stats(c).invalidations, 1u);
+    const size_t regs = td_->Registers();
+    regcache_put(c, Get(c, Page(10), kPage));  // still cached
+    EXPECT_EQ(td_->Registers(), regs);
+    // Overlapping requests are still merged.
+    r = Get(c, Page(10) + kPage / 2, kPage);
+    EXPECT_EQ(regcache_region_addr(r), Page(10));
+    EXPECT_EQ(regcache_region_length(r), 2 * kPage);
+    regcache_put(c, r);
+    Destroy(c);
+  }
 }
 
 TEST_F(CacheTest, NoMergeFlag) {
@@ -293,6 +291,27 @@ TEST_F(CacheTest, EvictsLeastRecentlyUsed) {
   EXPECT_EQ(td_->Registers(), regs);  // a and c still cached
   regcache_put(c, Get(c, Page(2), 1));
   EXPECT_EQ(td_->Registers(), regs + 1);
+}
+
+// Exact LRU order, where CLOCK (one "used" bit per region) cannot tell: all
+// three were used since the last eviction, in the order c, b, a.
+TEST_F(CacheTest, EvictsInExactUseOrderNotClockOrder) {
+  regcache_t *c = CreateWith(3, SIZE_MAX, 0);
+  regcache_put(c, Get(c, Page(0), kPage));  // a
+  regcache_put(c, Get(c, Page(2), kPage));  // b
+  regcache_region_t *cc = Get(c, Page(4), kPage);
+  const uint32_t ckey = regcache_region_lkey(cc);
+  regcache_put(c, cc);
+  regcache_put(c, Get(c, Page(4), 1));
+  regcache_put(c, Get(c, Page(2), 1));
+  regcache_put(c, Get(c, Page(0), 1));
+  regcache_put(c, Get(c, Page(6), kPage));  // full: the LRU (c) goes
+  EXPECT_EQ(Stats(c).evictions, 1u);
+  EXPECT_FALSE(td_->IsLive(ckey));
+  const size_t regs = td_->Registers();
+  regcache_put(c, Get(c, Page(0), 1));
+  regcache_put(c, Get(c, Page(2), 1));
+  EXPECT_EQ(td_->Registers(), regs);
 }
 
 TEST_F(CacheTest, ByteLimit) {
