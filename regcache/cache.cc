@@ -782,10 +782,12 @@ void Cache::CountHit() {
 
 // LRU order: a region gets a new stamp from the cache's use clock when it is
 // handed out, unless it already holds one of the touch_slack_ + 1 newest
-// stamps. A region with one of those cannot be the least recently used of a
-// full cache (touch_slack_ < max_regions), so skipping costs no eviction
-// decision, and it keeps a thread that reuses its regions from writing the
-// shared clock on every hit (the 2-thread hit loop then never writes it).
+// stamps (touch_slack_ = max_regions / 16, 0 below 16 regions: exact LRU
+// there). Such a region ranks among the newest sixteenth of a full cache, so
+// skipping the stamp changes an eviction only if one miss evicts more than
+// 15/16 of the cache (a byte limit can); in exchange a thread reusing its
+// regions does not write the shared clock on every hit (the 2-thread hit loop
+// never writes it).
 void Cache::Touch(Region *r) {
   const uint64_t now = use_clock_.load(std::memory_order_relaxed);
   if (now - r->last_use.load(std::memory_order_relaxed) <= touch_slack_) return;

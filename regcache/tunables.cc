@@ -42,7 +42,7 @@ constexpr Spec kTable[] = {
      "physical RAM.",
      "auto"},
     {"MERGE_MAX_BYTES", Type::kSize, "64m",
-     "A region formed by merging overlapping and adjacent regions never grows "
+     "A region formed by merging overlapping regions never grows "
      "beyond this "
      "many bytes (a request larger than this is registered as it is). 0 "
      "disables merging.",

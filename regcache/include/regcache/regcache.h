@@ -141,8 +141,8 @@ REGCACHE_API void regcache_destroy(regcache_t *cache);
 /*
  * Returns in *region_p a registered region covering [addr, addr+len) with at least
  * `access`, and takes a reference on it. Hit: a cached region; miss: registers the
- * page-aligned range, merged with overlapping and adjacent cached regions up to the merge
- * bound, with the union of their access flags. Errors: -EINVAL (bad input), -ESHUTDOWN
+ * page-aligned range, merged with overlapping cached regions up to the merge bound (adjacent
+ * ones stay separate), with the union of their access flags. Errors: -EINVAL (bad input), -ESHUTDOWN
  * (the address space was torn down), -ENOMEM (the driver could not pin even after
  * evicting every unused region), -EFAULT/-EACCES (memory not mapped / not writable),
  * -EAGAIN (the memory kept changing while it was being registered), or the driver's error.
