@@ -94,6 +94,15 @@
 #include "notifier/internal.h"
 #include "notifier/sources.h"
 
+// The munmap path (hooks, BeginRange/EndRange and what they call on every
+// range) is marked hot: GCC and clang put it in .text.hot, which the linker
+// lays out contiguously, hooks of patch.cc included. The kernel's munmap
+// evicts most of L1i and the branch predictor's state, so after it every
+// distinct code line the hook runs is a miss; rare paths (quiesce wait,
+// release, logging) are out of line and cold so that they stay off those lines.
+#define REGCACHE_HOT __attribute__((hot))
+#define REGCACHE_COLD __attribute__((cold, noinline))
+
 namespace regcache::notifier {
 
 // Flag bits of Subscription::flags.
@@ -142,13 +151,26 @@ struct alignas(64) PaddedCounter {
 };
 
 PaddedCounter g_inflight[2];
-alignas(64) std::atomic<unsigned> g_idx{0};
-std::atomic<uint64_t> g_gen{0};
-std::atomic<Subscription *> g_whole{nullptr};
-std::atomic<Subscription *> g_interval{nullptr};
-std::atomic<uint32_t> g_quiesce{0};
-alignas(64) std::atomic<uint32_t> g_waiters{0};
-std::atomic<uint32_t> g_event{0};  // futex word
+// What every range reads and (almost) never writes, in one cache line: after
+// the kernel's munmap has run, each distinct line the hook touches is a likely
+// L1 miss, so the read-mostly words share one (g_waiters only changes when a
+// thread starts or stops waiting; the futex word, written by every wake-up,
+// has its own line).
+struct alignas(64) {
+  std::atomic<unsigned> idx{0};
+  std::atomic<uint32_t> quiesce{0};
+  std::atomic<uint32_t> waiters{0};
+  std::atomic<uint64_t> gen{0};
+  std::atomic<Subscription *> whole{nullptr};
+  std::atomic<Subscription *> interval{nullptr};
+} g_hot;
+constexpr std::atomic<unsigned> &g_idx = g_hot.idx;
+constexpr std::atomic<uint64_t> &g_gen = g_hot.gen;
+constexpr std::atomic<Subscription *> &g_whole = g_hot.whole;
+constexpr std::atomic<Subscription *> &g_interval = g_hot.interval;
+constexpr std::atomic<uint32_t> &g_quiesce = g_hot.quiesce;
+constexpr std::atomic<uint32_t> &g_waiters = g_hot.waiters;
+alignas(64) std::atomic<uint32_t> g_event{0};  // futex word
 std::atomic<Subscription *> g_pending{nullptr};
 std::atomic<bool> g_shutdown{false};
 std::atomic<LogFn> g_log{nullptr};
@@ -187,11 +209,15 @@ void FutexWait(std::atomic<uint32_t> *word, uint32_t val) {
           val, &ts, nullptr, 0);
 }
 
-void WakeAll() {
-  if (g_waiters.load(std::memory_order_seq_cst) == 0) return;
+REGCACHE_COLD void WakeAllSlow() {
   g_event.fetch_add(1, std::memory_order_seq_cst);
   syscall(SYS_futex, reinterpret_cast<uint32_t *>(&g_event), FUTEX_WAKE_PRIVATE,
           INT_MAX, nullptr, nullptr, 0);
+}
+
+inline void WakeAll() {
+  if (g_waiters.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+    WakeAllSlow();
 }
 
 template <class Pred>
@@ -211,7 +237,7 @@ uint64_t InflightTotal() {
 }
 
 // ---------------------------------------------------------------- callbacks
-void ReleaseIfIdle(Subscription *s) {
+REGCACHE_COLD void ReleaseIfIdle(Subscription *s) {
   if (s->running.load(std::memory_order_seq_cst) != 0) return;
   uint32_t old = s->flags.fetch_or(kReleaseClaimed, std::memory_order_seq_cst);
   if (old & kReleaseClaimed) return;
@@ -226,25 +252,28 @@ void ReleaseIfIdle(Subscription *s) {
 
 using CallbackFn = void (*)(void *arg, const void *addr, size_t len);
 
+REGCACHE_COLD void DeliverDied(Subscription *s) {
+  ReleaseIfIdle(s);  // the subscription died while we ran: maybe we run release
+  WakeAll();         // an Unregister may wait for running == 0
+}
+
 // Runs one callback of s, bracketed by running++/--. Callers skip a NULL
 // callback without calling this: nothing runs, so there is nothing for
 // Unregister to wait for, and the range does not pay two locked
 // read-modify-writes on the subscription (an unrelated munmap with a cache's
 // whole-space subscription, which has a start callback only, pays for one
 // delivery, not two).
-void Deliver(Subscription *s, CallbackFn fn, uintptr_t start, uintptr_t end) {
+inline void Deliver(Subscription *s, CallbackFn fn, uintptr_t start,
+                    uintptr_t end) {
   s->running.fetch_add(1, std::memory_order_seq_cst);
-  if ((s->flags.load(std::memory_order_seq_cst) & kDead) == 0) {
+  if ((s->flags.load(std::memory_order_seq_cst) & kDead) == 0) [[likely]] {
     ++t_state.cb_depth;
     fn(s->arg, reinterpret_cast<const void *>(start), end - start);
     --t_state.cb_depth;
   }
   if (s->running.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
-      (s->flags.load(std::memory_order_seq_cst) & kDead) != 0) {
-    ReleaseIfIdle(
-        s);     // the subscription died while we ran: maybe we run release
-    WakeAll();  // an Unregister may wait for running == 0
-  }
+      (s->flags.load(std::memory_order_seq_cst) & kDead) != 0) [[unlikely]]
+    DeliverDied(s);
 }
 
 inline bool Matches(const Subscription *s, const Frame *f) {
@@ -265,25 +294,36 @@ void ForEachMatching(const Frame *f, Fn fn) {
 }
 
 // ---------------------------------------------------------------- windows
-// Enters the in-flight window: counted in g_inflight[slot]. Waits only when
-// quiesced and the thread is not already inside a range or a callback (those
-// must finish for quiesce to complete, so holding them off would deadlock).
-unsigned EnterWindow(bool may_wait) {
+// EnterWindow's slow path: quiesced, and this thread may wait.
+REGCACHE_COLD unsigned EnterWindowQuiesced(unsigned i) {
   for (;;) {
-    unsigned i = g_idx.load(std::memory_order_seq_cst);
-    g_inflight[i].v.fetch_add(1, std::memory_order_seq_cst);
-    if (!may_wait || t_state.inflight > 0 || t_state.cb_depth > 0 ||
-        g_quiesce.load(std::memory_order_seq_cst) == 0) {
-      ++t_state.inflight;
-      return i;
-    }
     g_inflight[i].v.fetch_sub(1, std::memory_order_seq_cst);
     WakeAll();
     WaitUntil([] { return g_quiesce.load(std::memory_order_seq_cst) == 0; });
+    i = g_idx.load(std::memory_order_seq_cst);
+    g_inflight[i].v.fetch_add(1, std::memory_order_seq_cst);
+    if (g_quiesce.load(std::memory_order_seq_cst) == 0) {
+      ++t_state.inflight;
+      return i;
+    }
   }
 }
 
-void ExitWindow(unsigned slot) {
+// Enters the in-flight window: counted in g_inflight[slot]. Waits only when
+// quiesced and the thread is not already inside a range or a callback (those
+// must finish for quiesce to complete, so holding them off would deadlock).
+inline unsigned EnterWindow(bool may_wait) {
+  unsigned i = g_idx.load(std::memory_order_seq_cst);
+  g_inflight[i].v.fetch_add(1, std::memory_order_seq_cst);
+  if (!may_wait || t_state.inflight > 0 || t_state.cb_depth > 0 ||
+      g_quiesce.load(std::memory_order_seq_cst) == 0) [[likely]] {
+    ++t_state.inflight;
+    return i;
+  }
+  return EnterWindowQuiesced(i);
+}
+
+inline void ExitWindow(unsigned slot) {
   --t_state.inflight;
   g_inflight[slot].v.fetch_sub(1, std::memory_order_seq_cst);
   WakeAll();
@@ -465,18 +505,22 @@ void Logf(int level, const char *fmt, ...) {
 
 bool InCallback() { return t_state.cb_depth > 0; }
 
-void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
+REGCACHE_COLD static void WarnNesting() {
+  if (!g_nesting_logged.exchange(true, std::memory_order_relaxed)) {
+    Logf(kLogError,
+         "notifier: %d nested ranges on one thread: callbacks keep unmapping",
+         t_state.inflight);
+  }
+}
+
+REGCACHE_HOT void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
   f->start = start;
   f->end = end;
   f->active = start < end;
   if (!f->active) return;
   f->slot = EnterWindow(/*may_wait=*/true);
-  if (t_state.inflight > kNestingWarn &&
-      !g_nesting_logged.exchange(true, std::memory_order_relaxed)) {
-    Logf(kLogError,
-         "notifier: %d nested ranges on one thread: callbacks keep unmapping",
-         t_state.inflight);
-  }
+  if (t_state.inflight > kNestingWarn) [[unlikely]]
+    WarnNesting();
   f->gen = g_gen.load(std::memory_order_seq_cst);
   // Pass 1: sequence numbers first, so that every start callback (which may
   // take the subscriber's lock) runs after every overlapping interval's
@@ -490,7 +534,7 @@ void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
   });
 }
 
-void EndRange(Frame *f) {
+REGCACHE_HOT void EndRange(Frame *f) {
   if (!f->active) return;
   ForEachMatching(f, [f](Subscription *s) {
     if (CallbackFn fn = s->ops.invalidate_range_end)

@@ -77,7 +77,6 @@
 #define SHM_REMAP 040000
 #endif
 
-
 namespace regcache::notifier::sources {
 
 #if defined(__x86_64__)
@@ -119,22 +118,40 @@ inline T Ret(long r, T fail) {
 }
 
 // Notifies [start, end) around fn; errno is preserved across the callbacks.
+//
+// The hooks are hot (laid out next to BeginRange/EndRange in .text.hot, see
+// address_space.cc) and errno is reached through a per-thread pointer cached
+// on first use instead of a call to __errno_location through the PLT on every
+// range: after the kernel's munmap each extra code line (PLT stub, libc's
+// __errno_location) and GOT line is a cache miss.
+__attribute__((tls_model("initial-exec"))) thread_local int *t_errno = nullptr;
+
+inline int *ErrnoPtr() {
+  int *e = t_errno;
+  if (e == nullptr) [[unlikely]] {
+    e = &errno;
+    t_errno = e;
+  }
+  return e;
+}
+
 template <class Fn>
 inline long Around(uintptr_t start, uintptr_t end, Fn fn) {
   Frame f;
-  int saved = errno;
+  int *err = ErrnoPtr();
+  int saved = *err;
   BeginRange(&f, start, end);
-  errno = saved;
+  *err = saved;
   long r = fn();
-  saved = errno;
+  saved = *err;
   EndRange(&f);
-  errno = saved;
+  *err = saved;
   return r;
 }
 
 void **g_curbrk = nullptr;  // libc's __curbrk
 
-extern "C" int HookMunmap(void *addr, size_t len) {
+extern "C" __attribute__((hot)) int HookMunmap(void *addr, size_t len) {
   uintptr_t a = reinterpret_cast<uintptr_t>(addr);
   long r = Around(PageDown(a), PageUp(a + len), [&] {
     return RawSyscall6(SYS_munmap, static_cast<long>(a), static_cast<long>(len),
@@ -143,7 +160,8 @@ extern "C" int HookMunmap(void *addr, size_t len) {
   return static_cast<int>(Ret(r, -1L));
 }
 
-extern "C" int HookMadvise(void *addr, size_t len, int advice) {
+extern "C" __attribute__((hot)) int HookMadvise(void *addr, size_t len,
+                                                int advice) {
   uintptr_t a = reinterpret_cast<uintptr_t>(addr);
   auto call = [&] {
     return RawSyscall6(SYS_madvise, static_cast<long>(a),
