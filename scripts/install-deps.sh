@@ -13,6 +13,7 @@ PKGS=(
   libgtest-dev libgmock-dev libbenchmark-dev
   spin
   libucx-dev
+  valgrind
 )
 if [[ "${REGCACHE_DEPS_EXTRA:-}" == *rxe* ]]; then
   PKGS+=(qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers
