@@ -20,13 +20,17 @@
  * re-executed with --worker), so no two memory-hook layers meet and every
  * contender starts from the same state. The first pass through the pool is a
  * warm-up and is not timed (prereg does its registrations before the loop too).
- * The table shows the median over --reps runs and the ratios to prereg / every
- * measured in the same run.
+ * The table shows the median over --reps runs of the time per write (--stat
+ * mean: the timed loop's time / iterations, the default; p50: the median of the
+ * iterations' own times, less sensitive to the host taking the CPU away; both),
+ * and the ratios to prereg / every: the median over the repetitions of the
+ * ratio within each repetition, with the range of the speed-up.
  *
  * Data: every buffer holds a pattern; each WRITE stamps its iteration number
  * into the first and last 8 bytes, and the landing buffer is checked for both
- * stamps after every WRITE, and compared in full every --check-every
- * iterations. Exit status 1 on any wrong byte or failed contender.
+ * stamps after every WRITE, and compared in full (memcmp; the wrong bytes are
+ * counted only when it differs) every --check-every iterations (--short: every
+ * one). Exit status 1 on any wrong byte or failed contender.
  *
  * Goals (issue 7, reported, not asserted): regcache <= 1.1x prereg, and >= 80 %
  * faster than every (speed-up >= 1.8x, i.e. time <= 0.56x every).
@@ -71,11 +75,14 @@ typedef struct opts {
   int reps;
   long check_every;
   const char *fi_monitor;
+  const char *stat; /* "mean", "p50" or "both": what the table(s) show */
 } opts_t;
 
 typedef struct result {
-  double ns_per_write;
+  double ns_per_write; /* mean: the timed loop's time / iterations */
+  double p50_ns;       /* median of the iterations' own times */
   unsigned long long wrong, hits, misses, regs;
+  int mtu; /* the QP's path MTU in bytes (verbs contenders; 0: not known) */
   int ok;
 } result_t;
 
@@ -130,10 +137,24 @@ static unsigned long long check(const pool_t *p, const uint8_t *src, long i,
   memcpy(&head, p->landing, 8);
   memcpy(&tail, p->landing + p->size - 8, 8);
   unsigned long long wrong = (head != want) * 8ull + (tail != want) * 8ull;
-  if (check_every > 0 && i % check_every == 0) {
+  if (check_every > 0 && i % check_every == 0 &&
+      memcmp(p->landing, src, p->size) != 0) { /* count only when it differs */
     for (size_t k = 0; k < p->size; k++) wrong += p->landing[k] != src[k];
   }
   return wrong;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Per-iteration times of the timed loop (lat[i], i >= 0): the loop body from
+ * the registration to the data check, so their sum is the mean's numerator. */
+static double median_of(double *v, long n) {
+  if (n <= 0) return 0;
+  qsort(v, (size_t)n, sizeof(double), cmp_double);
+  return v[n / 2];
 }
 
 /* ------------------------------------------------------------------ verbs
@@ -146,6 +167,7 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
   regcache_driver_t *drv = NULL;
   regcache_t *cache = NULL;
   struct ibv_mr **mrs = NULL, *landing_mr = NULL;
+  double *lat = NULL;
   int rc = -1;
   memset(&a, 0, sizeof a);
   memset(&b, 0, sizeof b);
@@ -155,6 +177,7 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
   ex_rdma_local_addr(&a, &aa);
   ex_rdma_local_addr(&b, &ba);
   if (ex_rdma_connect(&a, &ba) || ex_rdma_connect(&b, &aa)) goto out;
+  res->mtu = 128 << (int)a.mtu; /* IBV_MTU_256 = 1, ... IBV_MTU_4096 = 5 */
   landing_mr = ibv_reg_mr(b.pd, p.landing, size,
                           IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_WRITE);
   if (landing_mr == NULL) goto out;
@@ -175,10 +198,12 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
       goto out;
     }
   }
-  double t0 = 0;
+  double t0 = 0, tprev = 0;
+  lat = malloc((size_t)iters * sizeof *lat);
+  if (lat == NULL) goto out;
   for (long i = -o->pool; i < iters;
        i++) { /* i < 0: warm-up, one pass over the pool */
-    if (i == 0) t0 = ex_now_ns();
+    if (i == 0) t0 = tprev = ex_now_ns();
     uint8_t *src = pool_buf(&p, i + o->pool);
     stamp(src, size, i);
     uint32_t lkey;
@@ -207,8 +232,14 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
     if (mr != NULL) ibv_dereg_mr(mr);
     if (e != 0) goto out;
     res->wrong += check(&p, src, i, i < 0 ? 0 : o->check_every);
+    if (i >= 0) {
+      const double now = ex_now_ns();
+      lat[i] = now - tprev;
+      tprev = now;
+    }
   }
   res->ns_per_write = (ex_now_ns() - t0) / (double)iters;
+  res->p50_ns = median_of(lat, iters);
   if (cache != NULL) {
     regcache_stats_t st;
     regcache_get_stats(cache, &st);
@@ -221,6 +252,7 @@ static int run_verbs(const char *mode, size_t size, const opts_t *o, long iters,
   }
   rc = 0;
 out:
+  free(lat);
   regcache_destroy(cache);
   regcache_driver_close(drv);
   if (mrs != NULL) {
@@ -374,6 +406,7 @@ static int run_fabric(const char *mode, size_t size, const opts_t *o,
   struct fid_mr **mrs = NULL, *landing_mr = NULL;
   regcache_driver_t *drv = NULL;
   regcache_t *cache = NULL;
+  double *lat = NULL;
   int rc = -1;
   memset(&f, 0, sizeof f);
   if (pool_open(&p, o->pool, size) != 0) return -1;
@@ -392,9 +425,11 @@ static int run_fabric(const char *mode, size_t size, const opts_t *o,
     }
   }
   const uint64_t landing_key = fi_mr_key(landing_mr);
-  double t0 = 0;
+  double t0 = 0, tprev = 0;
+  lat = malloc((size_t)iters * sizeof *lat);
+  if (lat == NULL) goto out;
   for (long i = -o->pool; i < iters; i++) {
-    if (i == 0) t0 = ex_now_ns();
+    if (i == 0) t0 = tprev = ex_now_ns();
     uint8_t *src = pool_buf(&p, i + o->pool);
     stamp(src, size, i);
     void *desc;
@@ -418,8 +453,14 @@ static int run_fabric(const char *mode, size_t size, const opts_t *o,
     if (mr != NULL) fi_close(&mr->fid);
     if (e != 0) goto out;
     res->wrong += check(&p, src, i, i < 0 ? 0 : o->check_every);
+    if (i >= 0) {
+      const double now = ex_now_ns();
+      lat[i] = now - tprev;
+      tprev = now;
+    }
   }
   res->ns_per_write = (ex_now_ns() - t0) / (double)iters;
+  res->p50_ns = median_of(lat, iters);
   if (cache != NULL) {
     regcache_stats_t st;
     regcache_get_stats(cache, &st);
@@ -429,6 +470,7 @@ static int run_fabric(const char *mode, size_t size, const opts_t *o,
   }
   rc = 0;
 out:
+  free(lat);
   regcache_destroy(cache);
   regcache_driver_close(drv);
   if (mrs != NULL) {
@@ -466,8 +508,10 @@ static int worker(const char *mode, size_t size, const opts_t *o) {
   }
   if (rc != 0) return 1;
   printf(
-      "RESULT ns=%.1f wrong=%llu hits=%llu misses=%llu regs=%llu iters=%ld\n",
-      res.ns_per_write, res.wrong, res.hits, res.misses, res.regs, iters);
+      "RESULT ns=%.1f wrong=%llu hits=%llu misses=%llu regs=%llu iters=%ld "
+      "mtu=%d p50=%.1f\n",
+      res.ns_per_write, res.wrong, res.hits, res.misses, res.regs, iters,
+      res.mtu, res.p50_ns);
   return 0;
 }
 
@@ -486,17 +530,17 @@ static int spawn(const char *self, const char *mode, size_t size,
   while (fgets(line, sizeof line, f) != NULL) {
     if (sscanf(line, "RESULT ns=%lf wrong=%llu hits=%llu misses=%llu regs=%llu",
                &res->ns_per_write, &res->wrong, &res->hits, &res->misses,
-               &res->regs) == 5)
+               &res->regs) == 5) {
       res->ok = 1;
+      const char *m = strstr(line, " mtu=");
+      if (m != NULL) res->mtu = atoi(m + 5);
+      const char *q = strstr(line, " p50=");
+      if (q != NULL) res->p50_ns = atof(q + 5);
+    }
   }
   int st = pclose(f);
   if (st != 0) res->ok = 0;
   return res->ok ? 0 : -1;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
 }
 
 static size_t parse_size(const char *s) {
@@ -507,12 +551,64 @@ static size_t parse_size(const char *s) {
   return (size_t)v;
 }
 
+/* One table: per contender the median over the repetitions of `v` (ns per
+ * write, mean or p50 of one run), and the ratios to prereg and every of the
+ * same API family: the median over the repetitions of the ratio within each
+ * repetition (the contenders of one repetition run back to back, so load on
+ * the host, which comes and goes, cancels out), and the range of the speed-up
+ * over the repetitions. */
+static void print_table(const opts_t *o, const char *stat,
+                        double v[MAX_MODES][16], const int *ok,
+                        const result_t *last, int reps) {
+  printf("%-12s %12s %10s %10s %9s %13s %10s\n", "contender",
+         strcmp(stat, "p50") == 0 ? "p50 us/write" : "us/write", "x prereg",
+         "x every", "speed-up", "(range)", "hit rate");
+  for (int m = 0; m < o->nmodes; m++) {
+    if (!ok[m]) {
+      printf("%-12s %12s\n", o->modes[m], "FAILED");
+      continue;
+    }
+    const int fi = strncmp(o->modes[m], "fi-", 3) == 0;
+    int pre = -1, every = -1;
+    for (int k = 0; k < o->nmodes; k++) {
+      if (!ok[k]) continue;
+      if (strcmp(o->modes[k], fi ? "fi-prereg" : "prereg") == 0) pre = k;
+      if (strcmp(o->modes[k], fi ? "fi-every" : "every") == 0) every = k;
+    }
+    double sorted[16], xpre[16], xev[16], sup[16];
+    for (int r = 0; r < reps; r++) {
+      sorted[r] = v[m][r];
+      if (pre >= 0) xpre[r] = v[m][r] / v[pre][r];
+      if (every >= 0) {
+        xev[r] = v[m][r] / v[every][r];
+        sup[r] = v[every][r] / v[m][r];
+      }
+    }
+    char hr[32] = "-";
+    if (last[m].hits + last[m].misses > 0)
+      snprintf(hr, sizeof hr, "%.1f %%",
+               100.0 * (double)last[m].hits /
+                   (double)(last[m].hits + last[m].misses));
+    char xp[16] = "-", xe[16] = "-", su[16] = "-", range[32] = "";
+    if (pre >= 0) snprintf(xp, sizeof xp, "%.2f", median_of(xpre, reps));
+    if (every >= 0) {
+      snprintf(xe, sizeof xe, "%.2f", median_of(xev, reps));
+      snprintf(su, sizeof su, "%.2fx", median_of(sup, reps));
+      if (reps > 1 && m != every) /* sup is sorted by median_of */
+        snprintf(range, sizeof range, "%.2f-%.2f", sup[0], sup[reps - 1]);
+    }
+    printf("%-12s %12.1f %10s %10s %9s %13s %10s\n", o->modes[m],
+           median_of(sorted, reps) / 1000.0, xp, xe, su, range, hr);
+  }
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: rxe-e2e [--sizes 4k,64k,1m] [--modes prereg,regcache,...] "
           "[--pool N] [--iters N]\n"
           "               [--reps N] [--check-every N] [--fi-monitor "
-          "userfaultfd|memhooks] [--short]\n"
+          "userfaultfd|memhooks]\n"
+          "               [--stat mean|p50|both] [--short]\n"
           "modes: prereg regcache every fi-prereg fi-cache fi-every "
           "fi-regcache (default: all built)\n");
   exit(2);
@@ -525,6 +621,7 @@ int main(int argc, char **argv) {
   o.reps = 3;
   o.check_every = 64;
   o.fi_monitor = "userfaultfd";
+  o.stat = "mean";
   const char *worker_mode = NULL;
   char sizes_arg[256] = "4k,64k,1m", modes_arg[256] = "";
   for (int i = 1; i < argc; i++) {
@@ -555,6 +652,8 @@ int main(int argc, char **argv) {
       o.check_every = atol(v);
     else if (strcmp(a, "--fi-monitor") == 0)
       o.fi_monitor = v;
+    else if (strcmp(a, "--stat") == 0)
+      o.stat = v;
     else
       usage();
     i++;
@@ -563,6 +662,9 @@ int main(int argc, char **argv) {
        s = strtok(NULL, ","))
     o.sizes[o.nsizes++] = parse_size(s);
   if (o.pool < 1 || o.reps < 1 || o.nsizes < 1) usage();
+  if (strcmp(o.stat, "mean") != 0 && strcmp(o.stat, "p50") != 0 &&
+      strcmp(o.stat, "both") != 0)
+    usage();
   for (int k = 0; k < o.nsizes; k++)
     if (o.sizes[k] < 16) usage();
   if (worker_mode != NULL) return worker(worker_mode, o.sizes[0], &o);
@@ -592,7 +694,7 @@ int main(int argc, char **argv) {
   int failed = 0;
   for (int si = 0; si < o.nsizes; si++) {
     const size_t size = o.sizes[si];
-    double ns[MAX_MODES][16];
+    double ns[MAX_MODES][16], p50[MAX_MODES][16];
     result_t last[MAX_MODES];
     int ok[MAX_MODES];
     for (int m = 0; m < o.nmodes; m++) ok[m] = 1;
@@ -613,44 +715,23 @@ int main(int argc, char **argv) {
           failed = 1;
         }
         ns[m][r] = res.ns_per_write;
+        p50[m][r] = res.p50_ns;
         last[m] = res;
       }
     }
-    double med[MAX_MODES];
-    int reps = o.reps < 16 ? o.reps : 16;
-    for (int m = 0; m < o.nmodes; m++) {
-      qsort(ns[m], (size_t)reps, sizeof(double), cmp_double);
-      med[m] = ok[m] ? ns[m][reps / 2] : 0;
-    }
-    /* Ratios to prereg and every of the same API family, same run. */
-    printf("\nmessage %zu bytes, %ld writes timed per run\n", size,
+    const int reps = o.reps < 16 ? o.reps : 16;
+    int mtu = 0;
+    for (int m = 0; m < o.nmodes; m++)
+      if (ok[m] && last[m].mtu > 0) mtu = last[m].mtu;
+    printf("\nmessage %zu bytes, %ld writes timed per run", size,
            o.iters > 0 ? o.iters : default_iters(size));
-    printf("%-12s %12s %10s %10s %9s %10s\n", "contender", "us/write",
-           "x prereg", "x every", "speed-up", "hit rate");
-    for (int m = 0; m < o.nmodes; m++) {
-      if (!ok[m]) {
-        printf("%-12s %12s\n", o.modes[m], "FAILED");
-        continue;
-      }
-      const int fi = strncmp(o.modes[m], "fi-", 3) == 0;
-      double pre = 0, every = 0;
-      for (int k = 0; k < o.nmodes; k++) {
-        if (!ok[k]) continue;
-        if (strcmp(o.modes[k], fi ? "fi-prereg" : "prereg") == 0) pre = med[k];
-        if (strcmp(o.modes[k], fi ? "fi-every" : "every") == 0) every = med[k];
-      }
-      char hr[32] = "-";
-      if (last[m].hits + last[m].misses > 0)
-        snprintf(hr, sizeof hr, "%.1f %%",
-                 100.0 * (double)last[m].hits /
-                     (double)(last[m].hits + last[m].misses));
-      char xp[16] = "-", xe[16] = "-", su[16] = "-";
-      if (pre > 0) snprintf(xp, sizeof xp, "%.2f", med[m] / pre);
-      if (every > 0) snprintf(xe, sizeof xe, "%.2f", med[m] / every);
-      if (every > 0) snprintf(su, sizeof su, "%.2fx", every / med[m]);
-      printf("%-12s %12.1f %10s %10s %9s %10s\n", o.modes[m], med[m] / 1000.0,
-             xp, xe, su, hr);
-    }
+    if (mtu > 0)
+      printf(", path MTU %d (%zu packets per write)", mtu,
+             (size + (size_t)mtu - 1) / (size_t)mtu);
+    printf("\n");
+    if (strcmp(o.stat, "p50") != 0) print_table(&o, "mean", ns, ok, last, reps);
+    if (strcmp(o.stat, "mean") != 0)
+      print_table(&o, "p50", p50, ok, last, reps);
   }
   printf(
       "\ngoals: regcache <= 1.10x prereg; >= 80 %% faster than every (speed-up "
