@@ -379,10 +379,9 @@ int Cache::PendingSet::Size() {
 // ---------------------------------------------------------------- life cycle
 Cache::Cache(regcache_driver *drv, const Params &params)
     : id_(g_next_cache_id.fetch_add(1, std::memory_order_relaxed)),
+      touch_slack_(params.max_regions / 16),
       drv_(drv),
-      params_(params) {
-  touch_slack_ = params_.max_regions / 16;
-}
+      params_(params) {}
 
 Cache::~Cache() = default;
 
@@ -791,6 +790,10 @@ void Cache::CountHit() {
 void Cache::Touch(Region *r) {
   const uint64_t now = use_clock_.load(std::memory_order_relaxed);
   if (now - r->last_use.load(std::memory_order_relaxed) <= touch_slack_) return;
+  Stamp(r);
+}
+
+void Cache::Stamp(Region *r) {
   r->last_use.store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
                     std::memory_order_relaxed);
 }
@@ -1077,8 +1080,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     const uint64_t gen = Region::Gen(nr->word.load(std::memory_order_relaxed));
     w = (gen << Region::kGenShift) | Region::kValid | 1;
     nr->where = Region::kWhereIndex;
-    nr->last_use.store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
-                       std::memory_order_relaxed);
+    Stamp(nr);  // unconditionally: a recycled slot keeps its old stamp
     nr->word.store(w, std::memory_order_release);
     IndexInsertLocked(nr);
     ClockAppendLocked(nr);

@@ -98,7 +98,7 @@ struct alignas(64) Region {
   Region *prev = nullptr;  // CLOCK list / orphan list
   Region *next =
       nullptr;  // CLOCK list / orphan list / dead list / slab free list
-  // When it was last handed out (UseStamp order): eviction takes the least
+  // When it was last handed out (Cache::Touch): eviction takes the least
   // recently used. Written by every get, also on the lock-free hit path, so
   // atomic; only eviction reads it.
   std::atomic<uint64_t> last_use{0};
@@ -271,12 +271,13 @@ class Cache {
   // Read on every hit and put: kept on its own cache line.
   alignas(64) std::atomic<uint32_t> attention_{0};
   const uint64_t id_;
-  uint64_t touch_slack_ = 0;  // see Touch(); set at creation
+  const uint64_t touch_slack_;  // see Touch()
 
   // The LRU clock: the newest stamp handed to a region (Touch). Written only
   // when the set of recently used regions changes: its own cache line.
   alignas(64) std::atomic<uint64_t> use_clock_{0};
   void Touch(Region *r);
+  void Stamp(Region *r);  // a new stamp, always
 
   alignas(64) mutable Mutex mu_;
   Region *root_ REGCACHE_GUARDED_BY(mu_) = nullptr;
