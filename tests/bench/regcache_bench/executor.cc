@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "tests/bench/regcache_bench/bench.h"
@@ -232,8 +233,11 @@ void Execute(const Workload &w, Contender *c, Result *r) {
   Buffers b;
   b.ptr.assign(w.nbufs, nullptr);
   b.len.assign(w.nbufs, 0);
-  Allocator alloc;
-  b.alloc = &alloc;
+  // Only workloads that malloc get the allocator thread.
+  std::optional<Allocator> alloc;
+  if (std::any_of(w.ops.begin(), w.ops.end(),
+                  [](const Op &o) { return o.kind == OpKind::kMalloc; }))
+    b.alloc = &alloc.emplace();
   size_t i = 0;
   for (; i < w.ops.size() && w.ops[i].kind == OpKind::kMap; i++)
     DoMap(&b, w.ops[i].buf, w.ops[i].len);
