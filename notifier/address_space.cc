@@ -540,13 +540,10 @@ REGCACHE_HOT void EndRange(Frame *f) {
     if (CallbackFn fn = s->ops.invalidate_range_end)
       Deliver(s, fn, f->start, f->end);
   });
-  bool woke = false;
-  ForEachMatching(f, [&woke](Subscription *s) {
-    uint64_t old = s->seq_word.fetch_sub(1, std::memory_order_seq_cst);
-    if ((old & kActiveMask) == 1) woke = true;
+  ForEachMatching(f, [](Subscription *s) {
+    s->seq_word.fetch_sub(1, std::memory_order_seq_cst);
   });
   ExitWindow(f->slot);  // wakes waiters (ReadBegin, Quiesce) if any
-  (void)woke;
 }
 
 std::atomic<uint32_t> g_async_in_flight{0};
