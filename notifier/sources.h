@@ -7,6 +7,7 @@
 #ifndef REGCACHE_NOTIFIER_SOURCES_H_
 #define REGCACHE_NOTIFIER_SOURCES_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -26,6 +27,17 @@ bool PatchIntact(const char **which);
 // Forgets the patch without writing anything: another library has overwritten
 // our jumps and owns the entries now.
 void PatchAbandon();
+
+// Test-only switch (negative controls): a hook whose bit is set still makes
+// its call but delivers no invalidation. Only the paths added for issue 12;
+// munmap & co. are not switchable (their hooks stay one load shorter).
+constexpr uint32_t kPatchPathMprotect = 1;         // mprotect, pkey_mprotect
+constexpr uint32_t kPatchPathMadvise = 2;          // madvise (every advice)
+constexpr uint32_t kPatchPathProcessMadvise = 4;   // process_madvise
+constexpr uint32_t kPatchPathFile = 8;             // fallocate, (f)truncate
+constexpr uint32_t kPatchPathShmdt = 16;           // shmdt
+constexpr uint32_t kPatchPathRemapFilePages = 32;  // remap_file_pages
+extern std::atomic<uint32_t> g_patch_test_off;
 
 // uffd: userfaultfd monitor thread. 0, or -ENOSYS/-EPERM (no userfaultfd),
 // -errno.
