@@ -730,6 +730,16 @@ int ReplacePage(uintptr_t page, bool shared) {
   auto *src = reinterpret_cast<const uint64_t *>(page);
   for (size_t i = 0; i < kPage / 8; ++i)
     dst[i] = __atomic_load_n(src + i, __ATOMIC_RELAXED);
+  if (!shared) {
+    // A fork child: the parent may already have rewritten an entry of this
+    // still-shared page since fork. Write this process's own view (the state
+    // inherited at fork) into the copy.
+    for (const Target &t : g_targets) {
+      uintptr_t e = reinterpret_cast<uintptr_t>(t.entry);
+      if (t.entry == nullptr || t.orig == 0 || PageDown(e) != page) continue;
+      dst[(e - page) / 8] = t.active ? t.patched : t.orig;
+    }
+  }
   long r = RawSyscall6(SYS_mprotect, a, kPage, PROT_READ | PROT_EXEC, 0, 0, 0);
   if (!Failed(r)) {
     r = RawSyscall6(SYS_mremap, a, kPage, kPage, MREMAP_MAYMOVE | MREMAP_FIXED,
