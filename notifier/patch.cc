@@ -495,11 +495,14 @@ extern "C" int HookTruncate(const char *path, off_t len) {
   return static_cast<int>(Ret(r, -1L));
 }
 
-// glibc's mremap is variadic (new_address only read with
-// MREMAP_FIXED/DONTUNMAP); the x86_64 calling convention passes it in r8 either
-// way, so a 5-argument hook is compatible.
+// glibc's mremap is variadic: new_address is read only with MREMAP_FIXED
+// (otherwise glibc passes NULL); the x86_64 calling convention passes it in r8,
+// so a 5-argument hook is compatible, provided r8 is ignored without
+// MREMAP_FIXED as glibc does (it holds whatever the caller left there, and
+// the kernel rejects an unaligned hint for MREMAP_DONTUNMAP with EINVAL).
 extern "C" void *HookMremap(void *old_addr, size_t old_len, size_t new_len,
                             int flags, void *new_addr) {
+  if (!(flags & MREMAP_FIXED)) new_addr = nullptr;
   uintptr_t a = reinterpret_cast<uintptr_t>(old_addr);
   uintptr_t lo = 0, hi = 0;
   if (flags & (MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)) {
