@@ -24,19 +24,24 @@
 // proximity).
 //
 // NO PAGE IS EVER WRITABLE AND EXECUTABLE (W^X). libc's text is never made
-// writable. Once per code page that holds an entry, the page is replaced, in
-// one mremap (atomic for other threads: it runs under the mmap lock, a thread
-// fetching from the page waits for it and then finds the same bytes), by a
-// shared anonymous page with the same bytes, mapped r-x. Writes go through a
-// temporary second mapping of that page (mremap with old_size 0 duplicates a
-// shared mapping), mprotect'ed from r-x straight to rw-, unmapped right after.
+// writable. Once per code page that holds an entry, the page is replaced by a
+// shared copy with the same bytes, mapped r-x, in one mmap(MAP_FIXED) or
+// mremap (atomic for other threads: it runs under the mmap lock; a thread
+// fetching from the page waits for it and then finds the same bytes). The copy
+// is a page of one memfd ("regcache-libc-code", one fd for all pages), or
+// shared anonymous memory when memfds cannot be mapped executable
+// (vm.memfd_noexec). Writes go through a temporary rw- second mapping of that
+// page (an mmap of the memfd; else mremap with old_size 0, which duplicates a
+// shared mapping, mprotect'ed from r-x straight to rw-), unmapped right after.
 // Not /proc/self/mem: the kernel copies through it with memcpy (`rep movsb` on
 // FSRM CPUs), which is not one atomic store, so another thread could fetch a
 // torn jump; and /proc may be missing. Cost: the page shows in
-// /proc/self/maps as "/dev/zero (deleted)" instead of libc (profilers
-// attribute samples in it to no file), and it is shared with fork children:
-// the atfork child handler gives the child a private copy so that the parent
-// re-patching or restoring never changes the child's libc (PatchAtforkChild).
+// /proc/self/maps as "/memfd:regcache-libc-code (deleted)" instead of libc
+// (profilers attribute samples in it to no file); the memfd takes one fd
+// (if the program closes it, writes fall back to the mremap duplicate); and
+// the page is shared with fork children: the atfork child handler gives the
+// child a private copy, so that the parent re-patching or restoring never
+// changes the child's libc (PatchAtforkChild).
 //
 // WHY THIS IS SAFE WHILE OTHER THREADS RUN (the failure mode of libfabric
 // #7569/#10943):
@@ -677,10 +682,20 @@ static_assert(kTargets * 16 <= kPage, "one trampoline page");
 std::mutex g_mu;
 uint8_t *g_tramp = nullptr;  // never unmapped once mapped
 bool g_installed = false;
-// libc code pages we replaced with a shared anonymous copy (see the top of the
-// file); only those can be written through an alias. One per target at most.
-uintptr_t g_pages[kTargets];
+// libc code pages we replaced with a shared copy (see the top of the file);
+// only those can be written through an alias. One per target at most. Page i
+// is page i of the memfd g_code_fd when `in_memfd`, else shared anonymous
+// memory (memfd_create unavailable, or exec mappings of memfds refused by
+// vm.memfd_noexec).
+struct CodePage {
+  uintptr_t page;
+  bool in_memfd;
+};
+CodePage g_pages[kTargets];
 size_t g_npages = 0;
+int g_code_fd = -1;                       // the memfd; -1 when none
+uint64_t g_code_ino = 0, g_code_dev = 0;  // to recognize it if the program
+                                          // closed it and reused the number
 bool g_atfork_registered = false;
 
 // Another patcher's jump at the entry (jmp rel32/rel8, jmp [rip], movabs
@@ -719,30 +734,34 @@ uint8_t *MapNear(uintptr_t lo, uintptr_t hi) {
   return nullptr;
 }
 
-// Replaces the code page at `page` by a copy of it in `shared` (MAP_SHARED) or
-// private anonymous memory, mapped r-x, in one mremap. The copy is made rw-,
-// filled, then made r-x before it moves: no mapping is ever w and x at once.
-// Word-sized atomic loads: another thread may be storing an entry of this page
-// through an alias (a fork child re-privatizing while its parent patches).
-int ReplacePage(uintptr_t page, bool shared) {
+// Copies the code page at `page` into dst. Word-sized atomic loads: another
+// thread may be storing an entry of this page through an alias (a fork child
+// re-privatizing while its parent patches). `own_view`: a fork child; the
+// parent may already have rewritten an entry of this still-shared page since
+// fork, so this process's own view (the state inherited at fork) is written
+// into the copy.
+void CopyPage(uint64_t *dst, uintptr_t page, bool own_view) {
+  auto *src = reinterpret_cast<const uint64_t *>(page);
+  for (size_t i = 0; i < kPage / 8; ++i)
+    dst[i] = __atomic_load_n(src + i, __ATOMIC_RELAXED);
+  if (!own_view) return;
+  for (const Target &t : g_targets) {
+    uintptr_t e = reinterpret_cast<uintptr_t>(t.entry);
+    if (t.entry == nullptr || t.orig == 0 || PageDown(e) != page) continue;
+    dst[(e - page) / 8] = t.active ? t.patched : t.orig;
+  }
+}
+
+// Replaces the code page at `page` by an anonymous copy, shared or private,
+// mapped r-x, in one mremap (atomic for other threads, see the top of the
+// file). The copy is made rw-, filled, then made r-x before it moves: no
+// mapping is ever w and x at once.
+int ReplaceWithAnon(uintptr_t page, bool shared) {
   long a =
       RawSyscall6(SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE,
                   (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
   if (Failed(a)) return static_cast<int>(a);
-  auto *dst = reinterpret_cast<uint64_t *>(a);
-  auto *src = reinterpret_cast<const uint64_t *>(page);
-  for (size_t i = 0; i < kPage / 8; ++i)
-    dst[i] = __atomic_load_n(src + i, __ATOMIC_RELAXED);
-  if (!shared) {
-    // A fork child: the parent may already have rewritten an entry of this
-    // still-shared page since fork. Write this process's own view (the state
-    // inherited at fork) into the copy.
-    for (const Target &t : g_targets) {
-      uintptr_t e = reinterpret_cast<uintptr_t>(t.entry);
-      if (t.entry == nullptr || t.orig == 0 || PageDown(e) != page) continue;
-      dst[(e - page) / 8] = t.active ? t.patched : t.orig;
-    }
-  }
+  CopyPage(reinterpret_cast<uint64_t *>(a), page, !shared);
   long r = RawSyscall6(SYS_mprotect, a, kPage, PROT_READ | PROT_EXEC, 0, 0, 0);
   if (!Failed(r)) {
     r = RawSyscall6(SYS_mremap, a, kPage, kPage, MREMAP_MAYMOVE | MREMAP_FIXED,
@@ -753,52 +772,112 @@ int ReplacePage(uintptr_t page, bool shared) {
   return static_cast<int>(r);
 }
 
-// Makes the code page holding `entry` writable through an alias (replacing it
-// by a shared copy the first time).
+// The same with page `slot` of the memfd: filled through a rw- mapping of it,
+// then mapped r-x over the code page with one mmap(MAP_FIXED) (atomic like the
+// mremap). Creates the memfd on first use.
+int ReplaceWithMemfdLocked(uintptr_t page, size_t slot) {
+  if (g_code_fd < 0) {
+    long fd = RawSyscall6(SYS_memfd_create,
+                          reinterpret_cast<long>("regcache-libc-code"),
+                          MFD_CLOEXEC, 0, 0, 0, 0);
+    if (Failed(fd)) return static_cast<int>(fd);
+    struct stat st;
+    if (RawSyscall6(SYS_fstat, fd, reinterpret_cast<long>(&st), 0, 0, 0, 0)) {
+      RawSyscall6(SYS_close, fd, 0, 0, 0, 0, 0);
+      return -EBADF;
+    }
+    g_code_fd = static_cast<int>(fd);
+    g_code_ino = st.st_ino;
+    g_code_dev = st.st_dev;
+  }
+  long off = static_cast<long>(slot * kPage);
+  long r = RawSyscall6(SYS_ftruncate, g_code_fd, off + static_cast<long>(kPage),
+                       0, 0, 0, 0);
+  if (Failed(r)) return static_cast<int>(r);
+  long a = RawSyscall6(SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE, MAP_SHARED,
+                       g_code_fd, off);
+  if (Failed(a)) return static_cast<int>(a);
+  CopyPage(reinterpret_cast<uint64_t *>(a), page, false);
+  RawSyscall6(SYS_munmap, a, kPage, 0, 0, 0, 0);
+  r = RawSyscall6(SYS_mmap, static_cast<long>(page), kPage,
+                  PROT_READ | PROT_EXEC, MAP_SHARED | MAP_FIXED, g_code_fd,
+                  off);
+  return Failed(r) ? static_cast<int>(r) : 0;
+}
+
+// Makes the code page `page` writable through an alias (replacing it by a
+// shared copy the first time). Returns its index in g_pages, or -errno.
 int SharePageLocked(uintptr_t page) {
   for (size_t i = 0; i < g_npages; ++i)
-    if (g_pages[i] == page) return 0;
+    if (g_pages[i].page == page) return static_cast<int>(i);
   if (g_npages == kTargets) return -ENOMEM;  // cannot happen: one per target
-  int rc = ReplacePage(page, true);
-  if (rc != 0) return rc;
-  g_pages[g_npages++] = page;
-  return 0;
+  // The memfd first: its alias is a plain mmap, which works everywhere
+  // (valgrind refuses the mremap duplicate of shared anonymous memory).
+  bool in_memfd = ReplaceWithMemfdLocked(page, g_npages) == 0;
+  if (!in_memfd) {
+    int rc = ReplaceWithAnon(page, true);
+    if (rc != 0) return rc;
+  }
+  g_pages[g_npages] = {page, in_memfd};
+  return static_cast<int>(g_npages++);
+}
+
+// A temporary rw- mapping of shared code page i: the memfd's page when the fd
+// is still ours (the program may have closed it and reused the number), else
+// a duplicate of the mapping (mremap with old_size 0, r-x like the original)
+// mprotect'ed straight to rw-. Never w and x at once.
+long MapAliasLocked(size_t i) {
+  const CodePage &cp = g_pages[i];
+  struct stat st;
+  if (cp.in_memfd && g_code_fd >= 0 &&
+      RawSyscall6(SYS_fstat, g_code_fd, reinterpret_cast<long>(&st), 0, 0, 0,
+                  0) == 0 &&
+      st.st_ino == g_code_ino && st.st_dev == g_code_dev) {
+    long a = RawSyscall6(SYS_mmap, 0, kPage, PROT_READ | PROT_WRITE, MAP_SHARED,
+                         g_code_fd, static_cast<long>(i * kPage));
+    if (!Failed(a)) return a;
+  }
+  long a = RawSyscall6(SYS_mremap, static_cast<long>(cp.page), 0, kPage,
+                       MREMAP_MAYMOVE, 0, 0);
+  if (Failed(a)) return a;
+  long r = RawSyscall6(SYS_mprotect, a, kPage, PROT_READ | PROT_WRITE, 0, 0, 0);
+  if (Failed(r)) {
+    RawSyscall6(SYS_munmap, a, kPage, 0, 0, 0, 0);
+    return r;
+  }
+  return a;
 }
 
 // Stores `word` at the 8-aligned `entry` through a temporary rw- alias of its
-// (shared) page: mremap with old_size 0 duplicates the mapping (r-x, as the
-// original), mprotect makes the duplicate rw- (never w and x), one atomic
-// store, then the alias goes.
+// shared page: one atomic store, then the alias goes.
 int WriteEntry(uint8_t *entry, uint64_t word) {
   uintptr_t page = PageDown(reinterpret_cast<uintptr_t>(entry));
-  int rc = SharePageLocked(page);
-  if (rc != 0) return rc;
-  long alias = RawSyscall6(SYS_mremap, static_cast<long>(page), 0, kPage,
-                           MREMAP_MAYMOVE, 0, 0);
+  int i = SharePageLocked(page);
+  if (i < 0) return i;
+  long alias = MapAliasLocked(static_cast<size_t>(i));
   if (Failed(alias)) return static_cast<int>(alias);
-  long r =
-      RawSyscall6(SYS_mprotect, alias, kPage, PROT_READ | PROT_WRITE, 0, 0, 0);
-  if (!Failed(r)) {
-    // 8 bytes of an 8-aligned entry never cross a page.
-    auto *w = reinterpret_cast<uint64_t *>(
-        alias + static_cast<long>(reinterpret_cast<uintptr_t>(entry) - page));
-    __atomic_store_n(w, word, __ATOMIC_SEQ_CST);
-    // x86 keeps instruction fetch coherent with stores to the same physical
-    // page, whatever the virtual address.
-  }
+  // 8 bytes of an 8-aligned entry never cross a page.
+  auto *w = reinterpret_cast<uint64_t *>(
+      alias + static_cast<long>(reinterpret_cast<uintptr_t>(entry) - page));
+  __atomic_store_n(w, word, __ATOMIC_SEQ_CST);
+  // x86 keeps instruction fetch coherent with stores to the same physical
+  // page, whatever the virtual address.
   RawSyscall6(SYS_munmap, alias, kPage, 0, 0, 0, 0);
-  return Failed(r) ? static_cast<int>(r) : 0;
+  return 0;
 }
 
 // Fork child: the shared code pages would stay shared with the parent, whose
 // later patch/restore would then rewrite this process's libc too. Give the
 // child private copies (single-threaded here; the bytes are whole entries,
-// old or new, either valid code). g_mu may have been held by a parent thread
-// at fork: re-create it (nothing else can hold it in the child).
+// old or new, either valid code) and drop the inherited memfd. g_mu may have
+// been held by a parent thread at fork: re-create it (nothing else can hold
+// it in the child).
 void PatchAtforkChild() {
   new (&g_mu) std::mutex();
-  for (size_t i = 0; i < g_npages; ++i) ReplacePage(g_pages[i], false);
+  for (size_t i = 0; i < g_npages; ++i) ReplaceWithAnon(g_pages[i].page, false);
   g_npages = 0;  // private now: the next write re-shares the page
+  if (g_code_fd >= 0) RawSyscall6(SYS_close, g_code_fd, 0, 0, 0, 0, 0);
+  g_code_fd = -1;
 }
 
 void SetGuardLocked() {
