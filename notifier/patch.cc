@@ -91,6 +91,7 @@
 #include <fcntl.h>
 #include <link.h>
 #include <pthread.h>
+#include <sys/ioctl.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
@@ -107,7 +108,6 @@
 
 #include "notifier/address_space.h"
 #include "notifier/internal.h"
-#include "notifier/procmap.h"
 #include "notifier/sources.h"
 
 #ifndef MADV_DONTNEED_LOCKED
@@ -366,6 +366,74 @@ extern "C" int HookRemapFilePages(void *addr, size_t size, int prot,
   return static_cast<int>(Ret(r, -1L));
 }
 
+// ---- VMA lookups for the hooks (shmdt, files), without allocating: our own
+// PROCMAP_QUERY fd on /proc/self/maps, so that the query can skip anonymous
+// VMAs (PROCMAP_QUERY_FILE_BACKED_VMA) and so that a fork child re-opens it in
+// PatchAtforkChild (an fd inherited from the parent describes the parent's
+// mm). -1 until install, or when PROCMAP_QUERY is unavailable (Linux < 6.11):
+// the hooks then fall back to wider ranges.
+std::atomic<int> g_maps_fd{-1};
+
+// From <linux/fs.h> of Linux 6.11 (the installed headers predate it).
+struct ProcmapQuery {
+  uint64_t size;
+  uint64_t query_flags;
+  uint64_t query_addr;
+  uint64_t vma_start;
+  uint64_t vma_end;
+  uint64_t vma_flags;
+  uint64_t vma_page_size;
+  uint64_t vma_offset;
+  uint64_t inode;
+  uint32_t dev_major;
+  uint32_t dev_minor;
+  uint32_t vma_name_size;
+  uint32_t build_id_size;
+  uint64_t vma_name_addr;
+  uint64_t build_id_addr;
+};
+constexpr unsigned long kProcmapQuery = _IOWR('f', 17, struct ProcmapQuery);
+constexpr uint64_t kCoveringOrNext = 0x10, kFileBacked = 0x20;
+
+int OpenMaps() {
+  long fd = RawSyscall6(SYS_openat, AT_FDCWD,
+                        reinterpret_cast<long>("/proc/self/maps"),
+                        O_RDONLY | O_CLOEXEC, 0, 0, 0);
+  if (Failed(fd)) return -1;
+  ProcmapQuery q{};
+  q.size = sizeof(q);
+  q.query_flags = kCoveringOrNext;
+  if (RawSyscall6(SYS_ioctl, fd, static_cast<long>(kProcmapQuery),
+                  reinterpret_cast<long>(&q), 0, 0, 0) != 0) {
+    RawSyscall6(SYS_close, fd, 0, 0, 0, 0, 0);
+    return -1;
+  }
+  return static_cast<int>(fd);
+}
+
+struct Vma {
+  uintptr_t start, end;
+  uint64_t offset, inode;
+};
+// The VMA containing addr (next: the first at or above it; file: file-backed
+// ones only). 0, -ENOENT (none), or another -errno (no information).
+int QueryVma(uintptr_t addr, bool next, bool file, Vma *out) {
+  int fd = g_maps_fd.load(std::memory_order_acquire);
+  if (fd < 0) return -EBADF;
+  ProcmapQuery q{};
+  q.size = sizeof(q);
+  q.query_flags = (next ? kCoveringOrNext : 0) | (file ? kFileBacked : 0);
+  q.query_addr = addr;
+  long r = RawSyscall6(SYS_ioctl, fd, static_cast<long>(kProcmapQuery),
+                       reinterpret_cast<long>(&q), 0, 0, 0);
+  if (r != 0) return static_cast<int>(r);
+  out->start = q.vma_start;
+  out->end = q.vma_end;
+  out->offset = q.vma_offset;
+  out->inode = q.inode;
+  return 0;
+}
+
 // ---- files: page-cache pages of mapped files dropped by the file's size or
 // hole changes (truncate_pagecache / unmap_mapping_range in the kernel, which
 // zaps every mapping of the file, shared and private, in every process).
@@ -376,23 +444,68 @@ extern "C" int HookRemapFilePages(void *addr, size_t size, int prot,
 // [off_lo, off_hi). Matched on the inode number alone (st_dev differs from the
 // VMA's device on btrfs subvolumes): another file with the same inode number
 // only adds spurious invalidations. Without PROCMAP_QUERY, the whole address
-// space. The walk runs before the call (start), and again after it: a mapping
-// of the file created by another thread between the first walk and the call
-// gets a start/end pair after the fact, so no registration made in that
-// window stays cached.
+// space.
 //
-// Cost: nothing for calls that cannot zap (growing ftruncate, plain
-// fallocate); an fstat and a walk of the VMAs (~1 us per 100 VMAs here) for
-// the others; the whole space is invalidated only on kernels without
-// PROCMAP_QUERY.
+// The walk costs about 1 us per file-backed VMA (measured: 73 us per
+// ftruncate shrink with 136 VMAs; 310 us before anonymous VMAs were skipped),
+// too much for every ftruncate of a file this process never mapped (a
+// database truncating its journal). So it only runs for inodes in
+// g_mapped_inodes: a 1024-bit Bloom filter of every inode mapped in this
+// process, filled from the VMAs at install and by the mmap hook (one fstat
+// per file mmap) since. A mapping made without libc's mmap after install
+// (ld.so mapping a library for dlopen, a raw syscall) is not in it: a
+// registration of such memory is not protected against truncation of its
+// file (docs/notifier.md lists it).
+//
+// Race: another thread may mmap the file between the walk (or the filter
+// check) and the call and register the new mapping before the call zaps it.
+// The mmap hook counts file mappings (g_file_mmaps, after setting the filter
+// bit); when the count moved during the call, the walk is repeated after it
+// and the mapping gets a start/end pair after the fact, so no registration
+// made in that window stays cached.
+constexpr size_t kInodeBits = 1024;
+std::atomic<uint64_t> g_mapped_inodes[kInodeBits / 64];
+std::atomic<uint64_t> g_file_mmaps{0};
+
+inline size_t InodeBit(uint64_t ino) {
+  return static_cast<size_t>((ino * 0x9E3779B97F4A7C15ull) >> 54);  // 10 bits
+}
+void NoteMappedInode(uint64_t ino) {
+  size_t b = InodeBit(ino);
+  g_mapped_inodes[b / 64].fetch_or(uint64_t{1} << (b % 64),
+                                   std::memory_order_seq_cst);
+}
+bool MaybeMapped(uint64_t ino) {
+  size_t b = InodeBit(ino);
+  return g_mapped_inodes[b / 64].load(std::memory_order_seq_cst) &
+         (uint64_t{1} << (b % 64));
+}
+// Every file-backed VMA now (at install). Without PROCMAP_QUERY nothing is
+// noted: FileSpan then invalidates the whole space anyway, and the filter
+// must not rule that out, so every bit is set.
+void NoteAllMappedInodes() {
+  Vma v{};
+  uintptr_t at = 0;
+  for (;;) {
+    int rc = QueryVma(at, true, true, &v);
+    if (rc == -ENOENT) return;
+    if (rc != 0 || v.end <= at) {
+      for (auto &w : g_mapped_inodes) w.store(~uint64_t{0});
+      return;
+    }
+    if (v.inode != 0) NoteMappedInode(v.inode);
+    at = v.end;
+  }
+}
+
 void FileSpan(uint64_t ino, uint64_t off_lo, uint64_t off_hi, uintptr_t *lo,
               uintptr_t *hi) {
   *lo = kTop;
   *hi = 0;
-  procmap::Vma v;
+  Vma v{};
   uintptr_t at = 0;
   for (;;) {
-    int rc = procmap::Query(at, true, &v);
+    int rc = QueryVma(at, true, true, &v);
     if (rc == -ENOENT) break;
     if (rc != 0 || v.end <= at) {  // no VMA information: everything
       *lo = 0;
@@ -419,11 +532,13 @@ template <class Fn>
 long FileHook(uint64_t ino, uint64_t off_lo, uint64_t off_hi, Fn fn) {
   int *err = ErrnoPtr();
   int saved = *err;
-  uintptr_t lo, hi;
-  FileSpan(ino, off_lo, off_hi, &lo, &hi);
+  uint64_t count = g_file_mmaps.load(std::memory_order_seq_cst);
+  uintptr_t lo = 0, hi = 0;
+  if (MaybeMapped(ino)) FileSpan(ino, off_lo, off_hi, &lo, &hi);
   *err = saved;
   long r = Around(lo, hi, fn);
-  if (!Failed(r)) {
+  if (!Failed(r) && g_file_mmaps.load(std::memory_order_seq_cst) != count &&
+      MaybeMapped(ino)) {
     saved = *err;
     uintptr_t lo2, hi2;
     FileSpan(ino, off_lo, off_hi, &lo2, &hi2);
@@ -563,10 +678,10 @@ extern "C" int HookBrk(void *addr) {
 // (libfabric's choice): spurious invalidations are harmless, missed ones are
 // not.
 void ShmExtent(uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
-  procmap::Vma v;
+  Vma v{};
   *lo = PageDown(addr);
   *hi = kTop;
-  if (procmap::Query(addr, false, &v) != 0) return;
+  if (QueryVma(addr, false, false, &v) != 0) return;
   uint64_t inode = v.inode;
   struct shmid_ds ds;
   if (RawSyscall6(SYS_shmctl, static_cast<long>(inode), IPC_STAT,
@@ -578,9 +693,9 @@ void ShmExtent(uintptr_t addr, uintptr_t *lo, uintptr_t *hi) {
   }
   *hi = v.end;
   uintptr_t at = v.end;
-  procmap::Vma n;
+  Vma n{};
   for (;;) {
-    int rc = procmap::Query(at, true, &n);
+    int rc = QueryVma(at, true, true, &n);
     if (rc == -ENOENT) break;
     if (rc != 0 || n.end <= at) {
       *hi = kTop;
@@ -637,6 +752,14 @@ extern "C" void *HookMmap(void *addr, size_t len, int prot, int flags, int fd,
     return RawSyscall6(SYS_mmap, static_cast<long>(a), static_cast<long>(len),
                        prot, flags, fd, static_cast<long>(off));
   });
+  if (!(flags & MAP_ANONYMOUS) && !Failed(r)) {
+    // A file mapping: note its inode for the file hooks (FileHook).
+    struct stat st;
+    if (RawSyscall6(SYS_fstat, fd, reinterpret_cast<long>(&st), 0, 0, 0, 0) ==
+        0)
+      NoteMappedInode(st.st_ino);
+    g_file_mmaps.fetch_add(1, std::memory_order_seq_cst);
+  }
   return Ret<void *>(r, MAP_FAILED);
 }
 
@@ -878,6 +1001,11 @@ void PatchAtforkChild() {
   g_npages = 0;  // private now: the next write re-shares the page
   if (g_code_fd >= 0) RawSyscall6(SYS_close, g_code_fd, 0, 0, 0, 0, 0);
   g_code_fd = -1;
+  int maps = g_maps_fd.exchange(-1);
+  if (maps >= 0) {
+    RawSyscall6(SYS_close, maps, 0, 0, 0, 0, 0);
+    g_maps_fd.store(OpenMaps());  // this process's own mm
+  }
 }
 
 void SetGuardLocked() {
@@ -1043,7 +1171,10 @@ int PatchInstall() {
   }
   // For shmdt's extent and the file hooks' mappings; without it they
   // over-invalidate (everything above addr / the whole space).
-  procmap::Init();
+  if (g_maps_fd.load() < 0) g_maps_fd.store(OpenMaps());
+  // The file hooks' filter: every file mapped now (later ones go through the
+  // mmap hook, patched above).
+  NoteAllMappedInodes();
   g_installed = true;
   SetGuardLocked();
   return 0;
