@@ -1137,6 +1137,9 @@ int PatchInstall() {
                          PROT_READ | PROT_EXEC, 0, 0, 0);
     if (Failed(r)) return static_cast<int>(r);
   }
+  // For shmdt's extent and the file hooks' mappings (before any hook runs);
+  // without it they over-invalidate (everything above addr / the whole space).
+  if (g_maps_fd.load() < 0) g_maps_fd.store(OpenMaps());
   if (!g_atfork_registered) {
     if (int rc = pthread_atfork(nullptr, nullptr, &PatchAtforkChild); rc != 0)
       return -rc;
@@ -1169,9 +1172,6 @@ int PatchInstall() {
     }
     t.active = true;
   }
-  // For shmdt's extent and the file hooks' mappings; without it they
-  // over-invalidate (everything above addr / the whole space).
-  if (g_maps_fd.load() < 0) g_maps_fd.store(OpenMaps());
   // The file hooks' filter: every file mapped now (later ones go through the
   // mmap hook, patched above).
   NoteAllMappedInodes();

@@ -19,6 +19,7 @@
 #include <sys/shm.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -407,6 +408,43 @@ TEST_F(ZapTest, MremapDontunmap) {
   EXPECT_FALSE(StaleNow(m, len));
   munmap(n, len);
   munmap(m, len);
+}
+
+// ---- fork: the file and shmdt hooks look VMAs up through /proc/self/maps;
+// an fd opened in the parent would describe the parent's mm. A child's own
+// new file mapping must be found after fork (the child re-opens it).
+TEST_F(ZapTest, ForkChildFileHookSeesItsOwnMappings) {
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(20);
+    StaleOracle o;
+    regcache_t *cache = nullptr;
+    if (regcache_create(o.driver(), nullptr, &cache) != 0) _exit(2);
+    size_t len = 8 * kPage;
+    int fd = static_cast<int>(syscall(SYS_memfd_create, "zapchild", 0));
+    if (fd < 0 || ftruncate(fd, static_cast<off_t>(len)) != 0) _exit(3);
+    char *m = static_cast<char *>(
+        mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
+    if (m == MAP_FAILED) _exit(3);
+    std::memset(m, 1, len);
+    regcache_region_t *r = nullptr;
+    if (regcache_get(cache, m, len, kWrite, &r) != 0) _exit(4);
+    regcache_put(cache, r);
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+                  static_cast<off_t>(len)) != 0)
+      _exit(5);
+    std::memset(m, 2, len);
+    if (regcache_get(cache, m, len, kWrite, &r) != 0) _exit(4);
+    bool stale = o.IsStale(r);
+    regcache_put(cache, r);
+    regcache_destroy(cache);
+    _exit(stale ? 1 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child died: " << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "1: stale in the fork child";
 }
 
 }  // namespace
