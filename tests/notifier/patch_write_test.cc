@@ -10,6 +10,7 @@
 // the commit that added it).
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -109,6 +110,89 @@ TEST(PatchWriteTest, NoWritableExecutableMappingWhileInstalling) {
               cycles, scans.load());
   EXPECT_GT(scans.load(), 10);
   EXPECT_EQ(wx.load(), 0) << "a mapping was writable and executable: " << first;
+}
+
+// Installing replaces libc's code pages and rewrites entries while other
+// threads run through them: two threads call every hooked function in a loop
+// (through libc) while the main thread installs and uninstalls the source.
+// Any torn instruction or missing page would crash them; every call must also
+// keep its result.
+TEST(PatchWriteTest, CallersRunWhileInstallingAndUninstalling) {
+  Recorder probe_rec;
+  Subscription *probe = InstallPatch(&probe_rec);
+  if (probe == nullptr) GTEST_SKIP() << "patch source unavailable here";
+  Unregister(probe);
+  ResetForTesting();
+  std::atomic<bool> stop{false};
+  std::atomic<long> calls{0}, wrong{0};
+  auto churn = [&] {
+    int fd = memfd_create("churn", MFD_CLOEXEC);
+    while (!stop.load(std::memory_order_relaxed)) {
+      char *p =
+          static_cast<char *>(mmap(nullptr, 4 * 4096, PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+      if (p == MAP_FAILED) {
+        wrong.fetch_add(1);
+        continue;
+      }
+      p[0] = 1;
+      if (madvise(p, 4096, MADV_DONTNEED) != 0 || p[0] != 0) wrong++;
+      if (madvise(p, 4096, MADV_WILLNEED) != 0) wrong++;
+      if (mprotect(p, 4096, PROT_READ) != 0) wrong++;
+      if (mprotect(p, 4096, PROT_READ | PROT_WRITE) != 0) wrong++;
+      void *q = mremap(p, 4 * 4096, 2 * 4096, 0);
+      if (q != p) wrong++;
+      if (munmap(p, 2 * 4096) != 0) wrong++;
+      if (fd >= 0 && (ftruncate(fd, 8192) != 0 || ftruncate(fd, 0) != 0 ||
+                      fallocate(fd, 0, 0, 4096) != 0))
+        wrong++;
+      calls.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (fd >= 0) close(fd);
+  };
+  // The code pages are replaced once per process (later installs reuse them);
+  // a fork child gets private pages back and replaces them again on its first
+  // install: 8 children each install under fire from their own threads.
+  for (int i = 0; i < 8; ++i) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      alarm(20);
+      std::thread a(churn), b(churn);
+      Recorder rec;
+      Subscription *s = InstallPatch(&rec);
+      if (s == nullptr) _exit(2);
+      for (int k = 0; k < 100; ++k) sched_yield();
+      Unregister(s);
+      ResetForTesting();
+      stop = true;
+      a.join();
+      b.join();
+      _exit(wrong.load() == 0 ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "child " << i << " died: " << status;
+    ASSERT_EQ(WEXITSTATUS(status), 0) << "child " << i;
+  }
+  std::thread a(churn), b(churn);
+  int cycles = 0;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (std::chrono::steady_clock::now() < end || cycles < 50) {
+    Recorder rec;
+    Subscription *s = InstallPatch(&rec);
+    ASSERT_NE(s, nullptr);
+    Unregister(s);
+    ResetForTesting();
+    ++cycles;
+  }
+  stop = true;
+  a.join();
+  b.join();
+  std::printf("%d install/uninstall cycles, %ld rounds of calls\n", cycles,
+              calls.load());
+  EXPECT_GT(calls.load(), 10);
+  EXPECT_EQ(wrong.load(), 0);
 }
 
 // The replaced code pages are shared memory; a fork child gets private copies,
