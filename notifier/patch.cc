@@ -900,9 +900,14 @@ int ReplaceWithAnon(uintptr_t page, bool shared) {
 // mremap). Creates the memfd on first use.
 int ReplaceWithMemfdLocked(uintptr_t page, size_t slot) {
   if (g_code_fd < 0) {
-    long fd = RawSyscall6(SYS_memfd_create,
-                          reinterpret_cast<long>("regcache-libc-code"),
-                          MFD_CLOEXEC, 0, 0, 0, 0);
+    // MFD_EXEC (Linux >= 6.3): executable even where vm.memfd_noexec = 1
+    // makes memfds non-executable by default; older kernels reject the flag.
+    constexpr long kMfdExec = 0x10;
+    const long name = reinterpret_cast<long>("regcache-libc-code");
+    long fd =
+        RawSyscall6(SYS_memfd_create, name, MFD_CLOEXEC | kMfdExec, 0, 0, 0, 0);
+    if (fd == -EINVAL)
+      fd = RawSyscall6(SYS_memfd_create, name, MFD_CLOEXEC, 0, 0, 0, 0);
     if (Failed(fd)) return static_cast<int>(fd);
     struct stat st;
     if (RawSyscall6(SYS_fstat, fd, reinterpret_cast<long>(&st), 0, 0, 0, 0)) {
