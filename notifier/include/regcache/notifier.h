@@ -89,7 +89,11 @@ REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops,
 /*
  * Subscribes to events that overlap [addr, addr+len) only. With the uffd source, the
  * mappings under the interval become watched, so this works with every source. Errors as
- * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range.
+ * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range, and with
+ * the uffd source (which can only watch mappings that exist, and only those no other
+ * userfaultfd owns): -EFAULT when part of the interval is not mapped (nothing is
+ * watched), -EBUSY when a mapping under it cannot be watched (another userfaultfd owns
+ * it, or the kernel cannot watch its type): its changes would not be reported.
  */
 REGCACHE_API int regcache_notifier_register_range(
     const regcache_notifier_ops_t *ops, void *arg, const void *addr, size_t len,
