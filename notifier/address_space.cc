@@ -704,6 +704,16 @@ uint64_t ReadBegin(Subscription *s) {
       return (w & kActiveMask) == 0;
     });
   }
+  if (!s->whole && g_active.load(std::memory_order_acquire) == Source::kUffd &&
+      sources::UffdWatch(s->start, s->end) != 0) {
+    // uffd only sees mappings it watches, and Register watched what was
+    // mapped then: a mapping that has replaced it since (its unmap already
+    // delivered, before w was read) would be registered unwatched. Watching
+    // again after reading w closes that: a later change of what is watched
+    // now moves the sequence. Cannot watch (hole, other uffd): fail ReadRetry
+    // so that the caller's next Register reports it.
+    s->seq_word.fetch_add(kStartInc, std::memory_order_seq_cst);
+  }
   return w >> kActiveBits;
 }
 
