@@ -120,7 +120,10 @@ REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier);
  *     unlock(user_lock)
  *
  * read_begin stores the sequence in *seq_p and returns 0 (-EINVAL for NULL, -EDEADLK if
- * called from inside a callback). read_retry returns 1 if an invalidation of the interval
+ * called from inside a callback). With the uffd source, read_begin of an interval watches
+ * the mappings under it again (a mapping that replaced the one watched at register would
+ * otherwise be unwatched); if that is no longer possible (part of it unmapped, or owned
+ * by another userfaultfd), read_retry reports a change, so bound your retry loop. read_retry returns 1 if an invalidation of the interval
  * started after read_begin, 0 if not, negative errno on bad input.
  */
 REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
