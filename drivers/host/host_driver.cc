@@ -145,10 +145,11 @@ int CheckByRead(int fd, uintptr_t start, uintptr_t end, bool write) {
 // being checked and make it look mapped (the stress test's 1-in-180 000 flake).
 // The fd is opened per call: it describes the mm of the process that opened
 // it, so a fork child must not reuse its parent's.
-int CheckMapped(uintptr_t start, uintptr_t end, bool write) {
+int CheckMapped(uintptr_t start, uintptr_t end, bool write,
+                bool maps_file = false) {
   int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -errno;
-  int rc = CheckByQuery(fd, start, end, write);
+  int rc = maps_file ? -ENOTTY : CheckByQuery(fd, start, end, write);
   if (rc == -ENOTTY || rc == -EINVAL || rc == -EOPNOTSUPP)
     rc = CheckByRead(fd, start, end, write);
   close(fd);
@@ -339,6 +340,11 @@ size_t PinnedBytes() {
   Pins &pins = ThePins();
   std::lock_guard<std::mutex> g(pins.mu);
   return pins.count.size() * PageSize();
+}
+
+int CheckMapped(const void *addr, size_t len, bool write, bool maps_file) {
+  const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
+  return CheckMapped(start, start + len, write, maps_file);
 }
 
 size_t LiveRegistrations() {
