@@ -547,6 +547,20 @@ REGCACHE_HOT void EndRange(Frame *f) {
 }
 
 std::atomic<uint32_t> g_async_in_flight{0};
+
+// For the uffd source in a fork child: the intervals of the live
+// subscriptions, to watch them again. Walked inside a window, like dispatch
+// (no lock: fn may take the source's own lock and call into the kernel).
+void ForEachLiveInterval(void (*fn)(void *ctx, uintptr_t start, uintptr_t end),
+                         void *ctx) {
+  unsigned slot = EnterWindow(/*may_wait=*/false);
+  for (Subscription *s = g_interval.load(std::memory_order_acquire);
+       s != nullptr; s = s->next.load(std::memory_order_acquire)) {
+    if ((s->flags.load(std::memory_order_acquire) & kDead) == 0)
+      fn(ctx, s->start, s->end);
+  }
+  ExitWindow(slot);
+}
 std::atomic<uint64_t *> g_patch_guard{nullptr};
 uint64_t g_patch_guard_word = 0;
 
@@ -690,6 +704,16 @@ uint64_t ReadBegin(Subscription *s) {
       return (w & kActiveMask) == 0;
     });
   }
+  if (!s->whole && g_active.load(std::memory_order_acquire) == Source::kUffd &&
+      sources::UffdWatch(s->start, s->end) != 0) {
+    // uffd only sees mappings it watches, and Register watched what was
+    // mapped then: a mapping that has replaced it since (its unmap already
+    // delivered, before w was read) would be registered unwatched. Watching
+    // again after reading w closes that: a later change of what is watched
+    // now moves the sequence. Cannot watch (hole, other uffd): fail ReadRetry
+    // so that the caller's next Register reports it.
+    s->seq_word.fetch_add(kStartInc, std::memory_order_seq_cst);
+  }
   return w >> kActiveBits;
 }
 
@@ -811,6 +835,9 @@ void VerifySources() {
 
 void SyncForLookup() {
   VerifySources();
+  // uffd: first until the kernel has no unread change of a watched mapping,
+  // then until the monitor has delivered what it read (this order; uffd.cc).
+  sources::UffdSyncForLookup();
   WaitAsyncEvents();
 }
 

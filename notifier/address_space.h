@@ -85,11 +85,21 @@ int Resume();
 // the old range un-invalidated. To close that window the monitor counts itself
 // in flight BEFORE read() and out after dispatching: a reader that sees
 // AsyncEventsInFlight() == false after its munmap returned knows every event
-// of that munmap has been delivered. A lock-free lookup (the cache's hit path)
-// checks it and, when true, takes its slow path, which calls
-// WaitAsyncEvents() before consulting its index.
+// of that munmap has been delivered. Another thread may map the recycled
+// address before the event is even queued; for that, a lookup first probes
+// the kernel (is a watched mapping changing?) and only then reads the count.
+// A lock-free lookup (the cache's hit path) checks FastPathOk() and, when
+// false, takes its slow path, which calls SyncForLookup() before consulting
+// its index.
 namespace internal {
+// Low bits: monitor holds open. kAsyncProbe: the uffd source is installed, so
+// a lookup must first ask the kernel whether a watched mapping is changing
+// (an unmap whose event is not even read yet) and only then read the count
+// (the order matters; notifier/uffd.cc, EXACT LOOKUPS).
 extern std::atomic<uint32_t> g_async_in_flight;
+constexpr uint32_t kAsyncProbe = 1u << 31;
+// FastPathOk()'s out-of-line half when g_async_in_flight != 0 (notifier/uffd.cc).
+bool AsyncFastPathOk();
 // The patch source's sentinel: munmap's entry and the word we wrote there
 // (nullptr when patch is not installed).
 extern std::atomic<uint64_t *> g_patch_guard;
@@ -98,7 +108,8 @@ extern uint64_t g_patch_guard_word;
 inline bool AsyncEventsInFlight() {
   // seq_cst: ordered after the caller's earlier munmap/free (a plain load on
   // x86).
-  return internal::g_async_in_flight.load(std::memory_order_seq_cst) != 0;
+  return (internal::g_async_in_flight.load(std::memory_order_seq_cst) &
+          ~internal::kAsyncProbe) != 0;
 }
 // Waits until no asynchronous event is being read or dispatched. Returns at
 // once inside a callback or on a monitor thread (the event being dispatched
@@ -125,7 +136,14 @@ void VerifySources();
 // For lock-free lookups (the cache's hit path): true when a lookup may trust
 // its index without synchronizing with the notifier. When false, take the slow
 // path and call SyncForLookup() before reading the index.
-inline bool FastPathOk() { return !AsyncEventsInFlight() && PatchIntact(); }
+// With patch (or none) this is one load and the sentinel; with uffd it costs
+// one ioctl (the probe) per lookup.
+inline bool FastPathOk() {
+  if (internal::g_async_in_flight.load(std::memory_order_seq_cst) != 0)
+      [[unlikely]]
+    return internal::AsyncFastPathOk();
+  return PatchIntact();
+}
 void SyncForLookup();
 
 // True while the calling thread is inside a notifier callback.

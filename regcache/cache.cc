@@ -966,6 +966,8 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     const size_t plen = plan.end - plan.start;
     notifier::Subscription *sub = nullptr;
     int rc = notifier::Register(&kRangeOps, nullptr, plan.start, plen, &sub);
+    if (rc == -EBUSY)  // the source cannot watch it: never cache it blind
+      return GetUncached(nr, req_start, req_end, access, out);
     if (rc) {
       TheSlab().Free(nr);
       failures_.fetch_add(1, std::memory_order_relaxed);
@@ -1094,6 +1096,40 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     *out = nr;
     return 0;
   }
+}
+
+int Cache::GetUncached(Region *nr, uintptr_t start, uintptr_t end,
+                       unsigned access, Region **out) {
+  const size_t len = end - start;
+  Registration reg;
+  int rc =
+      driver()->Register(reinterpret_cast<void *>(start), len, access, &reg);
+  if (rc) {
+    TheSlab().Free(nr);
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    return rc;
+  }
+  registrations_.fetch_add(1, std::memory_order_relaxed);
+  reg_regions_.fetch_add(1, std::memory_order_relaxed);
+  reg_bytes_.fetch_add(len, std::memory_order_relaxed);
+  nr->cache = this;
+  nr->start = start;
+  nr->end = end;
+  nr->access = access;
+  nr->reg = reg;
+  // One reference and no kValid: Put's last reference deregisters it
+  // (ReleaseOrphan), and no lookup can find it.
+  const uint64_t gen = Region::Gen(nr->word.load(std::memory_order_relaxed));
+  nr->word.store((gen << Region::kGenShift) | 1, std::memory_order_release);
+  LockAndDrain();
+  OrphanLinkLocked(nr);
+  DrainAndUnlock();
+  REGCACHE_LOG(DEBUG,
+               "cache {}: region 0x{:x} len {} registered uncached (the event "
+               "source cannot watch it)",
+               name(), start, len);
+  *out = nr;
+  return 0;
 }
 
 void Cache::EndInFlight(int slot) {

@@ -221,6 +221,10 @@ class Cache {
   ~Cache();
 
   int GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out);
+  // Registers [start, end) without caching it (the event source cannot watch
+  // that memory): the region is in no index, and its last put deregisters it.
+  int GetUncached(Region *nr, uintptr_t start, uintptr_t end, unsigned access,
+                  Region **out) REGCACHE_EXCLUDES(mu_);
   void PutSlow();
   void ReleaseOrphan(Region *r);
   void DoublePut(Region *r);

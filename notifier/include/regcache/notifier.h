@@ -89,7 +89,11 @@ REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops,
 /*
  * Subscribes to events that overlap [addr, addr+len) only. With the uffd source, the
  * mappings under the interval become watched, so this works with every source. Errors as
- * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range.
+ * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range, and with
+ * the uffd source (which can only watch mappings that exist, and only those no other
+ * userfaultfd owns): -EFAULT when part of the interval is not mapped (nothing is
+ * watched), -EBUSY when a mapping under it cannot be watched (another userfaultfd owns
+ * it, or the kernel cannot watch its type): its changes would not be reported.
  */
 REGCACHE_API int regcache_notifier_register_range(
     const regcache_notifier_ops_t *ops, void *arg, const void *addr, size_t len,
@@ -116,7 +120,10 @@ REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier);
  *     unlock(user_lock)
  *
  * read_begin stores the sequence in *seq_p and returns 0 (-EINVAL for NULL, -EDEADLK if
- * called from inside a callback). read_retry returns 1 if an invalidation of the interval
+ * called from inside a callback). With the uffd source, read_begin of an interval watches
+ * the mappings under it again (a mapping that replaced the one watched at register would
+ * otherwise be unwatched); if that is no longer possible (part of it unmapped, or owned
+ * by another userfaultfd), read_retry reports a change, so bound your retry loop. read_retry returns 1 if an invalidation of the interval
  * started after read_begin, 0 if not, negative errno on bad input.
  */
 REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
