@@ -19,8 +19,9 @@
 
 namespace regcache::notifier {
 
-enum class Source { kAuto, kPatch, kUffd, kNone };
-const char *SourceName(Source s);  // "auto", "patch", "uffd", "none"
+// kUcm: UCX libucm's events, imported (notifier/ucm_import.cc).
+enum class Source { kAuto, kPatch, kUffd, kNone, kUcm };
+const char *SourceName(Source s);  // "auto", "patch", "uffd", "none", "ucm"
 
 // Log levels follow REGCACHE_LOG_* of <regcache/regcache.h> (1 error .. 5
 // trace).
@@ -137,6 +138,15 @@ void Teardown();
 
 // The active source (kNone before the first Register).
 Source ActiveSource();
+
+// Installs the configured source now if no Register did yet (what Register
+// does first). 0 or the source's -errno.
+int EnsureInstalled();
+
+// False while no installed source sees every unmap and the host has not
+// declared that it reports unmaps (notifier/policy.h): a cache must not keep
+// registrations then. One atomic load; valid after EnsureInstalled/Register.
+bool CachingSafe();
 
 // For tests: undoes Teardown and uninstalls sources so a fresh sequence can
 // start. REQUIRES: no subscriber registered, no range in flight.

@@ -223,6 +223,9 @@ class Cache {
   int GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out);
   void PutSlow();
   void ReleaseOrphan(Region *r);
+  // Blind notifier (see cache.cc "blind mode"): register without caching.
+  int GetUncached(uintptr_t addr, size_t len, unsigned access, Region **out);
+  void HandOutUncached(Region *r);
   void DoublePut(Region *r);
   void CountHit();
   void Remember(Region *r, uint64_t word);

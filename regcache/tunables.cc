@@ -1,5 +1,7 @@
 #include "regcache/tunables.h"
 
+#include <sys/auxv.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -21,12 +23,13 @@ constexpr Spec kTable[] = {
      "off|error|warn|info|debug|trace"},
     {"MONITOR", Type::kEnum, "auto",
      "How the notifier sees memory being unmapped: patch (patch libc's "
-     "munmap/mremap/"
-     "madvise/brk/shmdt/mmap entry points), uffd (userfaultfd monitor thread), "
-     "none "
-     "(explicit regcache_notify_unmapped() calls only), auto (patch, else "
-     "uffd, else none).",
-     "auto|patch|uffd|none"},
+     "munmap/mremap/madvise/brk/shmdt/mmap entry points), uffd (userfaultfd "
+     "monitor thread), ucm (import the events of UCX's libucm, when the "
+     "process loaded it), none (the host reports unmaps with "
+     "regcache_notify_unmap_start/end; caching stays on), auto (patch; ucm if "
+     "libucm patched libc first; uffd; ucm if libucm is loaded; else no "
+     "source: caching is turned off, with one warning).",
+     "auto|patch|uffd|none|ucm"},
     {"MAX_REGIONS", Type::kUint, "16384",
      "Most regions a cache keeps registered. Beyond it, least recently used "
      "unused regions are deregistered (regions in use are never evicted, so "
@@ -163,6 +166,43 @@ int Validate(const Spec &s, const std::string &raw, int *enum_index,
   return -EINVAL;
 }
 
+// Secure-execution mode (AT_SECURE: setuid/setgid, file capabilities, an LSM
+// transition). A test seam can force it (SetSecureForTesting).
+int g_force_secure = -1;  // -1: ask the kernel
+
+bool Secure() {
+  if (g_force_secure >= 0) return g_force_secure != 0;
+  return getauxval(AT_SECURE) != 0;
+}
+
+// THE one place the environment is read (every REGCACHE_* variable comes
+// through here). Under AT_SECURE the environment belongs to a less privileged
+// caller: a setuid program would otherwise let it turn invalidation off
+// (REGCACHE_MONITOR=none) or redirect logs, so it is ignored (secure_getenv
+// returns NULL there), with one warning per variable that was set.
+// REQUIRES: S().mu held (the reported set).
+const char *EnvLookup(const char *name) {
+  if (!Secure()) return secure_getenv(name);
+  if (getenv(name) != nullptr &&  // only to say it is ignored; never used
+      S().reported.insert(std::string("secure:") + name).second) {
+    REGCACHE_LOG(WARN,
+                 "{} is ignored: secure-execution mode (setuid/setgid or "
+                 "capabilities); use regcache_config_set() from the program",
+                 name);
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+void SetSecureForTesting(int secure) {
+  std::lock_guard<std::mutex> g(S().mu);
+  g_force_secure = secure;
+  S().reported.clear();
+}
+
+namespace {
+
 // Current raw value and where it came from. REQUIRES: S().mu held.
 std::string RawLocked(const Spec &s, const char **origin) {
   auto it = S().overrides.find(s.name);
@@ -171,8 +211,7 @@ std::string RawLocked(const Spec &s, const char **origin) {
     return it->second;
   }
   std::string env = std::string("REGCACHE_") + s.name;
-  // The one and only getenv of a REGCACHE_ variable.
-  if (const char *e = std::getenv(env.c_str())) {
+  if (const char *e = EnvLookup(env.c_str())) {
     *origin = "environment";
     return e;
   }
