@@ -78,12 +78,15 @@ constexpr int kUcmShmdt = 1 << 4;
 constexpr int kUcmSbrk = 1 << 5;
 constexpr int kUcmMadvise = 1 << 6;
 constexpr int kUcmBrk = 1 << 7;
-// Not kUcmSbrk: libucm's bistro mode cannot install an sbrk hook (UCX 1.13
-// answers UCS_ERR_UNSUPPORTED for it, measured), and does not need one:
-// glibc's sbrk calls brk's entry, which libucm hooks (UCM_EVENT_BRK). An SBRK
-// event that does arrive (reloc mode) is still handled.
+// kUcmSbrk separately, with kUcmNoInstall: libucm hooks sbrk at start-up
+// (its bistro mode patches every entry when libucs initializes it) and glibc's
+// sbrk then never reaches brk's entry, but asking for SBRK events makes libucm
+// re-test its sbrk hook, which fails in UCX 1.13 (UCS_ERR_UNSUPPORTED,
+// measured). NO_INSTALL adds the handler without that test; if the sbrk hook
+// is not installed, glibc's sbrk calls brk's entry, which is (UCM_EVENT_BRK).
 constexpr int kUcmNative = kUcmMmap | kUcmMunmap | kUcmMremap | kUcmShmat |
                            kUcmShmdt | kUcmMadvise | kUcmBrk;
+constexpr int kUcmNoInstall = 1 << 24;  // UCM_EVENT_FLAG_NO_INSTALL
 
 union UcmEvent {
   struct {
@@ -415,7 +418,10 @@ int UcmInstall() {
   // a post without a pre, which PostHandler ignores; the other order could
   // open a frame nobody closes.
   int st = g_set(kUcmNative, kPostPriority, &PostHandler, nullptr);
+  if (st == 0)
+    st = g_set(kUcmSbrk | kUcmNoInstall, kPostPriority, &PostHandler, nullptr);
   if (st != 0) {
+    g_unset(kUcmNative | kUcmSbrk, &PostHandler, nullptr);
     internal::Logf(internal::kLogWarn,
                    "notifier: ucm: ucm_set_event_handler failed (ucs_status "
                    "%d): libucm events disabled (UCX_MEM_EVENTS=no?) or its "
@@ -424,8 +430,11 @@ int UcmInstall() {
     return -ENOSYS;
   }
   st = g_set(kUcmNative, kPrePriority, &PreHandler, nullptr);
+  if (st == 0)
+    st = g_set(kUcmSbrk | kUcmNoInstall, kPrePriority, &PreHandler, nullptr);
   if (st != 0) {
-    g_unset(kUcmNative, &PostHandler, nullptr);
+    g_unset(kUcmNative | kUcmSbrk, &PreHandler, nullptr);
+    g_unset(kUcmNative | kUcmSbrk, &PostHandler, nullptr);
     internal::Logf(internal::kLogWarn,
                    "notifier: ucm: ucm_set_event_handler failed (ucs_status "
                    "%d)",
@@ -445,8 +454,8 @@ void UcmUninstall() {
   if (!g_installed) return;
   // Pre first (the mirror of install): no frame opens after this, and a
   // dispatch in flight holds libucm's read-lock, so unset waits for its post.
-  g_unset(kUcmNative, &PreHandler, nullptr);
-  g_unset(kUcmNative, &PostHandler, nullptr);
+  g_unset(kUcmNative | kUcmSbrk, &PreHandler, nullptr);
+  g_unset(kUcmNative | kUcmSbrk, &PostHandler, nullptr);
   g_installed = false;
 }
 
