@@ -73,11 +73,14 @@ struct Cell {
   }
 };
 
+// Lines at warn or error level (the blind cells must have exactly one).
 std::atomic<int> g_warnings{0};
+std::atomic<int> g_errors{0};
 char g_first_warning[512];
 
 void LogHook(void *, int level, const char *msg) {
-  if (level == REGCACHE_LOG_WARN && g_warnings.fetch_add(1) == 0)
+  if (level == REGCACHE_LOG_ERROR) g_errors++;
+  if (level <= REGCACHE_LOG_WARN && g_warnings.fetch_add(1) == 0)
     snprintf(g_first_warning, sizeof(g_first_warning), "%s", msg);
 }
 
@@ -210,7 +213,7 @@ int Child(const Cell &cell) {
   if (cell.control != 0) {
     ok = n.stale > 0;  // the control must see what the protection prevents
   } else if (safe == 1) {
-    ok = n.stale == 0 && n.errors == 0 && exact;
+    ok = n.stale == 0 && n.errors == 0 && exact && g_errors == 0;
   } else {
     ok = n.stale == 0 && n.errors == 0 && safe == 0 && warns == 1 &&
          st.hits == 0;
