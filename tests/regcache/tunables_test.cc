@@ -26,6 +26,8 @@ void Capture(void *arg, int level, const char *msg) {
 class TunablesTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // These tests own the environment (the TSan preset sets MONITOR=none).
+    unsetenv("REGCACHE_MONITOR");
     tunables::ClearOverridesForTesting();
     regcache_set_log_handler(Capture, &captured_);
   }
