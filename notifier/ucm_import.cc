@@ -257,7 +257,8 @@ void RangeOf(int type, const UcmEvent *e, uintptr_t *lo, uintptr_t *hi) {
       if ((e->shmat.shmflg & SHM_REMAP) && e->shmat.shmaddr != nullptr) {
         struct shmid_ds ds;
         uintptr_t a = reinterpret_cast<uintptr_t>(e->shmat.shmaddr);
-        if (e->shmat.shmflg & SHM_RND) a &= ~(uintptr_t{SHMLBA} - 1);
+        // SHMLBA is the page size on x86_64 (a libc call: not in a hook).
+        if (e->shmat.shmflg & SHM_RND) a &= ~(kPage - 1);
         if (syscall(SYS_shmctl, e->shmat.shmid, IPC_STAT, &ds) == 0) {
           *lo = PageDown(a);
           *hi = PageUp(a + ds.shm_segsz);
