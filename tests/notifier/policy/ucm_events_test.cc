@@ -12,6 +12,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -209,6 +210,28 @@ TEST_F(UcmEventsTest, FreeOfAnMmappedChunk) {
   WatchPage(page);
   free(p);
   ExpectBracketed();
+}
+
+TEST_F(UcmEventsTest, ForkedChildSeesUnmapsThroughTheImport) {
+  // libucm's hooks and our handlers are process memory: a child inherits
+  // both, with its own address space (unlike a uffd context).
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    alarm(10);
+    char *p = Map(4 * kPage);
+    WatchPage(p + kPage);
+    if (munmap(p, 4 * kPage) != 0) _exit(2);
+    _exit(g_seen.starts.load() >= 1 &&
+                  g_seen.mapped_at_start.load() == g_seen.starts.load() &&
+                  g_seen.gone_at_end.load() >= 1
+              ? 0
+              : 1);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0);
 }
 
 TEST_F(UcmEventsTest, MutedImportSeesNothing) {
