@@ -66,8 +66,10 @@ Source InstallAuto() {
   }
   // Another patcher owns libc's entries. If it is libucm, import its events:
   // they come before and after the syscall, like ours.
-  int crc = -ENOENT;
+  bool tried_ucm = false;
+  int crc = 0;
   if (prc == -EALREADY && sources::UcmOwnsEntries()) {
+    tried_ucm = true;
     crc = sources::UcmInstall();
     if (crc == 0) {
       internal::Logf(internal::kLogInfo,
@@ -86,7 +88,8 @@ Source InstallAuto() {
   // libucm loaded but its hooks not installed yet (nobody asked it for
   // events): let it patch, unless the entries belong to another patcher
   // (libucm would overwrite that library's hooks).
-  if (prc != -EALREADY && crc == -ENOENT && sources::UcmLoaded()) {
+  if (prc != -EALREADY && !tried_ucm && sources::UcmLoaded()) {
+    tried_ucm = true;
     crc = sources::UcmInstall();
     if (crc == 0) {
       internal::Logf(internal::kLogInfo,
@@ -99,16 +102,17 @@ Source InstallAuto() {
   snprintf(
       g_reason, sizeof(g_reason), "patch: %s; uffd: %s%s%s",
       prc == -EALREADY ? "libc already patched by another library" : Err(prc),
-      Err(urc),
-      crc == -ENOENT ? "" : "; ucm: ", crc == -ENOENT ? "" : Err(crc));
+      Err(urc), tried_ucm ? "; ucm: " : "", tried_ucm ? Err(crc) : "");
   BecomeBlind();
   return Source::kNone;
 }
 
 Source AfterPatchLost(const char *which) {
   Source now = Source::kNone;
-  int crc = -ENOENT, urc = -ENOENT;
+  bool tried_ucm = false;
+  int crc = 0, urc = 0;
   if (sources::UcmOwnsEntries()) {
+    tried_ucm = true;
     crc = sources::UcmInstall();
     if (crc == 0) now = Source::kUcm;
   }
@@ -130,7 +134,7 @@ Source AfterPatchLost(const char *which) {
              "patch overwritten by another library (libc %s); ucm: %s; "
              "uffd: %s",
              which ? which : "?",
-             crc == -ENOENT ? "libucm not the patcher" : Err(crc), Err(urc));
+             tried_ucm ? Err(crc) : "libucm not the patcher", Err(urc));
     BecomeBlind();
   }
   return now;

@@ -42,9 +42,9 @@ bool UcmLoaded();
 // True when libc's munmap entry jumps into libucm (libucm's bistro hooks own
 // libc's entry points).
 bool UcmOwnsEntries();
-// Registers the pre/post handlers with libucm. 0, -ENOENT (libucm not loaded
-// or a symbol missing), -ENOSYS (libucm refused: events disabled, hooks not
-// installable; its status in the log).
+// Registers the pre/post handlers with libucm. 0, or -ENOSYS (libucm not
+// loaded, a symbol missing, or libucm refused: events disabled, hooks not
+// installable; the reason in the log).
 int UcmInstall();
 void UcmUninstall();
 // Tests only (negative controls): true makes the imported events empty, as if

@@ -399,14 +399,20 @@ int UcmInstall() {
   std::lock_guard<std::mutex> g(g_mu);
   if (g_installed) return 0;
   void *h = UcmHandle();
-  if (h == nullptr) return -ENOENT;
+  if (h == nullptr) {
+    internal::Logf(internal::kLogInfo,
+                   "notifier: ucm: libucm.so.0 is not loaded in this process");
+    return -ENOSYS;
+  }
   g_set = reinterpret_cast<SetHandlerFn>(dlsym(h, "ucm_set_event_handler"));
   g_unset =
       reinterpret_cast<UnsetHandlerFn>(dlsym(h, "ucm_unset_event_handler"));
   // Keep our reference: libucm must outlive the handlers it calls.
   if (g_set == nullptr || g_unset == nullptr) {
     dlclose(h);
-    return -ENOENT;
+    internal::Logf(internal::kLogWarn,
+                   "notifier: ucm: libucm lacks ucm_set_event_handler");
+    return -ENOSYS;
   }
   if (g_curbrk == nullptr) {
     if (void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD)) {
