@@ -180,17 +180,30 @@ bool Secure() {
 // caller: a setuid program would otherwise let it turn invalidation off
 // (REGCACHE_MONITOR=none) or redirect logs, so it is ignored (secure_getenv
 // returns NULL there), with one warning per variable that was set.
-// REQUIRES: S().mu held (the reported set).
-const char *EnvLookup(const char *name) {
-  if (!Secure()) return secure_getenv(name);
-  if (getenv(name) != nullptr &&  // only to say it is ignored; never used
-      S().reported.insert(std::string("secure:") + name).second) {
-    REGCACHE_LOG(WARN,
-                 "{} is ignored: secure-execution mode (setuid/setgid or "
-                 "capabilities); use regcache_config_set() from the program",
-                 name);
-  }
+// REQUIRES: S().mu held (the reported set). The warning is not logged here,
+// under the mutex, but by ReportIgnored() after the caller unlocked (a log
+// handler may call back into regcache_config_*).
+thread_local const Spec *t_ignored = nullptr;
+
+const char *EnvLookup(const Spec &s) {
+  std::string name = std::string("REGCACHE_") + s.name;
+  if (!Secure()) return secure_getenv(name.c_str());
+  if (getenv(name.c_str()) != nullptr &&  // only to say it is ignored
+      S().reported.insert("secure:" + name).second)
+    t_ignored = &s;
   return nullptr;
+}
+
+// REQUIRES: S().mu not held.
+void ReportIgnored() {
+  const Spec *s = t_ignored;
+  if (s == nullptr) return;
+  t_ignored = nullptr;
+  log::Write(REGCACHE_LOG_WARN,
+             fmt::format("REGCACHE_{} is ignored: secure-execution mode "
+                         "(setuid/setgid or capabilities); use "
+                         "regcache_config_set() from the program",
+                         s->name));
 }
 
 }  // namespace
@@ -210,8 +223,7 @@ std::string RawLocked(const Spec &s, const char **origin) {
     *origin = "regcache_config_set";
     return it->second;
   }
-  std::string env = std::string("REGCACHE_") + s.name;
-  if (const char *e = EnvLookup(env.c_str())) {
+  if (const char *e = EnvLookup(s)) {
     *origin = "environment";
     return e;
   }
@@ -226,14 +238,18 @@ int Read(const char *name, int *enum_index, size_t *size_out, bool *is_auto,
   std::string raw;
   const char *origin = nullptr;
   bool first_report = false;
+  int rc;
   {
     std::lock_guard<std::mutex> g(S().mu);
     raw = RawLocked(*s, &origin);
-    int rc = Validate(*s, raw, enum_index, size_out, is_auto);
+    rc = Validate(*s, raw, enum_index, size_out, is_auto);
     if (raw_out) *raw_out = raw;
-    if (rc == 0) return 0;
-    first_report = S().reported.insert(std::string(s->name) + "=" + raw).second;
+    if (rc != 0)
+      first_report =
+          S().reported.insert(std::string(s->name) + "=" + raw).second;
   }
+  ReportIgnored();
+  if (rc == 0) return 0;
   if (first_report) {
     log::Write(REGCACHE_LOG_ERROR,
                fmt::format(
@@ -308,9 +324,12 @@ int ParseSize(const std::string &raw, size_t *out) {
 int GetString(const char *name, std::string *out) {
   const Spec *s = Find(name);
   if (!s) return -ENOENT;
-  std::lock_guard<std::mutex> g(S().mu);
-  const char *origin;
-  *out = RawLocked(*s, &origin);
+  {
+    std::lock_guard<std::mutex> g(S().mu);
+    const char *origin;
+    *out = RawLocked(*s, &origin);
+  }
+  ReportIgnored();
   return 0;
 }
 
