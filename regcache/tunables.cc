@@ -1,6 +1,7 @@
 #include "regcache/tunables.h"
 
 #include <sys/auxv.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -185,11 +186,20 @@ bool Secure() {
 // handler may call back into regcache_config_*).
 thread_local const Spec *t_ignored = nullptr;
 
+// Whether NAME=... is in the environment, without reading its value: under
+// AT_SECURE only to say that it is ignored.
+bool IsSet(const std::string &name) {
+  for (char **e = environ; e != nullptr && *e != nullptr; ++e)
+    if (std::strncmp(*e, name.c_str(), name.size()) == 0 &&
+        (*e)[name.size()] == '=')
+      return true;
+  return false;
+}
+
 const char *EnvLookup(const Spec &s) {
   std::string name = std::string("REGCACHE_") + s.name;
   if (!Secure()) return secure_getenv(name.c_str());
-  if (getenv(name.c_str()) != nullptr &&  // only to say it is ignored
-      S().reported.insert("secure:" + name).second)
+  if (IsSet(name) && S().reported.insert("secure:" + name).second)
     t_ignored = &s;
   return nullptr;
 }
