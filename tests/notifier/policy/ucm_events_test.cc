@@ -95,6 +95,9 @@ class UcmEventsTest : public ::testing::Test {
   void TearDown() override {
     if (sub_ != nullptr) Unregister(sub_);
     g_seen.lo = g_seen.hi = 0;
+    g_seen.starts = g_seen.ends = 0;
+    g_seen.mapped_at_start = g_seen.intact_at_start = g_seen.gone_at_end = 0;
+    g_seen.check_content = false;
   }
   char *Map(size_t len) {
     auto *p = static_cast<char *>(mmap(nullptr, len, PROT_READ | PROT_WRITE,
