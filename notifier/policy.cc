@@ -41,9 +41,9 @@ void BecomeBlind() {
   // One line (internal::Logf's buffer is 256 bytes): the reason and the fixes;
   // docs/notifier.md "Choosing a source" has the long form.
   internal::Logf(internal::kLogWarn,
-                 "notifier: blind (%s): caching OFF, each get registers and "
-                 "put deregisters. Fix: allow userfaultfd, load regcache "
-                 "first, or MONITOR=none + regcache_notify_unmap_start/end",
+                 "notifier: blind (%s): caching OFF, every get registers "
+                 "anew. Fix: allow userfaultfd, load regcache first, or "
+                 "MONITOR=none + regcache_notify_unmap_*",
                  g_reason);
 }
 
@@ -131,10 +131,9 @@ Source AfterPatchLost(const char *which) {
       SourceName(now));
   if (now == Source::kNone) {
     snprintf(g_reason, sizeof(g_reason),
-             "patch overwritten by another library (libc %s); ucm: %s; "
-             "uffd: %s",
-             which ? which : "?",
-             tried_ucm ? Err(crc) : "libucm not the patcher", Err(urc));
+             "patch: libc %s overwritten by another library%s%s; uffd: %s",
+             which ? which : "?", tried_ucm ? "; ucm: " : "",
+             tried_ucm ? Err(crc) : "", Err(urc));
     BecomeBlind();
   }
   return now;
