@@ -92,6 +92,7 @@
 #include <new>
 
 #include "notifier/internal.h"
+#include "notifier/policy.h"
 #include "notifier/sources.h"
 
 // The munmap path (hooks, BeginRange/EndRange and what they call on every
@@ -428,30 +429,14 @@ int InstallSourceLocked() {
       rc = sources::UffdInstall();
       got = Source::kUffd;
       break;
-    case Source::kAuto: {
-      int prc = sources::PatchInstall();
-      if (prc == 0) {
-        got = Source::kPatch;
-        internal::Logf(internal::kLogInfo,
-                       "notifier: event source patch (libc entry points)");
-        break;
-      }
-      int urc = sources::UffdInstall();
-      if (urc == 0) {
-        got = Source::kUffd;
-        internal::Logf(internal::kLogInfo,
-                       "notifier: event source uffd (patch unavailable: %s)",
-                       strerror(-prc));
-        break;
-      }
-      got = Source::kNone;
-      internal::Logf(internal::kLogInfo,
-                     "notifier: event source none, explicit notifications only "
-                     "(patch: %s; "
-                     "uffd: %s)",
-                     strerror(-prc), strerror(-urc));
+    case Source::kUcm:
+      rc = sources::UcmInstall();
+      got = Source::kUcm;
       break;
-    }
+    case Source::kAuto:
+      // The order and the blind rule live in notifier/policy.cc.
+      got = policy::InstallAuto();
+      break;
   }
   if (rc != 0) {
     internal::Logf(internal::kLogError,
@@ -459,6 +444,7 @@ int InstallSourceLocked() {
                    SourceName(want), strerror(-rc));
     return rc;
   }
+  if (want != Source::kAuto) policy::SetConfigured(want);
   if (want == Source::kNone) {
     internal::Logf(internal::kLogInfo,
                    "notifier: event source none (explicit only)");
@@ -479,6 +465,9 @@ void UninstallSourcesLocked() {
       break;
     case Source::kUffd:
       sources::UffdUninstall();
+      break;
+    case Source::kUcm:
+      sources::UcmUninstall();
       break;
     default:
       break;
@@ -591,6 +580,8 @@ const char *SourceName(Source s) {
       return "uffd";
     case Source::kNone:
       return "none";
+    case Source::kUcm:
+      return "ucm";
   }
   return "none";
 }
@@ -815,16 +806,8 @@ void VerifySources() {
         sources::PatchIntact(&which))
       return;
     sources::PatchAbandon();
-    int urc = sources::UffdInstall();
-    Source now = urc == 0 ? Source::kUffd : Source::kNone;
-    internal::Logf(
-        internal::kLogError,
-        "notifier: libc %s was overwritten by another patcher (UCX libucm? "
-        "Open MPI? libfabric?): patch source blind; now %s%s; "
-        "invalidating every registration (unmaps may have been "
-        "missed)",
-        which ? which : "?", SourceName(now),
-        urc == 0 ? "" : " (explicit notifications only)");
+    // ucm if libucm took the entries, else uffd, else blind (policy.cc).
+    Source now = policy::AfterPatchLost(which);
     g_active.store(now, std::memory_order_release);
   }
   // Everything cached may have been unmapped unseen.
@@ -869,11 +852,19 @@ void Teardown() {
 
 Source ActiveSource() { return g_active.load(std::memory_order_acquire); }
 
+int EnsureInstalled() {
+  std::lock_guard<std::mutex> g(g_install_mu);
+  return InstallSourceLocked();
+}
+
+bool CachingSafe() { return policy::CachingSafe(); }
+
 void ResetForTesting() {
   {
     std::lock_guard<std::mutex> g(g_install_mu);
     UninstallSourcesLocked();
     g_configured = Source::kAuto;
+    policy::ResetForTesting();
   }
   Subscription *done;
   {

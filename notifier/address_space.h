@@ -19,8 +19,9 @@
 
 namespace regcache::notifier {
 
-enum class Source { kAuto, kPatch, kUffd, kNone };
-const char *SourceName(Source s);  // "auto", "patch", "uffd", "none"
+// kUcm: UCX libucm's events, imported (notifier/ucm_import.cc).
+enum class Source { kAuto, kPatch, kUffd, kNone, kUcm };
+const char *SourceName(Source s);  // "auto", "patch", "uffd", "none", "ucm"
 
 // Log levels follow REGCACHE_LOG_* of <regcache/regcache.h> (1 error .. 5
 // trace).
@@ -42,8 +43,9 @@ class Subscription;
 int Configure(const Options &opts);
 
 // Registers a subscriber. range_len == 0 means the whole address space (start
-// ignored). Installs the configured source on first use (auto: patch, else
-// uffd, else none; one log line at info level saying which). Errors: see
+// ignored). Installs the configured source on first use (auto: see
+// notifier/policy.h; one log line at info level saying which, a warning when
+// none can see unmaps). Errors: see
 // regcache_notifier_register().
 int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
              size_t range_len, Subscription **out);
@@ -121,11 +123,11 @@ void WaitAsyncEvents();
 // syscalls itself: the patch source would go blind without knowing. So the
 // patch source keeps a sentinel: PatchIntact() is one load of libc's munmap
 // entry. VerifySources() (called by every Register and by SyncForLookup())
-// checks every patched entry; when one was overwritten it logs an error,
-// abandons the patch source (writing nothing), switches to uffd if it can be
-// installed (else none: explicit only), and delivers an invalidation of the
-// whole address space to every subscriber, because events may have been
-// missed since the overwrite.
+// checks every patched entry; when one was overwritten it abandons the patch
+// source (writing nothing), switches to ucm if libucm owns the entries now,
+// else uffd, else none and blind (notifier/policy.h), and delivers an
+// invalidation of the whole address space to every subscriber, because events
+// may have been missed since the overwrite.
 inline bool PatchIntact() {
   uint64_t *p = internal::g_patch_guard.load(std::memory_order_acquire);
   return p == nullptr ||
@@ -155,6 +157,15 @@ void Teardown();
 
 // The active source (kNone before the first Register).
 Source ActiveSource();
+
+// Installs the configured source now if no Register did yet (what Register
+// does first). 0 or the source's -errno.
+int EnsureInstalled();
+
+// False while no installed source sees every unmap and the host has not
+// declared that it reports unmaps (notifier/policy.h): a cache must not keep
+// registrations then. Two atomic loads; valid after EnsureInstalled/Register.
+bool CachingSafe();
 
 // For tests: undoes Teardown and uninstalls sources so a fresh sequence can
 // start. REQUIRES: no subscriber registered, no range in flight.

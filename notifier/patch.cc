@@ -1094,13 +1094,12 @@ int PatchInstall() {
     skip[i] = true;
     if (rc == -EEXIST || (!t.required && rc == -ENOSYS)) continue;
     if (rc == -EALREADY && t.required) {
-      internal::Logf(
-          internal::kLogError,
-          "notifier: libc %s is already patched by another library (UCX "
-          "libucm, Open MPI or libfabric memhooks?); refusing the patch "
-          "source. Use REGCACHE_MONITOR=uffd, or none with "
-          "regcache_notify_unmapped() called from that library's hooks",
-          t.name);
+      // Info: what replaces the patch source (ucm, uffd, or no caching with
+      // one warning) is policy.cc's decision and message.
+      internal::Logf(internal::kLogInfo,
+                     "notifier: patch: libc %s is already patched by another "
+                     "library (UCX libucm, Open MPI, libfabric memhooks?)",
+                     t.name);
       dlclose(libc);
       return -EALREADY;
     }
