@@ -21,12 +21,12 @@
 // freedom with libfabric: subscribe/valid run under mm_lock and take mu_ only;
 // the callback takes mu_, releases it, then takes mm_lock (inside notify):
 // no cycle.
-#include <regcache/fi_monitor.h>
-#include <regcache/notifier.h>
-#include <regcache/regcache.h>
 #include <rdma/fabric.h>
 #include <rdma/fi_errno.h>
 #include <rdma/fi_ext.h>
+#include <regcache/fi_monitor.h>
+#include <regcache/notifier.h>
+#include <regcache/regcache.h>
 
 #include <atomic>
 #include <cerrno>
@@ -283,9 +283,7 @@ REGCACHE_FI_MONITOR_API int regcache_fi_monitor_stats(
   return 0;
 }
 
-REGCACHE_FI_MONITOR_API void *regcache_fi_monitor_fid(void) {
-  return &M().fid;
-}
+REGCACHE_FI_MONITOR_API void *regcache_fi_monitor_fid(void) { return &M().fid; }
 
 }  // extern "C"
 
