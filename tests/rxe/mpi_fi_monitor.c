@@ -49,9 +49,11 @@ typedef struct buf {
 
 static unsigned char *Map(void *hint, size_t len) {
   void *p = mmap(hint, len, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+                 MAP_PRIVATE | MAP_ANONYMOUS | (hint ? MAP_FIXED_NOREPLACE : 0),
+                 -1, 0);
   if (p == MAP_FAILED && hint)
-    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+             0);
   if (p == MAP_FAILED) {
     perror("mmap");
     MPI_Abort(MPI_COMM_WORLD, 2);
@@ -102,19 +104,24 @@ int main(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &np);
   for (int i = 1; i < argc; ++i) {
-    if (!strcmp(argv[i], "--size") && i + 1 < argc) size = strtoul(argv[++i], NULL, 0);
-    else if (!strcmp(argv[i], "--msgs") && i + 1 < argc) msgs = strtol(argv[++i], NULL, 0);
+    if (!strcmp(argv[i], "--size") && i + 1 < argc)
+      size = strtoul(argv[++i], NULL, 0);
+    else if (!strcmp(argv[i], "--msgs") && i + 1 < argc)
+      msgs = strtol(argv[++i], NULL, 0);
     else if (!strcmp(argv[i], "--phases") && i + 1 < argc)
       snprintf(phases, sizeof phases, "%s", argv[++i]);
   }
   if (np != 2 || size == 0 || msgs <= 0) {
-    if (rank == 0) fprintf(stderr, "mpi_fi_monitor: needs 2 ranks, --size > 0, --msgs > 0\n");
+    if (rank == 0)
+      fprintf(stderr,
+              "mpi_fi_monitor: needs 2 ranks, --size > 0, --msgs > 0\n");
     MPI_Finalize();
     return 2;
   }
   long total_msgs = 0;
   unsigned long long total_wrong = 0;
-  long msg_id = 0; /* global message number: every message has its own pattern */
+  long msg_id =
+      0; /* global message number: every message has its own pattern */
   char list[128];
   snprintf(list, sizeof list, "%s", phases);
   for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok;
@@ -142,18 +149,22 @@ int main(int argc, char **argv) {
         MPI_Send(b.p, (int)size, MPI_BYTE, 1 - rank, 1, MPI_COMM_WORLD);
       } else {
         memset(b.p, 0, size);
-        MPI_Recv(b.p, (int)size, MPI_BYTE, 1 - rank, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Recv(b.p, (int)size, MPI_BYTE, 1 - rank, 1, MPI_COMM_WORLD,
+                 MPI_STATUS_IGNORE);
         for (size_t i = 0; i < size; ++i) wrong += b.p[i] != Pattern(i, msg_id);
       }
     }
     double t = MPI_Wtime() - t0;
     unsigned long long all_wrong = 0;
     long all_same = 0;
-    MPI_Reduce(&wrong, &all_wrong, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
+    MPI_Reduce(&wrong, &all_wrong, 1, MPI_UNSIGNED_LONG_LONG, MPI_SUM, 0,
+               MPI_COMM_WORLD);
     MPI_Reduce(&same, &all_same, 1, MPI_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
     if (rank == 0) {
-      printf("MPI-FI phase=%s msgs=%ld size=%zu same_address=%ld wrong=%llu us_per_msg=%.1f\n",
-             kNames[ph], msgs, size, all_same, all_wrong, t / (double)msgs * 1e6);
+      printf(
+          "MPI-FI phase=%s msgs=%ld size=%zu same_address=%ld wrong=%llu "
+          "us_per_msg=%.1f\n",
+          kNames[ph], msgs, size, all_same, all_wrong, t / (double)msgs * 1e6);
       fflush(stdout);
     }
     total_msgs += msgs;

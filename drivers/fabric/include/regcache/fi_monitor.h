@@ -60,17 +60,18 @@ extern "C" {
 REGCACHE_FI_MONITOR_API int regcache_fi_monitor_import(void);
 
 typedef struct regcache_fi_monitor_stats {
-  uint64_t delivered;     /* import_ops->notify calls made */
-  uint64_t dropped;       /* notifications dropped (REGCACHE_FI_MONITOR_DROP=1) */
-  uint64_t subscribes;    /* subscribe calls from libfabric */
-  uint64_t unsubscribes;  /* unsubscribe calls from libfabric */
-  uint64_t invalid;       /* valid() calls answered false */
-  uint64_t intervals;     /* intervals currently subscribed */
-  int imported;           /* 1 once imported */
-  int running;            /* 1 between libfabric's start and stop */
+  uint64_t delivered;  /* import_ops->notify calls made */
+  uint64_t dropped;    /* notifications dropped (REGCACHE_FI_MONITOR_DROP=1) */
+  uint64_t subscribes; /* subscribe calls from libfabric */
+  uint64_t unsubscribes; /* unsubscribe calls from libfabric */
+  uint64_t invalid;      /* valid() calls answered false */
+  uint64_t intervals;    /* intervals currently subscribed */
+  int imported;          /* 1 once imported */
+  int running;           /* 1 between libfabric's start and stop */
 } regcache_fi_monitor_stats_t;
 /* Fills *stats. -EINVAL for NULL. */
-REGCACHE_FI_MONITOR_API int regcache_fi_monitor_stats(regcache_fi_monitor_stats_t *stats);
+REGCACHE_FI_MONITOR_API int regcache_fi_monitor_stats(
+    regcache_fi_monitor_stats_t *stats);
 
 /* The monitor object (struct fid_mem_monitor *), for tests that drive its callbacks
  * directly. Never NULL. */
