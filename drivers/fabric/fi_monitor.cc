@@ -34,9 +34,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <mutex>
 
 #include <unistd.h>
+
+#include "regcache/thread_annotations.h"
 
 namespace {
 
@@ -53,14 +54,14 @@ struct Monitor {
   fid_mem_monitor fid{};
   fi_ops_mem_monitor ops{};
 
-  std::mutex mu;
-  IntervalMap live;       // guarded by mu
-  IntervalMap graveyard;  // guarded by mu: nodes to free outside it
-  size_t stale = 0;       // guarded by mu: stale nodes still in `live`
-  uintptr_t max_len = 0;  // guarded by mu: longest interval (scan start)
+  regcache::Mutex mu;
+  IntervalMap live REGCACHE_GUARDED_BY(mu);
+  IntervalMap graveyard REGCACHE_GUARDED_BY(mu);  // nodes to free outside mu
+  size_t stale REGCACHE_GUARDED_BY(mu) = 0;       // stale nodes still in `live`
+  uintptr_t max_len REGCACHE_GUARDED_BY(mu) = 0;  // longest interval
 
-  std::mutex import_mu;  // serializes Import (never taken in callbacks)
-  regcache_notifier_t *notifier = nullptr;  // guarded by import_mu
+  regcache::Mutex import_mu;  // serializes Import (never taken in callbacks)
+  regcache_notifier_t *notifier REGCACHE_GUARDED_BY(import_mu) = nullptr;
   std::atomic<bool> imported{false}, running{false}, drop{false};
   std::atomic<uint64_t> delivered{0}, dropped{0}, subscribes{0},
       unsubscribes{0}, invalid{0};
@@ -78,7 +79,7 @@ Monitor *Of(fid_mem_monitor *) { return &M(); }
 
 // Moves stale intervals to the graveyard when they are many (each sweep is
 // O(n); n is bounded by libfabric's cache size, 1024 entries by default).
-void SweepLocked(Monitor *m) {
+void SweepLocked(Monitor *m) REGCACHE_REQUIRES(m->mu) {
   if (m->stale < 64 && m->stale * 2 < m->live.size()) return;
   for (auto it = m->live.begin(); it != m->live.end();) {
     auto next = std::next(it);
@@ -92,13 +93,13 @@ void SweepLocked(Monitor *m) {
 void FreeGraveyard(Monitor *m) {
   IntervalMap dead;
   {
-    std::lock_guard<std::mutex> g(m->mu);
+    regcache::MutexLock g(&m->mu);
     dead.swap(m->graveyard);
   }
 }
 
 IntervalMap::iterator FindExactLocked(Monitor *m, uintptr_t start,
-                                      uintptr_t end) {
+                                      uintptr_t end) REGCACHE_REQUIRES(m->mu) {
   auto [lo, hi] = m->live.equal_range(start);
   for (auto it = lo; it != hi; ++it)
     if (it->second.end == end && !it->second.stale) return it;
@@ -124,7 +125,7 @@ int Subscribe(fid_mem_monitor *f, const void *addr, size_t len) {
   IntervalMap fresh;  // the node, allocated before taking mu
   fresh.emplace(start, Interval{end, 1, false});
   {
-    std::lock_guard<std::mutex> g(m->mu);
+    regcache::MutexLock g(&m->mu);
     auto it = FindExactLocked(m, start, end);
     if (it != m->live.end()) {
       ++it->second.refs;  // same range again: 1.17 re-subscribes per entry
@@ -145,7 +146,7 @@ void Unsubscribe(fid_mem_monitor *f, const void *addr, size_t len) {
   uintptr_t end = start + len;
   if (end < start) end = UINTPTR_MAX;
   {
-    std::lock_guard<std::mutex> g(m->mu);
+    regcache::MutexLock g(&m->mu);
     auto it = FindExactLocked(m, start, end);
     if (it != m->live.end() && --it->second.refs == 0)
       m->graveyard.insert(m->live.extract(it));
@@ -167,7 +168,7 @@ bool Valid(fid_mem_monitor *f, const void *addr, size_t len) {
   if (end < start) end = UINTPTR_MAX;
   bool ok;
   {
-    std::lock_guard<std::mutex> g(m->mu);
+    regcache::MutexLock g(&m->mu);
     ok = FindExactLocked(m, start, end) != m->live.end();
   }
   if (!ok) m->invalid.fetch_add(1, std::memory_order_relaxed);
@@ -184,7 +185,7 @@ void OnInvalidateStart(void *arg, const void *addr, size_t len) {
   if (end < start) end = UINTPTR_MAX;
   bool hit = false;
   {
-    std::lock_guard<std::mutex> g(m->mu);
+    regcache::MutexLock g(&m->mu);
     if (m->live.empty()) return;
     const uintptr_t from = start > m->max_len ? start - m->max_len : 0;
     for (auto it = m->live.lower_bound(from);
@@ -240,7 +241,7 @@ extern "C" {
 
 REGCACHE_FI_MONITOR_API int regcache_fi_monitor_import(void) {
   Monitor *m = &M();
-  std::lock_guard<std::mutex> g(m->import_mu);
+  regcache::MutexLock g(&m->import_mu);
   if (m->imported.load(std::memory_order_acquire)) return 0;
   m->drop.store(EnvYes("REGCACHE_FI_MONITOR_DROP"), std::memory_order_relaxed);
   if (m->notifier == nullptr) {
@@ -278,7 +279,7 @@ REGCACHE_FI_MONITOR_API int regcache_fi_monitor_stats(
   s->invalid = m->invalid.load(std::memory_order_relaxed);
   s->imported = m->imported.load(std::memory_order_relaxed) ? 1 : 0;
   s->running = m->running.load(std::memory_order_relaxed) ? 1 : 0;
-  std::lock_guard<std::mutex> g(m->mu);
+  regcache::MutexLock g(&m->mu);
   for (const auto &kv : m->live) s->intervals += kv.second.stale ? 0 : 1;
   return 0;
 }
