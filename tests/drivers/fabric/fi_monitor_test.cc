@@ -19,10 +19,12 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -204,6 +206,57 @@ TEST_F(FiMonitorTest, IntervalsAreCountedAndReclaimed) {
   regcache_fi_monitor_stats(&s);
   EXPECT_EQ(s.intervals, s0.intervals);
   munmap(p, 2 * kPage);
+}
+
+// Explicit events (regcache_notify_unmapped: every build, TSan included) while
+// two threads subscribe, check and unsubscribe intervals, as libfabric's
+// threads do under its mm_lock: every notification that reached libfabric is
+// counted, and an interval subscribed before an overlapping event is invalid
+// after it.
+TEST_F(FiMonitorTest, ConcurrentSubscribeValidAndEvents) {
+  if (Dropping()) GTEST_SKIP() << "covered by the munmap case";
+  constexpr int kSlots = 32;
+  char *p =
+      static_cast<char *>(mmap(nullptr, kSlots * kPage, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(p, MAP_FAILED);
+  regcache_fi_monitor_stats_t s0, s1;
+  regcache_fi_monitor_stats(&s0);
+  const size_t calls0 = Calls().size();
+  std::atomic<bool> stop{false};
+  std::atomic<long> ops{0};
+  auto churn = [&](unsigned seed) {
+    while (!stop.load(std::memory_order_relaxed)) {
+      char *a = p + (rand_r(&seed) % kSlots) * kPage;
+      mon_->export_ops->subscribe(mon_, a, kPage);
+      (void)mon_->export_ops->valid(mon_, a, kPage);
+      if (rand_r(&seed) % 2) mon_->export_ops->unsubscribe(mon_, a, kPage);
+      ++ops;
+    }
+  };
+  std::thread t1(churn, 1u), t2(churn, 2u);
+  unsigned seed = 3;
+  // At least 3000 events and 2000 subscriber operations (bounded: 10 s).
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  for (int i = 0; (i < 3000 || ops.load() < 2000) &&
+                  std::chrono::steady_clock::now() < deadline;
+       ++i) {
+    char *a = p + (rand_r(&seed) % kSlots) * kPage;
+    ASSERT_EQ(regcache_notify_unmapped(a, kPage), 0);
+  }
+  stop = true;
+  t1.join();
+  t2.join();
+  regcache_fi_monitor_stats(&s1);
+  EXPECT_GE(ops.load(), 2000);
+  EXPECT_EQ(s1.delivered - s0.delivered, Calls().size() - calls0);
+  // Sequentially: subscribed, then an overlapping event -> invalid.
+  ASSERT_EQ(mon_->export_ops->subscribe(mon_, p, 2 * kPage), 0);
+  EXPECT_TRUE(mon_->export_ops->valid(mon_, p, 2 * kPage));
+  ASSERT_EQ(regcache_notify_unmapped(p + kPage, 1), 0);
+  EXPECT_FALSE(mon_->export_ops->valid(mon_, p, 2 * kPage));
+  munmap(p, kSlots * kPage);
 }
 
 }  // namespace
