@@ -68,6 +68,54 @@ REGCACHE_API int regcache_get(regcache_t *cache, const void *addr, size_t len,
   return rc;
 }
 
+// ---- transport calls (issue 18)
+namespace {
+// regcache_get's input rules (the page-aligned range must not wrap either).
+bool BadRange(uintptr_t a, size_t len) {
+  return len == 0 || a + len < a ||
+         a + len > UINTPTR_MAX - (uintptr_t{1} << 16);
+}
+}  // namespace
+
+REGCACHE_API int regcache_find(regcache_t *cache, const void *addr, size_t len,
+                               unsigned access, regcache_region_t **region_p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  if (cache == nullptr || region_p == nullptr ||
+      (access & ~REGCACHE_ACCESS_ALL) || BadRange(a, len))
+    return -EINVAL;
+  Region *r = nullptr;
+  int rc = ToCache(cache)->Find(a, len, access, &r);
+  if (rc == 0) *region_p = reinterpret_cast<regcache_region_t *>(r);
+  return rc;
+}
+
+REGCACHE_API int regcache_get_flags(regcache_t *cache, const void *addr,
+                                    size_t len, unsigned access, unsigned flags,
+                                    regcache_region_t **region_p) {
+  if (flags & ~REGCACHE_GET_NO_CACHE) return -EINVAL;
+  if (!(flags & REGCACHE_GET_NO_CACHE))
+    return regcache_get(cache, addr, len, access, region_p);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  if (cache == nullptr || region_p == nullptr ||
+      (access & ~REGCACHE_ACCESS_ALL) || BadRange(a, len))
+    return -EINVAL;
+  Region *r = nullptr;
+  int rc = ToCache(cache)->GetUncached(a, len, access, &r);
+  if (rc == 0) *region_p = reinterpret_cast<regcache_region_t *>(r);
+  return rc;
+}
+
+REGCACHE_API int regcache_invalidate(regcache_t *cache, const void *addr,
+                                     size_t len) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(addr);
+  if (cache == nullptr || len == 0 || a + len < a) return -EINVAL;
+  return ToCache(cache)->Invalidate(a, len);
+}
+
+REGCACHE_API void *regcache_region_host_data(const regcache_region_t *region) {
+  return region ? ToRegion(region)->host : nullptr;
+}
+
 REGCACHE_API void regcache_put(regcache_t *cache, regcache_region_t *region) {
   if (region == nullptr) return;
   Region *r = reinterpret_cast<Region *>(region);

@@ -265,10 +265,10 @@ size_t AutoMaxBytes() {
 }
 
 int ResolveParams(const regcache_params_t *p, Params *out) {
-  constexpr uint64_t kKnown = REGCACHE_PARAM_MAX_REGIONS |
-                              REGCACHE_PARAM_MAX_BYTES |
-                              REGCACHE_PARAM_MERGE_MAX_BYTES |
-                              REGCACHE_PARAM_FLAGS | REGCACHE_PARAM_NAME;
+  constexpr uint64_t kKnown =
+      REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
+      REGCACHE_PARAM_MERGE_MAX_BYTES | REGCACHE_PARAM_FLAGS |
+      REGCACHE_PARAM_NAME | REGCACHE_PARAM_HOST_DATA_BYTES;
   const uint64_t mask = p ? p->field_mask : 0;
   if (mask & ~kKnown) {
     REGCACHE_LOG(ERROR, "regcache_create: unknown field_mask bits 0x{:x}",
@@ -304,6 +304,14 @@ int ResolveParams(const regcache_params_t *p, Params *out) {
   if ((mask & REGCACHE_PARAM_FLAGS) && (p->flags & REGCACHE_FLAG_NO_MERGE))
     out->merge_max_bytes = 0;
   if ((mask & REGCACHE_PARAM_NAME) && p->name) out->name = p->name;
+  if (mask & REGCACHE_PARAM_HOST_DATA_BYTES) {
+    if (p->host_data_bytes > REGCACHE_HOST_DATA_MAX) {
+      REGCACHE_LOG(ERROR, "regcache_create: host_data_bytes {} exceeds {}",
+                   p->host_data_bytes, REGCACHE_HOST_DATA_MAX);
+      return -EINVAL;
+    }
+    out->host_data_bytes = (p->host_data_bytes + 63) & ~size_t{63};
+  }
   if ((rc = tunables::GetBool("STATS", &out->print_stats))) return rc;
   int policy = 0;
   if ((rc = tunables::GetEnum("ACCESS_POLICY", &policy))) return rc;
@@ -957,7 +965,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       WritableMemory(plan.start, plan.end) != 0)
     plan.access = REGCACHE_ACCESS_ALL;
 
-  Region *nr = TheSlab().Alloc();
+  Region *nr = AllocRegion();
   if (nr == nullptr) {
     failures_.fetch_add(1, std::memory_order_relaxed);
     return -ENOMEM;
@@ -974,7 +982,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     if (rc == -EBUSY)  // the source cannot watch it: never cache it blind
       return RegisterUncached(nr, req_start, req_end, access, out);
     if (rc) {
-      TheSlab().Free(nr);
+      FreeRegion(nr);
       failures_.fetch_add(1, std::memory_order_relaxed);
       return rc;
     }
@@ -1011,7 +1019,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
         plan = {req_start, req_end, access, 0};
         continue;
       }
-      TheSlab().Free(nr);
+      FreeRegion(nr);
       failures_.fetch_add(1, std::memory_order_relaxed);
       return rc;
     }
@@ -1290,7 +1298,7 @@ void Cache::DeregisterOne(Region *r) {
   reg_regions_.fetch_sub(1, std::memory_order_relaxed);
   reg_bytes_.fetch_sub(len, std::memory_order_relaxed);
   r->reg = Registration();
-  TheSlab().Free(r);
+  FreeRegion(r);
 }
 
 // ---------------------------------------------------------------- notifier
@@ -1413,6 +1421,146 @@ void Cache::MaybePrintStatsOnce() {
   } else {
     std::fprintf(stderr, "[regcache] %s\n", line.c_str());
   }
+}
+
+// ---------------------------------------------------------------- transport
+// calls (issue 18): host storage, find, uncached get, invalidate. Kept apart
+// from Get/Put: they reuse the index, the orphan list and the insert protocol
+// but change none of them.
+Region *Cache::AllocRegion() {
+  Region *r = TheSlab().Alloc();
+  if (r == nullptr || params_.host_data_bytes == 0) return r;
+  // Outside mu_ (allocation may unmap and re-enter the notifier). Zeroed: a
+  // recycled region must not show the previous host's keys.
+  void *h = std::aligned_alloc(64, params_.host_data_bytes);
+  if (h == nullptr) {
+    TheSlab().Free(r);
+    return nullptr;
+  }
+  std::memset(h, 0, params_.host_data_bytes);
+  r->host = h;
+  return r;
+}
+
+void Cache::FreeRegion(Region *r) {
+  void *h = r->host;
+  r->host = nullptr;
+  TheSlab().Free(r);
+  std::free(h);
+}
+
+int Cache::Find(uintptr_t addr, size_t len, unsigned access, Region **out) {
+  // As GetSlow: inside a bracket or callback the lookup could wait for the
+  // range the thread itself is delivering.
+  if (notifier::InRange()) return -EDEADLK;
+  // Settle an asynchronous source's in-flight invalidation (uffd) before the
+  // index is read, else find could return a region of memory already gone.
+  notifier::SyncForLookup();
+  ReapDead();
+  const uintptr_t end = addr + len;
+  LockAndDrain();
+  if (shutdown_.load(std::memory_order_relaxed)) {
+    DrainAndUnlock();
+    return -ESHUTDOWN;
+  }
+  uint64_t w;
+  Region *r = FindCoveringLocked(addr, end, access);
+  if (r == nullptr || !TryRefLocked(r, &w)) {
+    DrainAndUnlock();
+    return -ENOENT;
+  }
+  Touch(r);
+  ++slow_hits_;
+  DrainAndUnlock();
+  Remember(r, w);  // a get right after the find hits without the lock
+  *out = r;
+  return 0;
+}
+
+int Cache::GetUncached(uintptr_t addr, size_t len, unsigned access,
+                       Region **out) {
+  if (notifier::InRange()) return -EDEADLK;
+  ReapDead();
+  if (shutdown_.load(std::memory_order_acquire)) return -ESHUTDOWN;
+  Driver *const d = driver();
+  const uintptr_t start = PageDown(addr);
+  const uintptr_t end = PageUp(addr + len);
+  const size_t plen = end - start;
+  if (plen > d->MaxRegionBytes()) {
+    REGCACHE_LOG(ERROR,
+                 "cache {}: region 0x{:x} len {} exceeds the driver's max {}",
+                 name(), addr, len, d->MaxRegionBytes());
+    return -EINVAL;
+  }
+  Region *nr = AllocRegion();
+  if (nr == nullptr) {
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    return -ENOMEM;
+  }
+  bool evicted_all = false;
+  // Bounded like the insert path: each retry means the memory changed while it
+  // was being registered.
+  for (int retries = 0;; ++retries) {
+    notifier::Subscription *sub = nullptr;
+    int rc = notifier::Register(&kRangeOps, nullptr, start, plen, &sub);
+    if (rc == 0) {
+      const uint64_t seq = notifier::ReadBegin(sub);
+      rc = d->Register(reinterpret_cast<void *>(start), plen, access, &nr->reg);
+      const bool changed = rc == 0 && notifier::ReadRetry(sub, seq);
+      notifier::Unregister(sub);
+      if (changed) {
+        d->Deregister(nr->reg);
+        nr->reg = Registration();
+        retries_.fetch_add(1, std::memory_order_relaxed);
+        if (retries + 1 < kMaxInsertRetries) continue;
+        rc = -EAGAIN;
+      }
+    }
+    if (rc == 0) break;
+    if ((rc == -ENOMEM || rc == -EAGAIN) && !evicted_all &&
+        retries + 1 < kMaxInsertRetries) {
+      // Pinned-memory or device limit: unused cached registrations go, once.
+      evicted_all = true;
+      Flush();
+      continue;
+    }
+    FreeRegion(nr);
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    return rc;
+  }
+  registrations_.fetch_add(1, std::memory_order_relaxed);
+  reg_regions_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t now =
+      reg_bytes_.fetch_add(plen, std::memory_order_relaxed) + plen;
+  uint64_t peak = peak_bytes_.load(std::memory_order_relaxed);
+  while (now > peak && !peak_bytes_.compare_exchange_weak(peak, now)) {
+  }
+  nr->cache = this;
+  nr->start = start;
+  nr->end = end;
+  nr->access = access;
+  // Not valid, one reference: never indexed nor found, and its put is the
+  // last put of an invalidated region (ReleaseOrphan deregisters it). On the
+  // orphan list so that Destroy deregisters it if it is never put.
+  const uint64_t gen = Region::Gen(nr->word.load(std::memory_order_relaxed));
+  nr->word.store((gen << Region::kGenShift) | 1, std::memory_order_release);
+  LockAndDrain();
+  OrphanLinkLocked(nr);
+  DrainAndUnlock();
+  *out = nr;
+  return 0;
+}
+
+int Cache::Invalidate(uintptr_t addr, size_t len) {
+  LockAndDrain();
+  const size_t before = count_;
+  InvalidateLocked(addr, addr + len);  // page-aligns; bumps generations
+  const int revoked = static_cast<int>(before - count_);
+  DrainAndUnlock();
+  // Deregistration must not run inside a memory-event callback (or between
+  // the thread's own unmap bracket): the next cache call reaps them then.
+  if (!notifier::InRange()) ReapDead();
+  return revoked;
 }
 
 }  // namespace regcache::core

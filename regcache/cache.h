@@ -102,6 +102,10 @@ struct alignas(64) Region {
   // recently used. Written by every get, also on the lock-free hit path, so
   // atomic; only eviction reads it.
   std::atomic<uint64_t> last_use{0};
+  // Host storage (params host_data_bytes; nullptr when 0): allocated zeroed
+  // with the region by AllocRegion, freed by FreeRegion; the host's while the
+  // region is held.
+  void *host = nullptr;
 
   static constexpr uint64_t kRefMask = (uint64_t{1} << 30) - 1;
   static constexpr uint64_t kAccessed = uint64_t{1} << 30;
@@ -133,6 +137,7 @@ struct Params {
   bool access_all = true;
   bool print_stats = false;
   std::string name;
+  size_t host_data_bytes = 0;  // per region, rounded up to 64; 0: none
 };
 
 // Fills *out from p (may be NULL) and the tunables. 0 or -EINVAL.
@@ -159,6 +164,14 @@ class Cache {
   const std::string &name() const { return params_.name; }
   Driver *driver() const { return drv_->impl.get(); }
   uint64_t id() const { return id_; }
+
+  // ---- Transport calls (regcache_find / _get_flags / _invalidate; issue 18).
+  // Same input rules as Get. Find: a covering valid region, referenced, or
+  // -ENOENT. GetUncached: a private registration, deregistered at its put.
+  // Invalidate: revokes overlapping regions; returns how many.
+  int Find(uintptr_t addr, size_t len, unsigned access, Region **out);
+  int GetUncached(uintptr_t addr, size_t len, unsigned access, Region **out);
+  int Invalidate(uintptr_t addr, size_t len);
 
   // Notifier callbacks (public for the C thunks).
   void OnInvalidateStart(uintptr_t start, size_t len);
@@ -276,6 +289,9 @@ class Cache {
   void DeregisterList(List *l) REGCACHE_EXCLUDES(mu_);
   void DeregisterOne(Region *r) REGCACHE_EXCLUDES(mu_);
   void MaybePrintStatsOnce();
+  // A slab region plus its host storage (params_.host_data_bytes), and back.
+  Region *AllocRegion();
+  void FreeRegion(Region *r);
 
   // Read on every hit and put: kept on its own cache line.
   alignas(64) std::atomic<uint32_t> attention_{0};

@@ -118,7 +118,8 @@ enum {
   REGCACHE_PARAM_MAX_BYTES = 1u << 1,
   REGCACHE_PARAM_MERGE_MAX_BYTES = 1u << 2,
   REGCACHE_PARAM_FLAGS = 1u << 3,
-  REGCACHE_PARAM_NAME = 1u << 4
+  REGCACHE_PARAM_NAME = 1u << 4,
+  REGCACHE_PARAM_HOST_DATA_BYTES = 1u << 5
 };
 /* flags */
 #define REGCACHE_FLAG_NO_MERGE 0x1u /* never merge neighbouring regions */
@@ -133,7 +134,13 @@ typedef struct regcache_params {
       merge_max_bytes; /* a merged region never grows beyond this (0: no merging) */
   uint64_t flags;      /* REGCACHE_FLAG_* */
   const char *name; /* for log lines and stats at exit; copied */
+  /* Bytes of host storage per region (regcache_region_host_data()), at most
+   * REGCACHE_HOST_DATA_MAX; 0 (the default) adds nothing to a region. Read only with
+   * REGCACHE_PARAM_HOST_DATA_BYTES in field_mask, so callers built against an older
+   * header (a shorter struct) stay valid. */
+  size_t host_data_bytes;
 } regcache_params_t;
+#define REGCACHE_HOST_DATA_MAX 4096u
 
 /*
  * Creates a cache on driver. params NULL: defaults and REGCACHE_* environment. Returns 0
@@ -171,6 +178,57 @@ REGCACHE_API void regcache_put(regcache_t *cache, regcache_region_t *region);
 /* Deregisters every unused region (and drains pending deregistrations). Returns 0 or
  * -EINVAL. */
 REGCACHE_API int regcache_flush(regcache_t *cache);
+
+/* ---------------------------------------------------------------- transport calls
+ * What an MPI transport's registration cache needs besides get/put (Open MPI's
+ * mca_rcache_base_module_t, UCX's ucs_rcache, libfabric's ofi_mr_cache; see
+ * docs/integrating.md). */
+
+/*
+ * Lookup that never registers (Open MPI's rcache find): if a valid cached region covers
+ * [addr, addr+len) with at least `access`, takes a reference on it, stores it in
+ * *region_p and returns 0 (counted as a hit); otherwise returns -ENOENT and registers
+ * nothing. Regions handed out with REGCACHE_GET_NO_CACHE are never found. Errors:
+ * -EINVAL (bad input, as regcache_get), -ESHUTDOWN, -EDEADLK (called between the
+ * thread's own regcache_notify_unmap_start/end or from a memory-event callback).
+ */
+REGCACHE_API int regcache_find(regcache_t *cache, const void *addr, size_t len,
+                               unsigned access, regcache_region_t **region_p);
+
+/* regcache_get_flags() flags. */
+/* Register [addr, addr+len) for this use only: the region is not looked up, not
+ * inserted and never returned to anyone else; regcache_put() deregisters it. For
+ * one-off buffers a transport knows will not be reused (Open MPI's
+ * MCA_RCACHE_FLAGS_CACHE_BYPASS, UCX's non-cached registrations). The registration is
+ * made with exactly the requested access on the page-aligned range, and is checked
+ * against invalidations that started while it was being made (-EAGAIN after 8 tries). */
+#define REGCACHE_GET_NO_CACHE 0x1u
+/*
+ * regcache_get() with flags (REGCACHE_GET_*; 0 is regcache_get()). Unknown flags give
+ * -EINVAL. Other errors and ownership as regcache_get().
+ */
+REGCACHE_API int regcache_get_flags(regcache_t *cache, const void *addr,
+                                    size_t len, unsigned access, unsigned flags,
+                                    regcache_region_t **region_p);
+
+/*
+ * Revokes every cached region overlapping [addr, addr+len) now (page granularity), as
+ * if the memory had been unmapped: no get or find returns them from here on (the hit
+ * path too), a later get registers afresh. Unused ones are deregistered before the call
+ * returns (unless it is made from a memory-event callback: then by the next cache
+ * call); held ones stay registered, with valid keys, until their last put, which
+ * deregisters them. For revoking keys a failed peer may still hold. Returns the number
+ * of regions revoked (>= 0), or -EINVAL (NULL cache, len == 0, wrapping range).
+ */
+REGCACHE_API int regcache_invalidate(regcache_t *cache, const void *addr,
+                                     size_t len);
+
+/* The region's host storage: params.host_data_bytes bytes, aligned to 64, zeroed when
+ * the region is registered, the host's for as long as the region lives (keep its own
+ * key structures there, like UCX's region_struct_size or Open MPI's sizeof_reg). Shared
+ * by every holder of the region: the host serializes its own writes. NULL if the cache
+ * has host_data_bytes 0, or for NULL. */
+REGCACHE_API void *regcache_region_host_data(const regcache_region_t *region);
 
 /* Region accessors; valid while the region is held. NULL gives 0/NULL. */
 REGCACHE_API uint32_t regcache_region_lkey(const regcache_region_t *region);

@@ -183,6 +183,12 @@ class Region {
   size_t length() const { return regcache_region_length(region_); }
   unsigned access() const { return regcache_region_access(region_); }
   void *handle() const { return regcache_region_handle(region_); }
+  // Params::host_data_bytes of host storage (nullptr without).
+  void *host_data() const { return regcache_region_host_data(region_); }
+  template <class T>
+  T *host_data_as() const {
+    return static_cast<T *>(host_data());
+  }
   regcache_region_t *get() const { return region_; }
 
   // Puts the region back now (idempotent).
@@ -231,6 +237,11 @@ class Params {
     p_.name = n;
     return *this;
   }
+  Params &host_data_bytes(size_t n) {  // Region::host_data() storage
+    p_.field_mask |= REGCACHE_PARAM_HOST_DATA_BYTES;
+    p_.host_data_bytes = n;
+    return *this;
+  }
   const regcache_params_t *get() const { return &p_; }
 
  private:
@@ -271,6 +282,28 @@ class Cache {
     int rc = regcache_get(cache_, addr, len, access, &r);
     if (rc) return Status(rc);
     return Region(cache_, r);
+  }
+  // flags: REGCACHE_GET_* (REGCACHE_GET_NO_CACHE: registered for this use,
+  // deregistered when the Region is destroyed).
+  Result<Region> Get(const void *addr, size_t len, unsigned access,
+                     unsigned flags) {
+    regcache_region_t *r = nullptr;
+    int rc = regcache_get_flags(cache_, addr, len, access, flags, &r);
+    if (rc) return Status(rc);
+    return Region(cache_, r);
+  }
+  // A cached region covering the range, or Status(-ENOENT); never registers.
+  Result<Region> Find(const void *addr, size_t len, unsigned access = 0) {
+    regcache_region_t *r = nullptr;
+    int rc = regcache_find(cache_, addr, len, access, &r);
+    if (rc) return Status(rc);
+    return Region(cache_, r);
+  }
+  // Revokes the cached regions overlapping the range; the count, or an error.
+  Result<int> Invalidate(const void *addr, size_t len) {
+    int rc = regcache_invalidate(cache_, addr, len);
+    if (rc < 0) return Status(rc);
+    return rc;
   }
   Status Flush() { return Status(regcache_flush(cache_)); }
   Result<regcache_stats_t> Stats() const {
