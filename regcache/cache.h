@@ -70,6 +70,7 @@
 #include <string>
 
 #include "drivers/driver.h"
+#include "regcache/eviction.h"
 #include "regcache/thread_annotations.h"
 
 namespace regcache::notifier {
@@ -102,6 +103,11 @@ struct alignas(64) Region {
   // recently used. Written by every get, also on the lock-free hit path, so
   // atomic; only eviction reads it.
   std::atomic<uint64_t> last_use{0};
+  // Eviction's cold/hot class (regcache/eviction.h); under the cache's mu_.
+  uint8_t evict_cold = 0;
+  // Set (under mu_) when the policy kept this region instead of caching a
+  // miss; its next hit clears it (lock-free, Touch) and counts for the policy.
+  std::atomic<uint8_t> evict_saved{0};
 
   static constexpr uint64_t kRefMask = (uint64_t{1} << 30) - 1;
   static constexpr uint64_t kAccessed = uint64_t{1} << 30;
@@ -132,6 +138,8 @@ struct Params {
   // REGCACHE_ACCESS_ALL; requested: with the union of the requested flags.
   bool access_all = true;
   bool print_stats = false;
+  // REGCACHE_EVICTION (regcache/eviction.h).
+  EvictionMode eviction = EvictionMode::kAdaptive;
   std::string name;
 };
 
@@ -277,6 +285,9 @@ class Cache {
   // when the set of recently used regions changes: its own cache line.
   alignas(64) std::atomic<uint64_t> use_clock_{0};
   void Touch(Region *r);
+  // Hits on regions the policy kept by not caching a miss (evict_saved):
+  // written by hits without the lock, rarely (once per such decision).
+  std::atomic<uint64_t> evict_saved_hits_{0};
   void Stamp(Region *r);  // a new stamp, always
 
   alignas(64) mutable Mutex mu_;
@@ -304,6 +315,11 @@ class Cache {
   void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
   // Regions compared per eviction (docs/cache.md "Eviction").
   static constexpr int kEvictSample = 32;
+  // The policy choosing victims and admitting misses (lock rule: eviction.h).
+  Eviction evict_ REGCACHE_GUARDED_BY(mu_);
+  // Whether a miss on plan must make room, and whether the policy caches it.
+  Eviction::Verdict AdmitLocked(const Plan &plan, bool overlaps)
+      REGCACHE_REQUIRES(mu_);
 
   PendingSet pending_;
   // Bounds of everything indexed since the index was last empty: the callback's

@@ -47,6 +47,15 @@ constexpr Spec kTable[] = {
      "many bytes (a request larger than this is registered as it is). 0 "
      "disables merging.",
      nullptr},
+    {"EVICTION", Type::kEnum, "adaptive",
+     "Which unused regions a full cache deregisters, and whether a miss is "
+     "cached. adaptive: least recently used first, but a region used once is "
+     "cached only while first-time regions have proven worth it (a reuse LRU "
+     "would have hit), so loops over more buffers than fit and one-off scans "
+     "keep the reused set; costlier (larger) regions are kept longer, by "
+     "their modeled registration cost. lru: least recently used first, every "
+     "miss cached (UCX's decisions).",
+     "adaptive|lru"},
     {"ACCESS_POLICY", Type::kEnum, "all",
      "Access a cache registers memory with. all: writable memory gets every "
      "access (local write, remote read, write and atomic), so requests with "
