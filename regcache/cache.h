@@ -56,7 +56,9 @@
 // of the cache's use clock (Touch; the hit path writes the shared clock only
 // when the set of recent regions changes); eviction compares the stamps of
 // the kEvictSample oldest regions in CLOCK order: exact LRU up to that many
-// regions, CLOCK-approximated beyond.
+// regions, CLOCK-approximated beyond. The policy (regcache/eviction.h,
+// REGCACHE_EVICTION) ranks that sample and decides whether a miss is cached
+// at all (adaptive: loops and scans keep the reused set; lru: UCX's choices).
 #ifndef REGCACHE_REGCACHE_CACHE_H_
 #define REGCACHE_REGCACHE_CACHE_H_
 

@@ -299,9 +299,17 @@ bool WriteSvg(const std::string &path,
     *err = path + ": cannot write";
     return false;
   }
+  // UCX first, as a wide pale band; regcache on top, thin and dark: where the
+  // two are equal regcache's line runs inside UCX's band, where they differ
+  // both are visible.
   struct Series {
     const char *name, *color;
-  } series[] = {{"regcache", "#1f77b4"}, {"ucx", "#ff7f0e"}};
+    int width;
+    double opacity;
+    const char *dash;
+  } series[] = {{"ucx", "#ff7f0e", 6, 0.45, "none"},
+                {"regcache", "#1f77b4", 2, 1.0, "none"},
+                {"regcache-lru", "#2ca02c", 1, 1.0, "4,3"}};
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W
     << "\" height=\"" << H
     << "\" font-family=\"sans-serif\" font-size=\"11\">\n"
@@ -311,10 +319,11 @@ bool WriteSvg(const std::string &path,
        "capacity (max regions / max bytes), same workload and "
        "callbacks</text>\n";
   for (size_t i = 0; i < std::size(series); i++)
-    o << "<rect x=\"" << W - 220 + 100 * int(i) << "\" y=\"8\" width=\"14\" "
-      << "height=\"4\" fill=\"" << series[i].color << "\"/><text x=\""
-      << W - 202 + 100 * int(i) << "\" y=\"14\">" << series[i].name
-      << "</text>\n";
+    o << "<rect x=\"" << W - 330 + 110 * int(i) << "\" y=\"8\" width=\"14\" "
+      << "height=\"" << std::max(2, series[i].width) << "\" fill=\""
+      << series[i].color << "\" opacity=\"" << series[i].opacity
+      << "\"/><text x=\"" << W - 312 + 110 * int(i) << "\" y=\"14\">"
+      << series[i].name << "</text>\n";
   for (size_t k = 0; k < workloads.size(); k++) {
     const int x0 = int(k % cols) * pw, y0 = 30 + int(k / cols) * ph;
     const int px = x0 + ml, py = y0 + mt, w = pw - ml - mr, h = ph - mt - mb;
@@ -347,11 +356,13 @@ bool WriteSvg(const std::string &path,
         snprintf(b, sizeof b, "%d,%.1f ", X(l), py + h - h * r->HitRate());
         pts += b;
         o << "<circle cx=\"" << X(l) << "\" cy=\"" << py + h - h * r->HitRate()
-          << "\" r=\"3\" fill=\"" << s.color << "\"/>\n";
+          << "\" r=\"" << (s.width > 2 ? 4 : 2.5) << "\" fill=\"" << s.color
+          << "\" opacity=\"" << s.opacity << "\"/>\n";
       }
       if (!pts.empty())
         o << "<polyline points=\"" << pts << "\" fill=\"none\" stroke=\""
-          << s.color << "\" stroke-width=\"2\" opacity=\"0.8\"/>\n";
+          << s.color << "\" stroke-width=\"" << s.width << "\" opacity=\""
+          << s.opacity << "\" stroke-dasharray=\"" << s.dash << "\"/>\n";
     }
   }
   o << "</svg>\n";
