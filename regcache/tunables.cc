@@ -28,16 +28,18 @@ constexpr Spec kTable[] = {
      "uffd, else none).",
      "auto|patch|uffd|none"},
     {"MAX_REGIONS", Type::kUint, "16384",
-     "Most regions a cache keeps registered. Beyond it, least recently used "
-     "unused regions are deregistered (regions in use are never evicted, so "
+     "Most regions a cache keeps registered. Beyond it, unused regions are "
+     "deregistered in REGCACHE_EVICTION's order (regions in use are never "
+     "evicted, and a miss the policy does not cache is held uncached, so "
      "the "
      "count can exceed the limit while they are held). Default: well under the "
      "max_mr of common HCAs (rxe 524287, mlx5 ~16M) and 16x libfabric's 1024, "
      "which is known to thrash. 0 disables caching.",
      nullptr},
     {"MAX_BYTES", Type::kSize, "auto",
-     "Most registered (pinned) bytes a cache keeps; beyond it, least recently "
-     "used unused regions are deregistered. auto: 3/4 of RLIMIT_MEMLOCK when "
+     "Most registered (pinned) bytes a cache keeps; beyond it, unused regions "
+     "are deregistered in REGCACHE_EVICTION's order. auto: 3/4 of "
+     "RLIMIT_MEMLOCK when "
      "that limit is finite and applies (no CAP_IPC_LOCK), else 1/4 of "
      "physical RAM.",
      "auto"},
