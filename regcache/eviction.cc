@@ -31,6 +31,11 @@ uint64_t Mix(uint64_t x) {  // splitmix64's finalizer
   return x;
 }
 
+// max_regions may be "inf" (SIZE_MAX): products of it must not wrap.
+uint64_t Bounded(size_t max_regions) {
+  return std::min<uint64_t>(max_regions, uint64_t{1} << 32);
+}
+
 size_t GhostEntries(size_t max_regions) {
   // One entry per region of capacity (rounded down to a power of two): a
   // ghost only matters while it is within LRU reach, i.e. for about
@@ -49,12 +54,12 @@ Eviction::Eviction(EvictionMode mode, size_t max_regions, size_t max_bytes)
                                     static_cast<double>(max_regions)
                               : 1.0),
       window_(std::min<uint64_t>(max_regions, kStampMask / 2)),
-      stale_(16 * static_cast<uint64_t>(max_regions) + 1024),
+      stale_(16 * Bounded(max_regions) + 1024),
       ghosts_(mode == EvictionMode::kAdaptive
                   ? new (std::nothrow) uint32_t[GhostEntries(max_regions)]()
                   : nullptr),
       ghost_mask_(GhostEntries(max_regions) - 1),
-      duel_period_(8 * std::max<uint64_t>(max_regions, 64)) {}
+      duel_period_(8 * std::max<uint64_t>(Bounded(max_regions), 64)) {}
 
 Eviction::~Eviction() = default;
 

@@ -176,6 +176,25 @@ TEST(EvictionPolicy, CostlierRegionsAreKeptLonger) {
   EXPECT_TRUE(adaptive.Before(&big, &small));
 }
 
+// MAX_REGIONS=inf: the policy's derived bounds do not wrap (a duel period of
+// 0 would divide by zero), and decisions still work.
+TEST(EvictionPolicy, UnlimitedCapacityIsSafe) {
+  Eviction e(EvictionMode::kAdaptive, SIZE_MAX, SIZE_MAX);
+  ASSERT_TRUE(e.ready());
+  Region victim;
+  victim.start = 0;
+  victim.end = 4096;
+  victim.last_use = 1;
+  for (uint64_t i = 0; i < 100; ++i) {
+    const uintptr_t a = (i + 1) << 20;
+    const Eviction::Verdict v =
+        e.Admit(a, a + 4096, 2 + i, false, /*need_room=*/true, &victim, 0);
+    EXPECT_FALSE(v.admit);  // a one-off: not cached
+  }
+  Eviction big(EvictionMode::kAdaptive, size_t{1} << 61, SIZE_MAX);
+  EXPECT_FALSE(big.Admit(1 << 20, 2 << 20, 5, false, true, &victim, 0).admit);
+}
+
 // lru mode is exact LRU (UCX's policy) while the cache holds at most
 // kEvictSample regions: every get hits or misses exactly as a reference LRU
 // predicts. The adaptive mode does not (negative control: the same check
