@@ -316,6 +316,10 @@ int ResolveParams(const regcache_params_t *p, Params *out) {
   int policy = 0;
   if ((rc = tunables::GetEnum("ACCESS_POLICY", &policy))) return rc;
   out->access_all = policy == 0;  // "all|requested"
+  int eviction = 0;
+  if ((rc = tunables::GetEnum("EVICTION", &eviction))) return rc;
+  out->eviction = eviction == 0 ? EvictionMode::kAdaptive
+                                : EvictionMode::kLru;  // "adaptive|lru"
   return 0;
 }
 
@@ -388,6 +392,7 @@ int Cache::PendingSet::Size() {
 Cache::Cache(regcache_driver *drv, const Params &params)
     : id_(g_next_cache_id.fetch_add(1, std::memory_order_relaxed)),
       touch_slack_(params.max_regions / 16),
+      evict_(params.eviction, params.max_regions, params.max_bytes),
       drv_(drv),
       params_(params) {}
 
@@ -403,6 +408,15 @@ int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
     delete c;
     c = new (std::nothrow) Cache(drv, p);
     if (c == nullptr) return -ENOMEM;
+  }
+  bool policy_ready;
+  {
+    MutexLock l(&c->mu_);
+    policy_ready = c->evict_.ready();  // its ghost table was allocated
+  }
+  if (!policy_ready) {
+    delete c;
+    return -ENOMEM;
   }
   notifier::Subscription *sub = nullptr;
   int rc = notifier::Register(&kWholeOps, c, 0, 0, &sub);
@@ -632,6 +646,7 @@ bool Cache::TryRefLocked(Region *r, uint64_t *word_out) {
 void Cache::RetireLocked(Region *r, List *unused) {
   IndexEraseLocked(r);
   ClockUnlinkLocked(r);
+  evict_.Removed(r);
   --count_;
   bytes_ -= r->end - r->start;
   // No filter-bounds reset here: the insert path retires the regions it folds
@@ -702,6 +717,7 @@ void Cache::EvictLocked(List *victims, bool all, size_t room_regions,
     if (!all && count_ + room_regions <= params_.max_regions &&
         bytes_ + room_bytes <= params_.max_bytes)
       break;
+    evict_.BeginPass(count_);
     // The least recently used unused region among the kEvictSample oldest in
     // CLOCK order: exact LRU (UCX's policy, which takes a lock on every get
     // and put for it) in a cache of at most kEvictSample regions, and an
@@ -714,15 +730,14 @@ void Cache::EvictLocked(List *victims, bool all, size_t room_regions,
     for (Region *r = clock_head_; r && n < kEvictSample; r = r->next) {
       sample[n++] = r;
       const uint64_t w = r->word.load(std::memory_order_acquire);
+      evict_.Sample(r, w);
       if (Region::Refs(w) != 0) continue;
       if (all) {  // everything unused goes: no need to compare
         victim = r;
         vw = w;
         break;
       }
-      if (victim == nullptr ||
-          r->last_use.load(std::memory_order_relaxed) <
-              victim->last_use.load(std::memory_order_relaxed)) {
+      if (victim == nullptr || evict_.Before(r, victim)) {
         victim = r;
         vw = w;
       }
@@ -749,6 +764,7 @@ void Cache::EvictLocked(List *victims, bool all, size_t room_regions,
       continue;  // a hit raced us; look again
     IndexEraseLocked(victim);
     ClockUnlinkLocked(victim);
+    evict_.Evicted(victim);
     --count_;
     bytes_ -= victim->end - victim->start;
     victim->where = Region::kWhereDead;
@@ -760,6 +776,23 @@ void Cache::EvictLocked(List *victims, bool all, size_t room_regions,
     hi_.store(0, std::memory_order_relaxed);
   }
   UpdateOverLimitLocked();
+}
+
+Eviction::Verdict Cache::AdmitLocked(const Plan &plan, bool overlaps) {
+  if (evict_.mode() == EvictionMode::kLru) return {true, true};
+  const size_t len = plan.end - plan.start;
+  // A miss the policy does not cache stays registered while it is held: only
+  // where the byte limit (pinned memory) holds with it; else room is made.
+  const bool need_room =
+      (count_ + 1 > params_.max_regions || bytes_ + len > params_.max_bytes) &&
+      bytes_ + len <= params_.max_bytes;
+  Region *victim = need_room && !overlaps
+                       ? evict_.PeekVictim(clock_head_, kEvictSample, count_)
+                       : nullptr;
+  return evict_.Admit(plan.start, plan.end,
+                      use_clock_.load(std::memory_order_relaxed), overlaps,
+                      need_room, victim,
+                      evict_saved_hits_.load(std::memory_order_relaxed));
 }
 
 void Cache::UpdateOverLimitLocked() {
@@ -796,6 +829,9 @@ void Cache::CountHit() {
 // regions does not write the shared clock on every hit (the 2-thread hit loop
 // never writes it).
 void Cache::Touch(Region *r) {
+  if (r->evict_saved.load(std::memory_order_relaxed) &&
+      r->evict_saved.exchange(0, std::memory_order_relaxed))
+    evict_saved_hits_.fetch_add(1, std::memory_order_relaxed);
   const uint64_t now = use_clock_.load(std::memory_order_relaxed);
   if (now - r->last_use.load(std::memory_order_relaxed) <= touch_slack_) return;
   Stamp(r);
@@ -891,6 +927,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
   Plan plan;
   List early;  // unused regions to deregister before registering
   int slot = -1;
+  Eviction::Verdict verdict{true, true};
   for (;;) {
     LockAndDrain();
     if (shutdown_.load(std::memory_order_relaxed)) {
@@ -932,6 +969,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     // replaces leave now rather than after, and unused ones are evicted to
     // make room for it. Held ones are folded at insert as before. If the
     // registration then fails, this cost only cached regions.
+    const bool overlaps = FirstOverlapLocked(plan.start, plan.end) != nullptr;
     size_t folded_early = 0;
     for (Region *o = FirstOverlapLocked(plan.start, plan.end);
          o && o->start < plan.end;) {
@@ -944,7 +982,8 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     }
     if (folded_early)
       merges_.fetch_add(folded_early, std::memory_order_relaxed);
-    EvictLocked(&early, false, 1, plan.end - plan.start);
+    verdict = AdmitLocked(plan, overlaps);
+    if (verdict.admit) EvictLocked(&early, false, 1, plan.end - plan.start);
     DrainAndUnlock();
     break;
   }
@@ -1098,6 +1137,20 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       *out = other;
       return 0;
     }
+    if (!verdict.admit) {
+      // The policy does not cache it (eviction.h): handed out as a held
+      // orphan, never indexed, deregistered by its last put.
+      Stamp(nr);
+      const uint64_t gen =
+          Region::Gen(nr->word.load(std::memory_order_relaxed));
+      w = (gen << Region::kGenShift) | 1;
+      nr->word.store(w, std::memory_order_release);
+      OrphanLinkLocked(nr);
+      DrainAndUnlock();
+      notifier::Unregister(sub);
+      *out = nr;
+      return 0;
+    }
     size_t folded = 0;
     while (Region *o = FirstOverlapLocked(plan.start, plan.end)) {
       RetireLocked(o, &victims);
@@ -1111,6 +1164,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     nr->word.store(w, std::memory_order_release);
     IndexInsertLocked(nr);
     ClockAppendLocked(nr);
+    evict_.Inserted(nr, verdict.hot);
     ++count_;
     bytes_ += plen;
     EvictLocked(&victims, false);

@@ -56,7 +56,9 @@
 // of the cache's use clock (Touch; the hit path writes the shared clock only
 // when the set of recent regions changes); eviction compares the stamps of
 // the kEvictSample oldest regions in CLOCK order: exact LRU up to that many
-// regions, CLOCK-approximated beyond.
+// regions, CLOCK-approximated beyond. The policy (regcache/eviction.h,
+// REGCACHE_EVICTION) ranks that sample and decides whether a miss is cached
+// at all (adaptive: loops and scans keep the reused set; lru: UCX's choices).
 #ifndef REGCACHE_REGCACHE_CACHE_H_
 #define REGCACHE_REGCACHE_CACHE_H_
 
@@ -70,6 +72,7 @@
 #include <string>
 
 #include "drivers/driver.h"
+#include "regcache/eviction.h"
 #include "regcache/thread_annotations.h"
 
 namespace regcache::notifier {
@@ -106,6 +109,11 @@ struct alignas(64) Region {
   // with the region by AllocRegion, freed by FreeRegion; the host's while the
   // region is held.
   void *host = nullptr;
+  // Eviction's cold/hot class (regcache/eviction.h); under the cache's mu_.
+  uint8_t evict_cold = 0;
+  // Set (under mu_) when the policy kept this region instead of caching a
+  // miss; its next hit clears it (lock-free, Touch) and counts for the policy.
+  std::atomic<uint8_t> evict_saved{0};
 
   static constexpr uint64_t kRefMask = (uint64_t{1} << 30) - 1;
   static constexpr uint64_t kAccessed = uint64_t{1} << 30;
@@ -136,6 +144,8 @@ struct Params {
   // REGCACHE_ACCESS_ALL; requested: with the union of the requested flags.
   bool access_all = true;
   bool print_stats = false;
+  // REGCACHE_EVICTION (regcache/eviction.h).
+  EvictionMode eviction = EvictionMode::kAdaptive;
   std::string name;
   size_t host_data_bytes = 0;  // per region, rounded up to 64; 0: none
 };
@@ -302,6 +312,9 @@ class Cache {
   // when the set of recently used regions changes: its own cache line.
   alignas(64) std::atomic<uint64_t> use_clock_{0};
   void Touch(Region *r);
+  // Hits on regions the policy kept by not caching a miss (evict_saved):
+  // written by hits without the lock, rarely (once per such decision).
+  std::atomic<uint64_t> evict_saved_hits_{0};
   void Stamp(Region *r);  // a new stamp, always
 
   alignas(64) mutable Mutex mu_;
@@ -329,6 +342,11 @@ class Cache {
   void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
   // Regions compared per eviction (docs/cache.md "Eviction").
   static constexpr int kEvictSample = 32;
+  // The policy choosing victims and admitting misses (lock rule: eviction.h).
+  Eviction evict_ REGCACHE_GUARDED_BY(mu_);
+  // Whether a miss on plan must make room, and whether the policy caches it.
+  Eviction::Verdict AdmitLocked(const Plan &plan, bool overlaps)
+      REGCACHE_REQUIRES(mu_);
 
   PendingSet pending_;
   // Bounds of everything indexed since the index was last empty: the callback's

@@ -32,16 +32,18 @@ constexpr Spec kTable[] = {
      "source: caching is turned off, with one warning).",
      "auto|patch|uffd|none|ucm"},
     {"MAX_REGIONS", Type::kUint, "16384",
-     "Most regions a cache keeps registered. Beyond it, least recently used "
-     "unused regions are deregistered (regions in use are never evicted, so "
+     "Most regions a cache keeps registered. Beyond it, unused regions are "
+     "deregistered in REGCACHE_EVICTION's order (regions in use are never "
+     "evicted, and a miss the policy does not cache is held uncached, so "
      "the "
      "count can exceed the limit while they are held). Default: well under the "
      "max_mr of common HCAs (rxe 524287, mlx5 ~16M) and 16x libfabric's 1024, "
      "which is known to thrash. 0 disables caching.",
      nullptr},
     {"MAX_BYTES", Type::kSize, "auto",
-     "Most registered (pinned) bytes a cache keeps; beyond it, least recently "
-     "used unused regions are deregistered. auto: 3/4 of RLIMIT_MEMLOCK when "
+     "Most registered (pinned) bytes a cache keeps; beyond it, unused regions "
+     "are deregistered in REGCACHE_EVICTION's order. auto: 3/4 of "
+     "RLIMIT_MEMLOCK when "
      "that limit is finite and applies (no CAP_IPC_LOCK), else 1/4 of "
      "physical RAM.",
      "auto"},
@@ -51,6 +53,15 @@ constexpr Spec kTable[] = {
      "many bytes (a request larger than this is registered as it is). 0 "
      "disables merging.",
      nullptr},
+    {"EVICTION", Type::kEnum, "adaptive",
+     "Which unused regions a full cache deregisters, and whether a miss is "
+     "cached. adaptive: least recently used first, but a region used once is "
+     "cached only while first-time regions have proven worth it (a reuse LRU "
+     "would have hit), so loops over more buffers than fit and one-off scans "
+     "keep the reused set; costlier (larger) regions are kept longer, by "
+     "their modeled registration cost. lru: least recently used first, every "
+     "miss cached (UCX's decisions).",
+     "adaptive|lru"},
     {"ACCESS_POLICY", Type::kEnum, "all",
      "Access a cache registers memory with. all: writable memory gets every "
      "access (local write, remote read, write and atomic), so requests with "

@@ -42,6 +42,7 @@ class CacheTest : public ::testing::Test {
   }
   void TearDown() override {
     for (auto *c : caches_) regcache_destroy(c);
+    regcache_config_set("EVICTION", "adaptive");
     regcache_driver_close(drv_);
     munmap(arena_, arena_len_);
   }
@@ -273,6 +274,8 @@ TEST_F(CacheTest, AccessPolicyRequested) {
 }
 
 TEST_F(CacheTest, EvictsLeastRecentlyUsed) {
+  // LRU order (REGCACHE_EVICTION=lru); the adaptive policy: eviction_test.
+  ASSERT_EQ(regcache_config_set("EVICTION", "lru"), 0);
   regcache_t *c = CreateWith(3, SIZE_MAX, 0);
   regcache_region_t *a = Get(c, Page(0), kPage);
   regcache_region_t *b = Get(c, Page(2), kPage);
@@ -296,6 +299,8 @@ TEST_F(CacheTest, EvictsLeastRecentlyUsed) {
 // Exact LRU order, where CLOCK (one "used" bit per region) cannot tell: all
 // three were used since the last eviction, in the order c, b, a.
 TEST_F(CacheTest, EvictsInExactUseOrderNotClockOrder) {
+  // LRU order (REGCACHE_EVICTION=lru); the adaptive policy: eviction_test.
+  ASSERT_EQ(regcache_config_set("EVICTION", "lru"), 0);
   regcache_t *c = CreateWith(3, SIZE_MAX, 0);
   regcache_put(c, Get(c, Page(0), kPage));  // a
   regcache_put(c, Get(c, Page(2), kPage));  // b
@@ -315,6 +320,8 @@ TEST_F(CacheTest, EvictsInExactUseOrderNotClockOrder) {
 }
 
 TEST_F(CacheTest, ByteLimit) {
+  // LRU order (REGCACHE_EVICTION=lru); the adaptive policy: eviction_test.
+  ASSERT_EQ(regcache_config_set("EVICTION", "lru"), 0);
   regcache_t *c = CreateWith(1000, 2 * kPage, 0);
   regcache_put(c, Get(c, Page(0), kPage));
   regcache_put(c, Get(c, Page(2), kPage));
@@ -326,6 +333,8 @@ TEST_F(CacheTest, ByteLimit) {
 }
 
 TEST_F(CacheTest, RegionLargerThanTheByteLimitStaysUntilTheNextMiss) {
+  // LRU order (REGCACHE_EVICTION=lru); the adaptive policy: eviction_test.
+  ASSERT_EQ(regcache_config_set("EVICTION", "lru"), 0);
   regcache_t *c = CreateWith(4, 2 * kPage, 0);
   regcache_put(c, Get(c, Page(0), 4 * kPage));  // alone over max_bytes
   EXPECT_EQ(td_->Live(), 1u);                   // still cached after its put

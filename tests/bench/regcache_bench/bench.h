@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "regcache/cost_model.h"
+
 namespace rcbench {
 
 // ------------------------------------------------------------------ operations
@@ -56,6 +58,8 @@ struct GenParams {
 
 // Names of the generators, in report order.
 const std::vector<std::string> &WorkloadNames();
+// Buffers in the rotating pool of pool-fit / pool-over (0 for the others).
+size_t PoolBuffers(const std::string &name, const GenParams &p);
 // Builds workload `name`; false if unknown (err says why).
 bool MakeWorkload(const std::string &name, const GenParams &p, Workload *w,
                   std::string *err);
@@ -76,12 +80,16 @@ Capacity CapacityOfLevel(int level);
 // ------------------------------------------------------------------ callbacks
 // The registration callbacks every contender uses (regcache_driver_ops_t's
 // signature).
+// The pin driver's busy wait defaults to the cost model (regcache/cost_model.h,
+// the rxe guest's ibv_reg_mr/ibv_dereg_mr fit), so that ns/op is what a miss
+// would cost there; --reg-ns etc. override it (0: the host driver's own cost).
 struct RegConfig {
   std::string driver =
-      "pin";                 // pin (mlock + cost model) | verbs | none (no-op)
-  uint64_t base_ns = 5000;   // fixed cost per registration (busy wait)
-  uint64_t page_ns = 20;     // plus this per 4 KiB page
-  uint64_t dereg_ns = 1000;  // fixed cost per deregistration
+      "pin";  // pin (mlock + cost model) | verbs | none (no-op)
+  uint64_t base_ns = uint64_t(regcache::cost::kReg.a_us * 1000);
+  uint64_t page_ns = uint64_t(regcache::cost::kReg.b_us * 1000);  // per page
+  uint64_t dereg_ns = uint64_t(regcache::cost::kDereg.a_us * 1000);
+  uint64_t dereg_page_ns = uint64_t(regcache::cost::kDereg.b_us * 1000);
 };
 int CallbacksInit(const RegConfig &cfg, std::string *err);
 void CallbacksFini();
@@ -91,6 +99,11 @@ int BenchReg(void *ctx, void *addr, size_t len, unsigned access,
 int BenchDereg(void *ctx, void *handle);
 struct RegCounters {
   uint64_t regs, deregs, reg_failures, pinned_bytes, peak_pinned_bytes;
+  // Registration time: modeled (cost_model.h, every registration and
+  // deregistration, whatever the driver) and measured (the driver's own work:
+  // mlock/munlock and frame recording, or ibv_reg_mr/ibv_dereg_mr; the pin
+  // driver's busy wait excluded), nanoseconds.
+  double model_ns, real_ns;
 };
 RegCounters ReadRegCounters();
 void ResetPeakPinned();
@@ -138,7 +151,8 @@ struct Result {
   // (memory unmapped/trimmed and mapped again since); -1: not checked.
   int64_t stale_hits = -1;
   uint64_t regs = 0, deregs = 0, peak_pinned = 0;
-  double hit_ns_sum = 0, all_ns_sum = 0;  // get+put times, ns
+  double reg_model_ns = 0, reg_real_ns = 0;  // RegCounters, during the run
+  double hit_ns_sum = 0, all_ns_sum = 0;     // get+put times, ns
   double wall_s = 0;
   std::string extra;
   bool ok = false;

@@ -2,9 +2,11 @@
 //
 // pin (default): mlock/munlock of the range plus a deterministic cost (busy
 // wait of
-//   base_ns + page_ns per 4 KiB page; dereg_ns per deregistration), so that a
-//   miss costs about what a small ibv_reg_mr costs and the same for every
-//   contender. Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the pages
+//   base_ns + page_ns per 4 KiB page; dereg_ns + dereg_page_ns per page per
+//   deregistration; defaults: regcache/cost_model.h, the rxe guest's fit), so
+//   that a miss costs what ibv_reg_mr costs there and the same for every
+//   contender. Every callback also adds the modeled cost of its call and the
+//   measured time of the driver's own work (busy wait excluded) to counters. Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the pages
 //   are touched instead of locked.
 // verbs: ibv_reg_mr/ibv_dereg_mr on the first RDMA device (inside the rxe
 // guest). none:  no-op (for hit-path measurements).
@@ -99,6 +101,12 @@ Mode g_mode = Mode::kPin;
 RegConfig g_cfg;
 std::atomic<uint64_t> g_regs{0}, g_deregs{0}, g_failures{0}, g_pinned{0},
     g_peak{0};
+std::atomic<uint64_t> g_model_ns{0}, g_real_ticks{0};
+
+void AddTimes(double model_us, uint64_t t0) {
+  g_model_ns.fetch_add(uint64_t(model_us * 1000), std::memory_order_relaxed);
+  g_real_ticks.fetch_add(Ticks() - t0, std::memory_order_relaxed);
+}
 thread_local uint64_t tl_regs = 0;
 
 // Page frames recorded at registration, in memory of their own (below).
@@ -323,6 +331,7 @@ int BenchReg(void * /*ctx*/, void *addr, size_t len, unsigned access,
              void **handle_p, uint32_t *lkey_p, uint64_t *rkey_p,
              void ** /*desc_p*/) {
   tl_regs++;
+  const uint64_t t0 = Ticks();
   switch (g_mode) {
     case Mode::kNone:
       *handle_p = addr;
@@ -345,6 +354,7 @@ int BenchReg(void * /*ctx*/, void *addr, size_t len, unsigned access,
       *handle_p = mr;
       *lkey_p = mr->lkey;
       *rkey_p = mr->rkey;
+      AddTimes(regcache::cost::RegUs(len), t0);
       break;
 #else
       (void)access;
@@ -375,6 +385,7 @@ int BenchReg(void * /*ctx*/, void *addr, size_t len, unsigned access,
       *handle_p = h;
       *lkey_p = 1;
       *rkey_p = 1;
+      AddTimes(regcache::cost::RegUs(len), t0);
       Spin(g_cfg.base_ns + g_cfg.page_ns * ((len + 4095) / 4096));
       break;
     }
@@ -386,6 +397,7 @@ int BenchReg(void * /*ctx*/, void *addr, size_t len, unsigned access,
 
 int BenchDereg(void * /*ctx*/, void *handle) {
   size_t len = 0;
+  const uint64_t t0 = Ticks();
   switch (g_mode) {
     case Mode::kNone:
       g_deregs.fetch_add(1, std::memory_order_relaxed);
@@ -395,6 +407,7 @@ int BenchDereg(void * /*ctx*/, void *handle) {
       ibv_mr *mr = static_cast<ibv_mr *>(handle);
       len = mr->length;
       ibv_dereg_mr(mr);
+      AddTimes(regcache::cost::DeregUs(len), t0);
 #endif
       break;
     }
@@ -407,7 +420,8 @@ int BenchDereg(void * /*ctx*/, void *handle) {
       if (g_mode == Mode::kPin) munlock(h->addr, h->len);
       FreeFrames(h->frames);
       free(h);
-      Spin(g_cfg.dereg_ns);
+      AddTimes(regcache::cost::DeregUs(len), t0);
+      Spin(g_cfg.dereg_ns + g_cfg.dereg_page_ns * ((len + 4095) / 4096));
       break;
     }
   }
@@ -417,8 +431,13 @@ int BenchDereg(void * /*ctx*/, void *handle) {
 }
 
 RegCounters ReadRegCounters() {
-  return RegCounters{g_regs.load(), g_deregs.load(), g_failures.load(),
-                     g_pinned.load(), g_peak.load()};
+  return RegCounters{g_regs.load(),
+                     g_deregs.load(),
+                     g_failures.load(),
+                     g_pinned.load(),
+                     g_peak.load(),
+                     double(g_model_ns.load()),
+                     TicksToNs(double(g_real_ticks.load()))};
 }
 
 void ResetPeakPinned() { g_peak.store(g_pinned.load()); }

@@ -289,6 +289,8 @@ void Execute(const Workload &w, Contender *c, Result *r) {
             (unsigned long long)stale_misses);
   r->regs = after.regs - before.regs;
   r->deregs = after.deregs - before.deregs;
+  r->reg_model_ns = after.model_ns - before.model_ns;
+  r->reg_real_ns = after.real_ns - before.real_ns;
   r->peak_pinned = after.peak_pinned_bytes;
 }
 

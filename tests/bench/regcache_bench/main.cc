@@ -38,8 +38,16 @@ namespace {
 // contender
 class Regcache : public Contender {
  public:
-  const char *name() const override { return "regcache"; }
+  // lru: REGCACHE_EVICTION=lru (contender "regcache-lru"), UCX's policy.
+  explicit Regcache(bool lru = false) : lru_(lru) {}
+  const char *name() const override {
+    return lru_ ? "regcache-lru" : "regcache";
+  }
   int Open(const Capacity &cap, std::string *err) override {
+    if (lru_ && regcache_config_set("EVICTION", "lru") != 0) {
+      *err = "regcache_config_set(EVICTION, lru) failed";
+      return -EINVAL;
+    }
     static const regcache_driver_ops_t ops = {sizeof(regcache_driver_ops_t),
                                               BenchReg, BenchDereg};
     int rc = regcache_driver_custom_open(&ops, nullptr, &drv_);
@@ -88,12 +96,14 @@ class Regcache : public Contender {
   }
 
  private:
+  bool lru_;
   regcache_driver_t *drv_ = nullptr;
   regcache_t *cache_ = nullptr;
 };
 
 Contender *MakeContender(const std::string &name) {
   if (name == "regcache") return new Regcache;
+  if (name == "regcache-lru") return new Regcache(/*lru=*/true);
   if (name == "nocache") return NewNoCache();
   if (name == "prereg") return NewPreRegistered();
   return nullptr;
@@ -124,13 +134,18 @@ void Usage(FILE *f) {
       "  --dump-traces DIR      write every generator's trace to "
       "DIR/NAME.trace, exit\n"
       "  --contenders A,B,...   subset of: regcache ucx nocache prereg "
-      "(default all)\n"
+      "regcache-lru\n"
+      "                         (default all but regcache-lru: regcache with "
+      "REGCACHE_EVICTION=lru)\n"
       "  --no-sweep             only the default capacity (no hit-rate curve)\n"
       "  --csv FILE             every result as CSV\n"
       "  --plot FILE.svg        hit rate vs cache capacity per workload (SVG)\n"
       "  --driver pin|verbs     registration callbacks (default pin: mlock + "
       "cost)\n"
-      "  --reg-ns N --page-ns N --dereg-ns N   cost model of the pin driver\n"
+      "  --reg-ns N --page-ns N --dereg-ns N --dereg-page-ns N   the pin "
+      "driver's busy wait\n"
+      "                         (default: the cost model printed first; 0 0 0 "
+      "0: host costs only)\n"
       "  --seed N  --scale K    generator seed; multiply the operation counts "
       "by K\n"
       "  --timeout S            per-run limit in seconds (default 600)\n");
@@ -303,7 +318,8 @@ int Orchestrate(int argc, char **argv) {
     } else if (a == "--timeout") {
       o.timeout_s = atoi(val().c_str());
     } else if (a == "--driver" || a == "--reg-ns" || a == "--page-ns" ||
-               a == "--dereg-ns" || a == "--seed" || a == "--scale") {
+               a == "--dereg-ns" || a == "--dereg-page-ns" || a == "--seed" ||
+               a == "--scale") {
       o.pass.push_back(a);
       o.pass.push_back(val());
     } else {
@@ -314,7 +330,8 @@ int Orchestrate(int argc, char **argv) {
   }
   if (o.workloads.empty() && o.traces.empty()) o.workloads = WorkloadNames();
   for (auto &c : o.contenders)
-    if (c != "regcache" && c != "ucx" && c != "nocache" && c != "prereg") {
+    if (c != "regcache" && c != "ucx" && c != "nocache" && c != "prereg" &&
+        c != "regcache-lru") {
       fprintf(stderr, "regcache-bench: unknown contender '%s'\n", c.c_str());
       return 2;
     }
@@ -355,7 +372,8 @@ int Orchestrate(int argc, char **argv) {
   for (auto &t : o.traces) wl.push_back({t.substr(t.find_last_of('/') + 1), t});
   for (auto &[name, trace] : wl)
     for (auto &c : o.contenders) {
-      bool sweeps = o.sweep && (c == "regcache" || c == "ucx");
+      bool sweeps =
+          o.sweep && (c == "regcache" || c == "ucx" || c == "regcache-lru");
       for (int l = 0; l < kLevels; l++)
         if (sweeps || l == kDefaultLevel) jobs.push_back({name, trace, c, l});
     }
@@ -366,6 +384,7 @@ int Orchestrate(int argc, char **argv) {
              if (o.pass[i] == "--driver") return o.pass[i + 1].c_str();
            return "pin";
          }());
+  PrintCostModel(stdout);
   fflush(stdout);
   if (!have_ucx)
     fprintf(stderr,

@@ -23,6 +23,8 @@ bool WriteCsv(const std::string &path, const std::vector<Result> &results,
 bool WriteSvg(const std::string &path,
               const std::vector<std::string> &workloads,
               const std::vector<Result> &results, std::string *err);
+// The cost model (regcache/cost_model.h): measured points, fit, residuals.
+void PrintCostModel(FILE *f);
 // "2 x AMD EPYC ..., Linux 6.1, glibc 2.36" (for the report and docs/bench.md).
 std::string MachineDescription();
 

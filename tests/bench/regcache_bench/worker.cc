@@ -67,11 +67,13 @@ std::string FormatResult(const Result &r) {
            "RESULT workload=%s contender=%s level=%d regions=%zu bytes=%zu "
            "gets=%" PRIu64 " hits=%" PRIu64 " errors=%" PRIu64 " regs=%" PRIu64
            " deregs=%" PRIu64 " peak=%" PRIu64 " stale=%" PRId64
-           " hit_ns_sum=%.1f all_ns_sum=%.1f wall=%.6f ok=%d extra=%s",
+           " hit_ns_sum=%.1f all_ns_sum=%.1f reg_model_ns=%.0f"
+           " reg_real_ns=%.0f wall=%.6f ok=%d extra=%s",
            r.workload.c_str(), r.contender.c_str(), r.level, r.cap.regions,
            r.cap.bytes, r.gets, r.hits, r.errors, r.regs, r.deregs,
-           r.peak_pinned, r.stale_hits, r.hit_ns_sum, r.all_ns_sum, r.wall_s,
-           r.ok ? 1 : 0, r.extra.empty() ? "-" : r.extra.c_str());
+           r.peak_pinned, r.stale_hits, r.hit_ns_sum, r.all_ns_sum,
+           r.reg_model_ns, r.reg_real_ns, r.wall_s, r.ok ? 1 : 0,
+           r.extra.empty() ? "-" : r.extra.c_str());
   std::string s = buf;
   if (!r.error.empty()) s += " error=" + r.error;
   return s;
@@ -120,6 +122,10 @@ bool ParseResult(const std::string &line, Result *r) {
       r->hit_ns_sum = strtod(v.c_str(), nullptr);
     else if (k == "all_ns_sum")
       r->all_ns_sum = strtod(v.c_str(), nullptr);
+    else if (k == "reg_model_ns")
+      r->reg_model_ns = strtod(v.c_str(), nullptr);
+    else if (k == "reg_real_ns")
+      r->reg_real_ns = strtod(v.c_str(), nullptr);
     else if (k == "wall")
       r->wall_s = strtod(v.c_str(), nullptr);
     else if (k == "ok")
@@ -155,6 +161,10 @@ int WorkerMain(int argc, char **argv, ContenderFactory make_contender) {
     }
     if (ArgValue(argc, argv, &i, "--dereg-ns", &v)) {
       rc.dereg_ns = strtoull(v.c_str(), nullptr, 0);
+      continue;
+    }
+    if (ArgValue(argc, argv, &i, "--dereg-page-ns", &v)) {
+      rc.dereg_page_ns = strtoull(v.c_str(), nullptr, 0);
       continue;
     }
     if (strcmp(argv[i], "--full") == 0) {

@@ -173,6 +173,86 @@ void Threads(const GenParams &p, Workload *w) {
   }
 }
 
+// Many small eager buffers and a few large rendezvous buffers (issue 15):
+// an MPI rank's point-to-point traffic under a transport that registers user
+// buffers for zero-copy at both sizes (UCX's zcopy eager from a few KiB, its
+// rendezvous above UCX_RNDV_THRESH): per-peer message buffers of a sparse
+// exchange plus the blocks of a large exchange.
+void Mixed(const GenParams &p, Workload *w) {
+  const size_t nsmall = p.default_regions * 2, nlarge = 4;
+  const uint64_t large = (p.full ? 8 : 4) * kMiB;
+  w->description = std::to_string(nsmall) +
+                   " small (4..16 KiB) eager buffers, 80 % of the gets, and " +
+                   std::to_string(nlarge) + " rendezvous buffers of " +
+                   std::to_string(large / kMiB) + " MiB, 20 %";
+  Builder b(w);
+  std::mt19937_64 rng(p.seed);
+  std::vector<std::pair<uint32_t, uint64_t>> small, big;
+  for (size_t i = 0; i < nsmall; i++) {
+    const uint64_t len = 4 * kKiB << (rng() % 3);  // 4, 8 or 16 KiB
+    small.push_back({b.Map(len), len});
+  }
+  for (size_t i = 0; i < nlarge; i++) big.push_back({b.Map(large), large});
+  for (uint64_t i = 0, n = NumOps(p); i < n; i++) {
+    const auto &[id, len] =
+        rng() % 5 ? small[rng() % small.size()] : big[rng() % big.size()];
+    b.GetPut(id, 0, len, i % 2 ? kRecv : kSend);
+  }
+}
+
+// Halo exchange (issue 15): a 3-D 19-point stencil (e.g. a finite-difference
+// or lattice-Boltzmann code): every step receives from and sends to the 6
+// face and 12 edge neighbours, from the same buffers in the same order. Faces
+// of a 128 x 256 doubles slab are 256 KiB, edges 2 KiB. 36 buffers: more than
+// the default 32 regions, so LRU replays a loop it cannot hold.
+void Halo(const GenParams &p, Workload *w) {
+  w->description =
+      "halo exchange, 3-D 19-point stencil: 6 faces of 256 KiB + 12 edges of "
+      "2 KiB, send and receive buffer each (36), same order every step";
+  Builder b(w);
+  std::vector<std::pair<uint32_t, uint64_t>> recv, send;
+  for (int i = 0; i < 18; i++) {
+    const uint64_t len = i < 6 ? 256 * kKiB : 2 * kKiB;
+    recv.push_back({b.Map(len), len});
+    send.push_back({b.Map(len), len});
+  }
+  for (uint64_t i = 0, n = NumOps(p); i < n;) {
+    for (auto &[id, len] : recv)
+      if (i++ < n) b.GetPut(id, 0, len, kRecv);
+    for (auto &[id, len] : send)
+      if (i++ < n) b.GetPut(id, 0, len, kSend);
+  }
+}
+
+// Scan (issue 15): reuse phases (a working set of 24 message buffers of
+// 128 KiB, cycled) separated by one-off passes over a 64 MiB array in 1 MiB
+// chunks, each chunk registered once: a checkpoint or an I/O staging pass
+// (MPI-IO collective buffering registers each chunk of the user array), or a
+// redistribution of a large array between compute phases.
+void Scan(const GenParams &p, Workload *w) {
+  const uint64_t array = (p.full ? 256 : 64) * kMiB, chunk = kMiB;
+  const int phases = 3;
+  w->description =
+      "3 reuse phases (24 buffers of 128 KiB, cycled) with a one-off pass "
+      "over a " +
+      std::to_string(array / kMiB) + " MiB array in 1 MiB chunks between them";
+  Builder b(w);
+  std::vector<uint32_t> set;
+  for (int i = 0; i < 24; i++) set.push_back(b.Map(128 * kKiB));
+  const uint32_t big = b.Map(array);
+  const uint64_t scan_ops = array / chunk;
+  const uint64_t n = NumOps(p);
+  const uint64_t per_phase =
+      (n - std::min(n, (phases - 1) * scan_ops)) / phases;
+  for (int ph = 0; ph < phases; ph++) {
+    for (uint64_t i = 0; i < per_phase; i++)
+      b.GetPut(set[i % set.size()], 0, 128 * kKiB, i % 2 ? kRecv : kSend);
+    if (ph + 1 < phases)
+      for (uint64_t c = 0; c < scan_ops; c++)
+        b.GetPut(big, c * chunk, chunk, kSend);
+  }
+}
+
 // ------------------------------------------------------------------ trace
 // format
 std::string AccessText(unsigned a) {
@@ -215,9 +295,15 @@ bool ParseAccess(const std::string &s, unsigned *a) {
 
 const std::vector<std::string> &WorkloadNames() {
   static const std::vector<std::string> names = {
-      "pingpong", "pool-fit", "pool-over", "subrange",
-      "growing",  "churn",    "flags",     "threads"};
+      "pingpong", "pool-fit", "pool-over", "subrange", "growing", "churn",
+      "flags",    "threads",  "mixed",     "halo",     "scan"};
   return names;
+}
+
+size_t PoolBuffers(const std::string &name, const GenParams &p) {
+  if (name == "pool-fit") return p.default_regions * 3 / 4;
+  if (name == "pool-over") return p.default_regions * 3 / 2;
+  return 0;
 }
 
 bool MakeWorkload(const std::string &name, const GenParams &p, Workload *w,
@@ -227,9 +313,9 @@ bool MakeWorkload(const std::string &name, const GenParams &p, Workload *w,
   if (name == "pingpong")
     PingPong(p, w);
   else if (name == "pool-fit")
-    Pool(p, w, p.default_regions * 3 / 4, "below");
+    Pool(p, w, PoolBuffers(name, p), "below");
   else if (name == "pool-over")
-    Pool(p, w, p.default_regions * 3 / 2, "above");
+    Pool(p, w, PoolBuffers(name, p), "above");
   else if (name == "subrange")
     SubRanges(p, w);
   else if (name == "growing")
@@ -240,6 +326,12 @@ bool MakeWorkload(const std::string &name, const GenParams &p, Workload *w,
     Flags(p, w);
   else if (name == "threads")
     Threads(p, w);
+  else if (name == "mixed")
+    Mixed(p, w);
+  else if (name == "halo")
+    Halo(p, w);
+  else if (name == "scan")
+    Scan(p, w);
   else {
     *err = "unknown workload '" + name + "'";
     return false;
