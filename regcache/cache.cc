@@ -922,7 +922,11 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
   // NO BLIND CACHING (notifier/policy.h): while no source sees every unmap
   // the cache neither looks up nor keeps regions; each get registers the
   // request and its last put deregisters it. Checked again at insert.
-  if (!notifier::CachingSafe()) return GetUncached(addr, len, access, out);
+  if (!notifier::CachingSafe()) {
+    // Blind: every get is a miss registered for this use only.
+    misses_.fetch_add(1, std::memory_order_relaxed);
+    return GetUncached(addr, len, access, out);
+  }
 
   Plan plan;
   List early;  // unused regions to deregister before registering
@@ -1062,13 +1066,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       failures_.fetch_add(1, std::memory_order_relaxed);
       return rc;
     }
-    registrations_.fetch_add(1, std::memory_order_relaxed);
-    reg_regions_.fetch_add(1, std::memory_order_relaxed);
-    const uint64_t now =
-        reg_bytes_.fetch_add(plen, std::memory_order_relaxed) + plen;
-    uint64_t peak = peak_bytes_.load(std::memory_order_relaxed);
-    while (now > peak && !peak_bytes_.compare_exchange_weak(peak, now)) {
-    }
+    CountRegistered(plen);
     nr->cache = this;
     nr->start = plan.start;
     nr->end = plan.end;
@@ -1183,6 +1181,20 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
 // list (so Destroy finds it) without kValid, so lookups never see it and its
 // last put deregisters it (Put -> ReleaseOrphan): max_regions 0 behaviour,
 // without even the hits on regions held by another thread.
+// Hands out a registered region (counted: CountRegistered) with one
+// reference: not valid, never indexed nor found; its put is the last put of
+// an invalidated region (ReleaseOrphan deregisters it); on the orphan list so
+// that Destroy deregisters it if never put.
+void Cache::CountRegistered(uint64_t len) {
+  registrations_.fetch_add(1, std::memory_order_relaxed);
+  reg_regions_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t now =
+      reg_bytes_.fetch_add(len, std::memory_order_relaxed) + len;
+  uint64_t peak = peak_bytes_.load(std::memory_order_relaxed);
+  while (now > peak && !peak_bytes_.compare_exchange_weak(peak, now)) {
+  }
+}
+
 void Cache::HandOutUncached(Region *r) {
   LockAndDrain();
   OrphanLinkLocked(r);
@@ -1190,18 +1202,6 @@ void Cache::HandOutUncached(Region *r) {
   r->word.store((static_cast<uint64_t>(gen) << Region::kGenShift) | 1,
                 std::memory_order_release);
   DrainAndUnlock();
-}
-
-int Cache::GetUncached(uintptr_t addr, size_t len, unsigned access,
-                       Region **out) {
-  const uintptr_t start = PageDown(addr), end = PageUp(addr + len);
-  misses_.fetch_add(1, std::memory_order_relaxed);
-  Region *nr = TheSlab().Alloc();
-  if (nr == nullptr) {
-    failures_.fetch_add(1, std::memory_order_relaxed);
-    return -ENOMEM;
-  }
-  return RegisterUncached(nr, start, end, access, out);
 }
 
 // Registers [start, end) into nr (owned by the caller, not indexed) and hands
@@ -1224,18 +1224,11 @@ int Cache::RegisterUncached(Region *nr, uintptr_t start, uintptr_t end,
                             access, &reg);
   }
   if (rc) {
-    TheSlab().Free(nr);
+    FreeRegion(nr);
     failures_.fetch_add(1, std::memory_order_relaxed);
     return rc;
   }
-  registrations_.fetch_add(1, std::memory_order_relaxed);
-  reg_regions_.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t now =
-      reg_bytes_.fetch_add(end - start, std::memory_order_relaxed) +
-      (end - start);
-  uint64_t peak = peak_bytes_.load(std::memory_order_relaxed);
-  while (now > peak && !peak_bytes_.compare_exchange_weak(peak, now)) {
-  }
+  CountRegistered(end - start);
   nr->cache = this;
   nr->start = start;
   nr->end = end;
@@ -1582,25 +1575,12 @@ int Cache::GetUncached(uintptr_t addr, size_t len, unsigned access,
     failures_.fetch_add(1, std::memory_order_relaxed);
     return rc;
   }
-  registrations_.fetch_add(1, std::memory_order_relaxed);
-  reg_regions_.fetch_add(1, std::memory_order_relaxed);
-  const uint64_t now =
-      reg_bytes_.fetch_add(plen, std::memory_order_relaxed) + plen;
-  uint64_t peak = peak_bytes_.load(std::memory_order_relaxed);
-  while (now > peak && !peak_bytes_.compare_exchange_weak(peak, now)) {
-  }
+  CountRegistered(plen);
   nr->cache = this;
   nr->start = start;
   nr->end = end;
   nr->access = access;
-  // Not valid, one reference: never indexed nor found, and its put is the
-  // last put of an invalidated region (ReleaseOrphan deregisters it). On the
-  // orphan list so that Destroy deregisters it if it is never put.
-  const uint64_t gen = Region::Gen(nr->word.load(std::memory_order_relaxed));
-  nr->word.store((gen << Region::kGenShift) | 1, std::memory_order_release);
-  LockAndDrain();
-  OrphanLinkLocked(nr);
-  DrainAndUnlock();
+  HandOutUncached(nr);
   *out = nr;
   return 0;
 }

@@ -251,10 +251,11 @@ class Cache {
                        unsigned access, Region **out) REGCACHE_EXCLUDES(mu_);
   void PutSlow();
   void ReleaseOrphan(Region *r);
-  // Blind notifier (see cache.cc "blind mode"): register without caching.
-  int GetUncached(uintptr_t addr, size_t len, unsigned access, Region **out)
-      REGCACHE_EXCLUDES(mu_);
-  void HandOutUncached(Region *r);
+  // Blind notifier (see cache.cc "blind mode"): hands out a registered
+  // region without indexing it.
+  void HandOutUncached(Region *r) REGCACHE_EXCLUDES(mu_);
+  // Stats of one new registration of len bytes (registrations, bytes, peak).
+  void CountRegistered(uint64_t len);
   void DoublePut(Region *r);
   void CountHit();
   void Remember(Region *r, uint64_t word);
