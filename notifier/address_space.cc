@@ -259,6 +259,7 @@ struct ThreadState {
   uint32_t quiesce_epoch;
   bool installing;      // holds g_install_mu (see EnterWindow)
   bool fork_unblocked;  // this thread's fork prepare raised g_fork_unblock
+  bool fork_skipped;    // prepare skipped (g_atfork_off_for_testing)
 };
 constexpr int kMaxTlsFrames = 8;
 constexpr int kNestingWarn = 32;
@@ -773,6 +774,7 @@ REGCACHE_HOT void EndRange(Frame *f) {
 }
 
 std::atomic<uint32_t> g_async_in_flight{0};
+std::atomic<bool> g_atfork_off_for_testing{false};
 std::atomic<uint64_t *> g_patch_guard{nullptr};
 uint64_t g_patch_guard_word = 0;
 
@@ -1176,6 +1178,12 @@ namespace {
 //  - The forking thread holds neither: no call of ours forks, and a callback
 //    that forks is unsupported.
 void AtforkPrepare() {
+  if (internal::g_atfork_off_for_testing.load(std::memory_order_relaxed)) {
+    t_state.fork_unblocked = false;
+    t_state.fork_skipped = true;
+    return;
+  }
+  t_state.fork_skipped = false;
   t_state.fork_unblocked =
       QuiescedBySelf(g_quiesce.load(std::memory_order_seq_cst));
   if (t_state.fork_unblocked) {
@@ -1187,6 +1195,7 @@ void AtforkPrepare() {
 }
 
 void AtforkParent() {
+  if (t_state.fork_skipped) return;
   g_mu.unlock();
   g_install_mu.unlock();
   if (t_state.fork_unblocked)
@@ -1195,6 +1204,7 @@ void AtforkParent() {
 }
 
 void AtforkChild() {
+  if (t_state.fork_skipped) return;
   // This thread locked both in prepare: release them (no other thread exists).
   g_mu.unlock();
   g_install_mu.unlock();

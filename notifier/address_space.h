@@ -94,6 +94,10 @@ extern std::atomic<uint32_t> g_async_in_flight;
 // (nullptr when patch is not installed).
 extern std::atomic<uint64_t *> g_patch_guard;
 extern uint64_t g_patch_guard_word;
+// Tests only (negative controls): when true, the fork handlers of the notifier
+// and of the cache do nothing, so a child inherits the parent's in-flight
+// state and registrations as they were.
+extern std::atomic<bool> g_atfork_off_for_testing;
 }  // namespace internal
 inline bool AsyncEventsInFlight() {
   // seq_cst: ordered after the caller's earlier munmap/free (a plain load on

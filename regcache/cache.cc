@@ -409,9 +409,14 @@ int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
     c = new (std::nothrow) Cache(drv, p);
     if (c == nullptr) return -ENOMEM;
   }
+  // Listed before it can receive callbacks, unlisted after its subscription
+  // ended: whenever a callback may be inside this cache, the fork handlers
+  // know it (its mu_ and pending set must not be left held in a child).
+  c->ListLink();
   notifier::Subscription *sub = nullptr;
   int rc = notifier::Register(&kWholeOps, c, 0, 0, &sub);
   if (rc) {
+    c->ListUnlink();
     REGCACHE_LOG(ERROR, "regcache_create: cannot subscribe to the notifier: {}",
                  regcache_strerror(rc));
     delete c;
@@ -419,12 +424,6 @@ int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
   }
   c->sub_ = sub;
   drv->Ref();
-  {
-    MutexLock l(&g_caches_mu);
-    c->list_next_ = g_caches;
-    if (g_caches) g_caches->list_prev_ = c;
-    g_caches = c;
-  }
   REGCACHE_LOG(DEBUG,
                "cache {} created on driver {}: max_regions {} max_bytes {} "
                "merge_max_bytes {}",
@@ -434,17 +433,25 @@ int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
   return 0;
 }
 
-void Cache::Destroy() {
-  {
-    MutexLock l(&g_caches_mu);
-    if (list_prev_) {
-      list_prev_->list_next_ = list_next_;
-    } else {
-      g_caches = list_next_;
-    }
-    if (list_next_) list_next_->list_prev_ = list_prev_;
-    list_prev_ = list_next_ = nullptr;
+void Cache::ListLink() {
+  MutexLock l(&g_caches_mu);
+  list_next_ = g_caches;
+  if (g_caches) g_caches->list_prev_ = this;
+  g_caches = this;
+}
+
+void Cache::ListUnlink() {
+  MutexLock l(&g_caches_mu);
+  if (list_prev_) {
+    list_prev_->list_next_ = list_next_;
+  } else {
+    g_caches = list_next_;
   }
+  if (list_next_) list_next_->list_prev_ = list_prev_;
+  list_prev_ = list_next_ = nullptr;
+}
+
+void Cache::Destroy() {
   // Unregister runs OnRelease unless teardown already did: everything unused
   // goes.
   if (sub_) notifier::Unregister(sub_);
@@ -463,6 +470,7 @@ void Cache::Destroy() {
   dead_ = List();
   attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
   DrainAndUnlock();
+  ListUnlink();  // unsubscribed and unlocked: no fork handler needs it now
   if (held.n) {
     REGCACHE_LOG(
         WARN,
@@ -1312,19 +1320,29 @@ void Cache::ForkChildLocked(List *drop) {
 // allocates, frees, unmaps, calls the driver or the notifier's
 // Register/Unregister; callbacks only try-lock mu_), and the forking thread
 // holds none of them (fork is not called from inside the cache).
+// Set by prepare when the handlers are off for a test; read by parent/child
+// (only the forking thread runs them).
+__attribute__((tls_model("initial-exec"))) thread_local bool t_fork_skipped =
+    false;
+
 void Cache::AtforkPrepare() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  t_fork_skipped = notifier::internal::g_atfork_off_for_testing.load(
+      std::memory_order_relaxed);
+  if (t_fork_skipped) return;
   g_caches_mu.Lock();
   for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Lock();
   TheSlab().ForkLock();
 }
 
 void Cache::AtforkParent() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  if (t_fork_skipped) return;
   TheSlab().ForkUnlock();
   for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Unlock();
   g_caches_mu.Unlock();
 }
 
 void Cache::AtforkChild() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  if (t_fork_skipped) return;
   // Hit counter slots of the parent's other threads are free again.
   g_slot_bits.store(t_state != nullptr && t_state->slot < kSlotsForThreads
                         ? uint64_t{1} << t_state->slot

@@ -290,6 +290,9 @@ class Cache {
   void ReapDead() REGCACHE_EXCLUDES(mu_);
   void DeregisterList(List *l) REGCACHE_EXCLUDES(mu_);
   void DeregisterOne(Region *r) REGCACHE_EXCLUDES(mu_);
+  // The process-wide list of caches (fork handlers).
+  void ListLink();
+  void ListUnlink();
   // Frees r to the slab without the driver (a registration of the parent).
   static void DropForked(Region *r);
   // Fork child, mu_ held since prepare: forgets the parent's registrations and
