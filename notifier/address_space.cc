@@ -22,28 +22,30 @@
 // its predecessor past it; the node keeps its own next pointer, so a reader
 // standing on it still reaches the rest of the list (RCU-style).
 //
-// In-flight ranges are counted in two counters (g_inflight[2], an SRCU-like
-// pair): a range increments g_inflight[g_idx] when it starts and decrements the
-// same slot when it ends. That counter does three jobs:
+// Ranges in flight are published in a fixed table (g_ranges: 64 words, each
+// one range's page span and the SRCU slot g_idx it started in, claimed by CAS
+// and cleared at end; past 64 the overflow counters g_inflight[slot] count
+// them without a span). The table does three jobs:
 //   1. Grace periods for freeing unlinked subscriptions. A writer may "flip"
-//   g_idx only when
-//      the inactive slot is zero; a node unlinked at flip count f can be freed
-//      once the flip count reaches f + 2 (every range that could have seen it
-//      has ended). Flipping is polled, never waited for, by
-//      Unregister/Register, so Unregister never waits for unrelated ranges (it
-//      may be called with the cache's lock held, and an unrelated range's
-//      callback may be waiting for that lock).
-//   2. Guarantee 2 (register vs ranges in flight), a Dekker pair: BeginRange
-//   increments its
-//      slot and then reads g_gen; Register publishes the node, stores g_gen,
-//      then reads both slots (all seq_cst). Either the range sees the new node
-//      (and delivers start and end to it) or Register sees the range in flight
-//      (and the node's first ReadBegin waits for a grace period: every range in
-//      flight at registration ends first).
-//   3. Quiesce: it raises g_quiesce and waits for both slots to reach zero;
-//   BeginRange
-//      re-checks g_quiesce after incrementing and backs off (decrement, wait
-//      for resume).
+//      g_idx only when nothing is in flight in the inactive slot; a node
+//      unlinked at flip count f can be freed once the flip count reaches f + 2
+//      (every range that could have seen it has ended). Flipping is polled,
+//      never waited for, by Unregister/Register, so Unregister never waits for
+//      unrelated ranges (it may be called with the cache's lock held, and an
+//      unrelated range's callback may be waiting for that lock).
+//   2. Guarantee 2 and overlap-only waiting, a Dekker pair: BeginRange claims
+//      its word and then reads g_gen; Register publishes the node, stores
+//      g_gen, then scans the table (all seq_cst). Either the range sees the new
+//      node (it delivers start and end and moves the node's sequence) or
+//      Register sees its word. The node's first ReadBegin then waits only for
+//      words overlapping its interval (for a grace period of everything only
+//      if an overflow range was in flight): registrations never wait for
+//      unrelated ranges (tests/notifier/overlap.pml checks both halves).
+//   3. Quiesce: it raises g_quiesce and waits until nothing is in flight;
+//      BeginRange re-checks g_quiesce after its claim and backs off (clear,
+//      wait for resume) unless MayWaitForResume() says waiting could hang.
+//
+// Fork: see "FORK" at the end of this file.
 //
 // Start/end pairing. Each subscription gets visible_gen = ++g_gen when
 // published; a range snapshots g_gen in its Frame at start and both its start
