@@ -176,7 +176,7 @@ PaddedCounter g_inflight[2];
 // ranges take the next free word of the line, then any free word, then the
 // counter.
 //
-// Word: bits 63..19 first page (saturated at 2^45 - 1), bits 18..1 number of
+// Word: bits 63..19 first page (see EncodeRange), bits 18..1 number of
 // pages (saturated at 2^18 - 1 = "up to the end of the address space"), bit 0
 // the SRCU slot. Never 0 for a claimed entry (the page count is >= 1). The
 // encoded range covers the real one (rounded out, saturation only widens), so
@@ -184,17 +184,14 @@ PaddedCounter g_inflight[2];
 // never the reverse.
 constexpr int kRangeLines = 8;
 constexpr int kRangesPerLine = 8;
-constexpr int kRangeEntries = kRangeLines * kRangesPerLine;  // 64: one bit each
-static_assert(kRangeEntries == 64, "ThreadState::owned is a 64-bit mask");
+constexpr unsigned kRangeEntries = kRangeLines * kRangesPerLine;
 constexpr unsigned kOverflowToken = kRangeEntries;  // token 64 + slot
 constexpr int kPageShift = 12;
 constexpr int kLenBits = 18;
 constexpr uint64_t kLenSat = (uint64_t{1} << kLenBits) - 1;
-constexpr uint64_t kPageSat = (uint64_t{1} << (64 - 1 - kLenBits)) - 1;
-struct alignas(64) RangeLine {
-  std::atomic<uint64_t> w[kRangesPerLine];
-};
-RangeLine g_ranges[kRangeLines];
+// Flat: line L is entries [8L, 8L + 8), so a token (entry index) is the word.
+alignas(64) std::atomic<uint64_t> g_ranges[kRangeEntries];
+static_assert(sizeof(g_ranges[0]) * kRangesPerLine == 64, "8 words per line");
 std::atomic<unsigned> g_next_home{0};
 // What every range reads and (almost) never writes, in one cache line: after
 // the kernel's munmap has run, each distinct line the hook touches is a likely
@@ -247,13 +244,9 @@ struct ThreadState {
   int cb_depth;  // callbacks of ours on this thread's stack
   int inflight;  // ranges (and holds) begun and not ended on this thread
   int nframes;   // frames used by InvalidateRangeStart/End
-  // Which g_ranges entries this thread holds (bit i: entry i), and how many of
-  // its ranges are counted in g_inflight[0/1] instead (no free entry). Only
-  // this thread writes them; the atfork child handler reads them to rebuild
-  // the in-flight state of the one thread that survives fork().
-  uint64_t owned;
-  uint32_t over[2];
-  unsigned home;  // 1 + this thread's home line in g_ranges (0: not chosen)
+  // This thread's home line in g_ranges (its first entry), nullptr until the
+  // first range.
+  std::atomic<uint64_t> *home;
   // Quiesces taken by this thread and not resumed, valid while quiesce_epoch
   // equals the epoch of g_quiesce (a resume to zero starts a new epoch, so a
   // quiesce resumed by another thread does not keep exempting this one).
@@ -377,17 +370,15 @@ void ForEachMatching(const Frame *f, Fn fn) {
 }
 
 // ---------------------------------------------------------------- windows
-// The range word of [start, end) in SRCU slot `slot` (see g_ranges).
+// The range word of [start, end) in SRCU slot `slot` (see g_ranges). A first
+// page beyond 45 bits (addresses >= 2^57, above every user address space,
+// LA57 included) would lose its high bits: such ranges cover no memory a
+// registration could pin, so the munmap path does not pay for the check.
 inline uint64_t EncodeRange(uintptr_t start, uintptr_t end, unsigned slot) {
-  uint64_t first = start >> kPageShift;
-  // Last page touched, inclusive (end > start for every range we encode).
-  uint64_t last = (end - 1) >> kPageShift;
-  uint64_t n = last - first + 1;
-  if (first > kPageSat) {
-    first = kPageSat;
-    n = kLenSat;
-  }
-  if (n > kLenSat) n = kLenSat;
+  const uint64_t first = start >> kPageShift;
+  // Pages touched (end > start for every range we encode), saturated.
+  uint64_t n = ((end - 1) >> kPageShift) - first + 1;
+  n = n < kLenSat ? n : kLenSat;
   return (first << (kLenBits + 1)) | (n << 1) | slot;
 }
 
@@ -410,11 +401,9 @@ bool AnyOverlapInFlight(uintptr_t start, uintptr_t end) {
           g_inflight[1].v.load(std::memory_order_seq_cst) !=
       0)
     return true;
-  for (RangeLine &line : g_ranges) {
-    for (std::atomic<uint64_t> &e : line.w) {
-      const uint64_t w = e.load(std::memory_order_seq_cst);
-      if (w != 0 && RangeOverlaps(w, start, end)) return true;
-    }
+  for (std::atomic<uint64_t> &e : g_ranges) {
+    const uint64_t w = e.load(std::memory_order_seq_cst);
+    if (w != 0 && RangeOverlaps(w, start, end)) return true;
   }
   return false;
 }
@@ -423,59 +412,51 @@ bool AnyOverlapInFlight(uintptr_t start, uintptr_t end) {
 // overflow counter). Not an atomic snapshot: see TryFlip.
 uint64_t InflightInSlot(unsigned i) {
   uint64_t n = g_inflight[i].v.load(std::memory_order_seq_cst);
-  for (RangeLine &line : g_ranges) {
-    for (std::atomic<uint64_t> &e : line.w) {
-      const uint64_t w = e.load(std::memory_order_seq_cst);
-      n += w != 0 && (w & 1) == i;
-    }
+  for (std::atomic<uint64_t> &e : g_ranges) {
+    const uint64_t w = e.load(std::memory_order_seq_cst);
+    n += w != 0 && (w & 1) == i;
   }
   return n;
 }
 
 uint64_t InflightTotal() { return InflightInSlot(0) + InflightInSlot(1); }
 
-REGCACHE_COLD unsigned PickHome() {
-  t_state.home =
-      1 + g_next_home.fetch_add(1, std::memory_order_relaxed) % kRangeLines;
+REGCACHE_COLD std::atomic<uint64_t> *PickHome() {
+  const unsigned line =
+      g_next_home.fetch_add(1, std::memory_order_relaxed) % kRangeLines;
+  t_state.home = &g_ranges[line * kRangesPerLine];
   return t_state.home;
 }
 
 // Slow part of Claim: the home line is full (nested ranges, or more than 8
 // threads share it): any free entry, else the overflow counter.
 REGCACHE_COLD unsigned ClaimElsewhere(uint64_t w, unsigned slot) {
-  for (int i = 0; i < kRangeEntries; ++i) {
-    std::atomic<uint64_t> &e =
-        g_ranges[i / kRangesPerLine].w[i % kRangesPerLine];
-    uint64_t cur = e.load(std::memory_order_relaxed);
+  for (unsigned i = 0; i < kRangeEntries; ++i) {
+    uint64_t cur = g_ranges[i].load(std::memory_order_relaxed);
     if (cur == 0 &&
-        e.compare_exchange_strong(cur, w, std::memory_order_seq_cst)) {
-      t_state.owned |= uint64_t{1} << i;
-      return static_cast<unsigned>(i);
-    }
+        g_ranges[i].compare_exchange_strong(cur, w, std::memory_order_seq_cst))
+      return i;
   }
   g_inflight[slot].v.fetch_add(1, std::memory_order_seq_cst);
-  ++t_state.over[slot];
   return kOverflowToken + slot;
 }
 
 // Publishes [start, end) as in flight in SRCU slot `slot`: one seq_cst CAS on
 // a word of this thread's home line (ordered before everything the range does
-// next: the Dekker pairs with Register and Quiesce). Returns the token that
-// Unclaim takes. Lock-free, allocation-free.
+// next: the Dekker pairs with Register and Quiesce). Returns the token (entry
+// index, or kOverflowToken + slot) that Unclaim takes. Lock-free,
+// allocation-free; the token lives in the range's Frame, which is how the fork
+// child handler finds the forking thread's own entries.
 inline unsigned Claim(uintptr_t start, uintptr_t end, unsigned slot) {
   const uint64_t w = EncodeRange(start, end, slot);
-  unsigned h = t_state.home;
-  if (h == 0) [[unlikely]]
-    h = PickHome();
-  RangeLine &line = g_ranges[h - 1];
+  std::atomic<uint64_t> *line = t_state.home;
+  if (line == nullptr) [[unlikely]]
+    line = PickHome();
   for (int k = 0; k < kRangesPerLine; ++k) {
-    uint64_t cur = line.w[k].load(std::memory_order_relaxed);
-    if (cur == 0 && line.w[k].compare_exchange_strong(
-                        cur, w, std::memory_order_seq_cst)) [[likely]] {
-      const unsigned i = (h - 1) * kRangesPerLine + k;
-      t_state.owned |= uint64_t{1} << i;
-      return i;
-    }
+    uint64_t cur = line[k].load(std::memory_order_relaxed);
+    if (cur == 0 && line[k].compare_exchange_strong(
+                        cur, w, std::memory_order_seq_cst)) [[likely]]
+      return static_cast<unsigned>(line + k - g_ranges);
   }
   return ClaimElsewhere(w, slot);
 }
@@ -484,13 +465,10 @@ inline unsigned Claim(uintptr_t start, uintptr_t end, unsigned slot) {
 // WaitUntil, which counts itself a waiter before it checks the table).
 inline void Unclaim(unsigned token) {
   if (token < kOverflowToken) [[likely]] {
-    g_ranges[token / kRangesPerLine].w[token % kRangesPerLine].store(
-        0, std::memory_order_seq_cst);
-    t_state.owned &= ~(uint64_t{1} << token);
+    g_ranges[token].store(0, std::memory_order_seq_cst);
   } else {
-    const unsigned slot = token - kOverflowToken;
-    g_inflight[slot].v.fetch_sub(1, std::memory_order_seq_cst);
-    --t_state.over[slot];
+    g_inflight[token - kOverflowToken].v.fetch_sub(1,
+                                                   std::memory_order_seq_cst);
   }
 }
 
@@ -1210,14 +1188,29 @@ void AtforkChild() {
   // This thread locked both in prepare: release them (no other thread exists).
   g_mu.unlock();
   g_install_mu.unlock();
-  // Ranges in flight: only this thread's.
-  for (int i = 0; i < kRangeEntries; ++i) {
-    if ((t_state.owned & (uint64_t{1} << i)) == 0)
-      g_ranges[i / kRangesPerLine].w[i % kRangesPerLine].store(
-          0, std::memory_order_relaxed);
+  // Ranges in flight: only this thread's open frames (explicit brackets and
+  // InvalidateRangeStart; a fork from inside a hooked call or a callback is not
+  // supported, so those are all its ranges). Their entries stay, with their
+  // tokens; everything else goes.
+  bool keep[kRangeEntries] = {};
+  uint64_t over[2] = {0, 0};
+  int open = 0;
+  for (int k = 0; k < t_state.nframes; ++k) {
+    const Frame &f = t_frames[k];
+    if (!f.active) continue;
+    ++open;
+    if (f.slot < kOverflowToken) {
+      keep[f.slot] = true;
+    } else {
+      ++over[f.slot - kOverflowToken];
+    }
+  }
+  for (unsigned i = 0; i < kRangeEntries; ++i) {
+    if (!keep[i]) g_ranges[i].store(0, std::memory_order_relaxed);
   }
   for (unsigned k = 0; k < 2; ++k)
-    g_inflight[k].v.store(t_state.over[k], std::memory_order_relaxed);
+    g_inflight[k].v.store(over[k], std::memory_order_relaxed);
+  t_state.inflight = open;
   // The uffd monitor's holds (the monitor thread is not in the child; the uffd
   // source's own atfork handler restarts it on next use).
   internal::g_async_in_flight.store(0, std::memory_order_relaxed);

@@ -322,6 +322,24 @@ TEST_F(Fork, WhileAnotherThreadIsInsideAnUnmapCallback) {
   EXPECT_TRUE(ChildOk(st)) << Describe(st);
 }
 
+// Another thread holds a quiesce when fork() runs: the child is not quiesced
+// (nobody there could resume it), so its unmaps proceed.
+TEST_F(Fork, WhileAnotherThreadHoldsAQuiesce) {
+  SKIP_IF_CHILD_BLIND();
+  std::atomic<int> stage{0};
+  std::thread q([&] {
+    if (regcache_notifier_quiesce() != 0) return;
+    stage = 1;
+    while (stage.load() != 2) std::this_thread::sleep_for(1ms);
+    regcache_notifier_resume();
+  });
+  while (stage.load() != 1) std::this_thread::sleep_for(1ms);
+  int st = RunChild([]() -> int { return FreshCacheCycle(); }, 10);
+  stage = 2;
+  q.join();
+  EXPECT_TRUE(ChildOk(st)) << Describe(st);
+}
+
 // The forking thread holds a region of an inherited cache: its put in the
 // child calls no driver, a get registers anew, destroy deregisters only the
 // child's own.
