@@ -385,6 +385,7 @@ TEST_F(Fork, Storm) {
     while (!stop.load()) {
       void *p = malloc(512 * 1024);
       memset(p, 1, 4096);
+      __asm__ volatile("" : : "r"(p) : "memory");  // not elided
       free(p);
     }
   });
