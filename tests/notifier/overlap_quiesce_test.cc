@@ -318,6 +318,37 @@ TEST_F(Lifecycle, NegativeControlQuiescerForkHangsWithoutHandlers) {
       << Describe(st);
 }
 
+// Resume may come from another thread. A thread whose quiesce someone else
+// resumed is an ordinary thread again: under a later quiesce by a third
+// thread, its unmaps are held off like everybody's (not under uffd).
+TEST_F(Lifecycle, ResumeFromAnotherThreadEndsTheExemption) {
+  if (Uffd()) GTEST_SKIP() << "uffd deliveries are not held off by quiesce";
+  int st = RunChild(
+      [&]() -> int {
+        char *m = MapFilled(1);
+        std::atomic<int> stage{0};
+        std::atomic<bool> unmapped{false};
+        std::thread a([&] {
+          if (regcache_notifier_quiesce() != 0) return;
+          stage = 1;
+          while (stage.load() != 3) std::this_thread::sleep_for(1ms);
+          Unmap(m, kLen);  // quiesced by main now, not by a
+          unmapped = true;
+        });
+        while (stage.load() != 1) std::this_thread::sleep_for(1ms);
+        std::thread([] { regcache_notifier_resume(); }).join();  // b resumes
+        if (regcache_notifier_quiesce() != 0) return 3;          // c = main
+        stage = 3;
+        std::this_thread::sleep_for(150ms);
+        const bool held = !unmapped.load();
+        if (regcache_notifier_resume() != 0) return 3;
+        a.join();
+        return held && unmapped.load() ? 0 : 5;
+      },
+      10);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << Describe(st);
+}
+
 TEST_F(Lifecycle, QuiesceResumeErrors) {
   EXPECT_EQ(regcache_notifier_resume(), -EINVAL);
   ASSERT_EQ(regcache_notifier_quiesce(), 0);
