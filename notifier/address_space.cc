@@ -95,6 +95,7 @@
 #include <new>
 
 #include "notifier/internal.h"
+#include "notifier/policy.h"
 #include "notifier/sources.h"
 
 // The munmap path (hooks, BeginRange/EndRange and what they call on every
@@ -635,30 +636,14 @@ int InstallSourceLocked() {
       rc = sources::UffdInstall();
       got = Source::kUffd;
       break;
-    case Source::kAuto: {
-      int prc = sources::PatchInstall();
-      if (prc == 0) {
-        got = Source::kPatch;
-        internal::Logf(internal::kLogInfo,
-                       "notifier: event source patch (libc entry points)");
-        break;
-      }
-      int urc = sources::UffdInstall();
-      if (urc == 0) {
-        got = Source::kUffd;
-        internal::Logf(internal::kLogInfo,
-                       "notifier: event source uffd (patch unavailable: %s)",
-                       strerror(-prc));
-        break;
-      }
-      got = Source::kNone;
-      internal::Logf(internal::kLogInfo,
-                     "notifier: event source none, explicit notifications only "
-                     "(patch: %s; "
-                     "uffd: %s)",
-                     strerror(-prc), strerror(-urc));
+    case Source::kUcm:
+      rc = sources::UcmInstall();
+      got = Source::kUcm;
       break;
-    }
+    case Source::kAuto:
+      // The order and the blind rule live in notifier/policy.cc.
+      got = policy::InstallAuto();
+      break;
   }
   if (rc != 0) {
     internal::Logf(internal::kLogError,
@@ -666,6 +651,7 @@ int InstallSourceLocked() {
                    SourceName(want), strerror(-rc));
     return rc;
   }
+  if (want != Source::kAuto) policy::SetConfigured(want);
   if (want == Source::kNone) {
     internal::Logf(internal::kLogInfo,
                    "notifier: event source none (explicit only)");
@@ -686,6 +672,9 @@ void UninstallSourcesLocked() {
       break;
     case Source::kUffd:
       sources::UffdUninstall();
+      break;
+    case Source::kUcm:
+      sources::UcmUninstall();
       break;
     default:
       break;
@@ -755,6 +744,20 @@ REGCACHE_HOT void EndRange(Frame *f) {
 
 std::atomic<uint32_t> g_async_in_flight{0};
 std::atomic<bool> g_atfork_off_for_testing{false};
+
+// For the uffd source in a fork child: the intervals of the live
+// subscriptions, to watch them again. Walked inside a window, like dispatch
+// (no lock: fn may take the source's own lock and call into the kernel).
+void ForEachLiveInterval(void (*fn)(void *ctx, uintptr_t start, uintptr_t end),
+                         void *ctx) {
+  unsigned slot = EnterWindow(0, UINTPTR_MAX, /*may_wait=*/false);
+  for (Subscription *s = g_interval.load(std::memory_order_acquire);
+       s != nullptr; s = s->next.load(std::memory_order_acquire)) {
+    if ((s->flags.load(std::memory_order_acquire) & kDead) == 0)
+      fn(ctx, s->start, s->end);
+  }
+  ExitWindow(slot);
+}
 std::atomic<uint64_t *> g_patch_guard{nullptr};
 uint64_t g_patch_guard_word = 0;
 
@@ -792,6 +795,8 @@ const char *SourceName(Source s) {
       return "uffd";
     case Source::kNone:
       return "none";
+    case Source::kUcm:
+      return "ucm";
   }
   return "none";
 }
@@ -931,6 +936,16 @@ uint64_t ReadBegin(Subscription *s) {
       return (w & kActiveMask) == 0;
     });
   }
+  if (!s->whole && g_active.load(std::memory_order_acquire) == Source::kUffd &&
+      sources::UffdWatch(s->start, s->end) != 0) {
+    // uffd only sees mappings it watches, and Register watched what was
+    // mapped then: a mapping that has replaced it since (its unmap already
+    // delivered, before w was read) would be registered unwatched. Watching
+    // again after reading w closes that: a later change of what is watched
+    // now moves the sequence. Cannot watch (hole, other uffd): fail ReadRetry
+    // so that the caller's next Register reports it.
+    s->seq_word.fetch_add(kStartInc, std::memory_order_seq_cst);
+  }
   return w >> kActiveBits;
 }
 
@@ -1048,16 +1063,8 @@ void VerifySources() {
         sources::PatchIntact(&which))
       return;
     sources::PatchAbandon();
-    int urc = sources::UffdInstall();
-    Source now = urc == 0 ? Source::kUffd : Source::kNone;
-    internal::Logf(
-        internal::kLogError,
-        "notifier: libc %s was overwritten by another patcher (UCX libucm? "
-        "Open MPI? libfabric?): patch source blind; now %s%s; "
-        "invalidating every registration (unmaps may have been "
-        "missed)",
-        which ? which : "?", SourceName(now),
-        urc == 0 ? "" : " (explicit notifications only)");
+    // ucm if libucm took the entries, else uffd, else blind (policy.cc).
+    Source now = policy::AfterPatchLost(which);
     g_active.store(now, std::memory_order_release);
   }
   // Everything cached may have been unmapped unseen.
@@ -1068,6 +1075,9 @@ void VerifySources() {
 
 void SyncForLookup() {
   VerifySources();
+  // uffd: first until the kernel has no unread change of a watched mapping,
+  // then until the monitor has delivered what it read (this order; uffd.cc).
+  sources::UffdSyncForLookup();
   WaitAsyncEvents();
 }
 
@@ -1099,11 +1109,19 @@ void Teardown() {
 
 Source ActiveSource() { return g_active.load(std::memory_order_acquire); }
 
+int EnsureInstalled() {
+  std::lock_guard<std::mutex> g(g_install_mu);
+  return InstallSourceLocked();
+}
+
+bool CachingSafe() { return policy::CachingSafe(); }
+
 void ResetForTesting() {
   {
     InstallLock g;
     UninstallSourcesLocked();
     g_configured = Source::kAuto;
+    policy::ResetForTesting();
   }
   Subscription *done;
   {
@@ -1213,7 +1231,12 @@ void AtforkChild() {
   t_state.inflight = open;
   // The uffd monitor's holds (the monitor thread is not in the child; the uffd
   // source's own atfork handler restarts it on next use).
-  internal::g_async_in_flight.store(0, std::memory_order_relaxed);
+  // kAsyncProbe (uffd installed) stays: the uffd source's own child handler
+  // restarts the monitor on the next slow lookup.
+  internal::g_async_in_flight.store(
+      internal::g_async_in_flight.load(std::memory_order_relaxed) &
+          internal::kAsyncProbe,
+      std::memory_order_relaxed);
   g_waiters.store(0, std::memory_order_relaxed);  // nobody waits here
   g_fork_unblock.store(0, std::memory_order_relaxed);
   t_state.fork_unblocked = false;

@@ -19,8 +19,9 @@
 
 namespace regcache::notifier {
 
-enum class Source { kAuto, kPatch, kUffd, kNone };
-const char *SourceName(Source s);  // "auto", "patch", "uffd", "none"
+// kUcm: UCX libucm's events, imported (notifier/ucm_import.cc).
+enum class Source { kAuto, kPatch, kUffd, kNone, kUcm };
+const char *SourceName(Source s);  // "auto", "patch", "uffd", "none", "ucm"
 
 // Log levels follow REGCACHE_LOG_* of <regcache/regcache.h> (1 error .. 5
 // trace).
@@ -42,8 +43,9 @@ class Subscription;
 int Configure(const Options &opts);
 
 // Registers a subscriber. range_len == 0 means the whole address space (start
-// ignored). Installs the configured source on first use (auto: patch, else
-// uffd, else none; one log line at info level saying which). Errors: see
+// ignored). Installs the configured source on first use (auto: see
+// notifier/policy.h; one log line at info level saying which, a warning when
+// none can see unmaps). Errors: see
 // regcache_notifier_register().
 int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
              size_t range_len, Subscription **out);
@@ -85,11 +87,21 @@ int Resume();
 // the old range un-invalidated. To close that window the monitor counts itself
 // in flight BEFORE read() and out after dispatching: a reader that sees
 // AsyncEventsInFlight() == false after its munmap returned knows every event
-// of that munmap has been delivered. A lock-free lookup (the cache's hit path)
-// checks it and, when true, takes its slow path, which calls
-// WaitAsyncEvents() before consulting its index.
+// of that munmap has been delivered. Another thread may map the recycled
+// address before the event is even queued; for that, a lookup first probes
+// the kernel (is a watched mapping changing?) and only then reads the count.
+// A lock-free lookup (the cache's hit path) checks FastPathOk() and, when
+// false, takes its slow path, which calls SyncForLookup() before consulting
+// its index.
 namespace internal {
+// Low bits: monitor holds open. kAsyncProbe: the uffd source is installed, so
+// a lookup must first ask the kernel whether a watched mapping is changing
+// (an unmap whose event is not even read yet) and only then read the count
+// (the order matters; notifier/uffd.cc, EXACT LOOKUPS).
 extern std::atomic<uint32_t> g_async_in_flight;
+constexpr uint32_t kAsyncProbe = 1u << 31;
+// FastPathOk()'s out-of-line half when g_async_in_flight != 0 (notifier/uffd.cc).
+bool AsyncFastPathOk();
 // The patch source's sentinel: munmap's entry and the word we wrote there
 // (nullptr when patch is not installed).
 extern std::atomic<uint64_t *> g_patch_guard;
@@ -102,7 +114,8 @@ extern std::atomic<bool> g_atfork_off_for_testing;
 inline bool AsyncEventsInFlight() {
   // seq_cst: ordered after the caller's earlier munmap/free (a plain load on
   // x86).
-  return internal::g_async_in_flight.load(std::memory_order_seq_cst) != 0;
+  return (internal::g_async_in_flight.load(std::memory_order_seq_cst) &
+          ~internal::kAsyncProbe) != 0;
 }
 // Waits until no asynchronous event is being read or dispatched. Returns at
 // once inside a callback or on a monitor thread (the event being dispatched
@@ -114,11 +127,11 @@ void WaitAsyncEvents();
 // syscalls itself: the patch source would go blind without knowing. So the
 // patch source keeps a sentinel: PatchIntact() is one load of libc's munmap
 // entry. VerifySources() (called by every Register and by SyncForLookup())
-// checks every patched entry; when one was overwritten it logs an error,
-// abandons the patch source (writing nothing), switches to uffd if it can be
-// installed (else none: explicit only), and delivers an invalidation of the
-// whole address space to every subscriber, because events may have been
-// missed since the overwrite.
+// checks every patched entry; when one was overwritten it abandons the patch
+// source (writing nothing), switches to ucm if libucm owns the entries now,
+// else uffd, else none and blind (notifier/policy.h), and delivers an
+// invalidation of the whole address space to every subscriber, because events
+// may have been missed since the overwrite.
 inline bool PatchIntact() {
   uint64_t *p = internal::g_patch_guard.load(std::memory_order_acquire);
   return p == nullptr ||
@@ -129,7 +142,14 @@ void VerifySources();
 // For lock-free lookups (the cache's hit path): true when a lookup may trust
 // its index without synchronizing with the notifier. When false, take the slow
 // path and call SyncForLookup() before reading the index.
-inline bool FastPathOk() { return !AsyncEventsInFlight() && PatchIntact(); }
+// With patch (or none) this is one load and the sentinel; with uffd it costs
+// one ioctl (the probe) per lookup.
+inline bool FastPathOk() {
+  if (internal::g_async_in_flight.load(std::memory_order_seq_cst) != 0)
+      [[unlikely]]
+    return internal::AsyncFastPathOk();
+  return PatchIntact();
+}
 void SyncForLookup();
 
 // True while the calling thread is inside a notifier callback.
@@ -141,6 +161,15 @@ void Teardown();
 
 // The active source (kNone before the first Register).
 Source ActiveSource();
+
+// Installs the configured source now if no Register did yet (what Register
+// does first). 0 or the source's -errno.
+int EnsureInstalled();
+
+// False while no installed source sees every unmap and the host has not
+// declared that it reports unmaps (notifier/policy.h): a cache must not keep
+// registrations then. Two atomic loads; valid after EnsureInstalled/Register.
+bool CachingSafe();
 
 // For tests: undoes Teardown and uninstalls sources so a fresh sequence can
 // start. REQUIRES: no subscriber registered, no range in flight.

@@ -66,6 +66,12 @@ void EndRange(Frame *f);
 unsigned EnterHold();
 void ExitHold(unsigned slot);
 
+// Calls fn(ctx, start, end) for each live interval subscription (the uffd
+// source watches them again in a fork child). Takes no lock, allocates nothing
+// itself; not from a callback.
+void ForEachLiveInterval(void (*fn)(void *ctx, uintptr_t start, uintptr_t end),
+                         void *ctx);
+
 // printf-style logging through Options::log (a 256-byte stack buffer, no
 // allocation by us; the host's hook may allocate, so the munmap path only logs
 // errors).

@@ -2,6 +2,7 @@
 #include "notifier/procmap.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -33,14 +34,32 @@ struct procmap_query {
 constexpr unsigned long kProcmapQuery = _IOWR('f', 17, struct procmap_query);
 constexpr uint64_t kCoveringOrNext = 0x10;
 
+// The /proc/self/maps fd PROCMAP_QUERY goes through. It describes the mm of
+// the process that opened it (the mm is taken at open), so a fork child must
+// open its own: ChildReopen does, in the atfork child handler.
 std::atomic<int> g_fd{-1};
+std::atomic<bool> g_atfork{false};
+
+int OpenMaps() {
+  return static_cast<int>(
+      syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC));
+}
+
+// Runs in the child only (one thread); raw syscalls: async-signal-safe.
+void ChildReopen() {
+  int old = g_fd.load(std::memory_order_relaxed);
+  if (old < 0) return;
+  syscall(SYS_close, old);
+  int fd = OpenMaps();
+  g_fd.store(fd >= 0 ? fd : -1, std::memory_order_release);
+}
 
 }  // namespace
 
 int Init() {
+  if (!g_atfork.exchange(true)) pthread_atfork(nullptr, nullptr, ChildReopen);
   if (g_fd.load(std::memory_order_acquire) >= 0) return 0;
-  int fd = static_cast<int>(
-      syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC));
+  int fd = OpenMaps();
   if (fd < 0) return -errno;
   procmap_query q{};
   q.size = sizeof(q);

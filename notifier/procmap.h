@@ -22,11 +22,12 @@ struct Vma {
 };
 
 // Opens /proc/self/maps once (raw syscalls) and checks PROCMAP_QUERY works. 0
-// or -errno
-// (-ENOTTY: kernel without PROCMAP_QUERY). Idempotent; thread-safe.
+// or -errno (-ENOTTY: kernel without PROCMAP_QUERY). Idempotent; thread-safe.
+// The fd describes the mm of the process that opened it: a fork child reopens
+// it in an atfork child handler (installed by the first Init), so Query in a
+// child describes the child.
 int Init();
-// Forgets the fd (a fork child re-inits: the fd still works, but keep it
-// explicit).
+// Forgets the fd.
 void Reset();
 // The VMA containing addr (covering_or_next: the first one at or above addr).
 // 0, -ENOENT (none), or -errno. Allocates nothing; safe inside munmap hooks.

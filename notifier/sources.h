@@ -7,6 +7,7 @@
 #ifndef REGCACHE_NOTIFIER_SOURCES_H_
 #define REGCACHE_NOTIFIER_SOURCES_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -27,17 +28,52 @@ bool PatchIntact(const char **which);
 // our jumps and owns the entries now.
 void PatchAbandon();
 
-// uffd: userfaultfd monitor thread. 0, or -ENOSYS/-EPERM (no userfaultfd),
-// -errno.
+// Test-only switch (negative controls): a hook whose bit is set still makes
+// its call but delivers no invalidation. Only the paths added for issue 12;
+// munmap & co. are not switchable (their hooks stay one load shorter).
+constexpr uint32_t kPatchPathMprotect = 1;         // mprotect, pkey_mprotect
+constexpr uint32_t kPatchPathMadvise = 2;          // madvise (every advice)
+constexpr uint32_t kPatchPathProcessMadvise = 4;   // process_madvise
+constexpr uint32_t kPatchPathFile = 8;             // fallocate, (f)truncate
+constexpr uint32_t kPatchPathShmdt = 16;           // shmdt
+constexpr uint32_t kPatchPathRemapFilePages = 32;  // remap_file_pages
+extern std::atomic<uint32_t> g_patch_test_off;
+
+// uffd: userfaultfd monitor threads. 0, or -ENOSYS/-EPERM (no userfaultfd),
+// -errno. Sets internal::kAsyncProbe: from then on every lookup probes the
+// kernel before it trusts its index (uffd.cc, EXACT LOOKUPS).
 int UffdInstall();
 // Closes the fd (releasing any thread blocked on an event) and joins the
-// monitor thread.
+// monitor threads. REQUIRES: no lookup concurrently (tests, process exit).
 void UffdUninstall();
-// Makes the mappings under [start, end) watched (whole VMAs). 0 or -errno.
-// Ranges with no mapping are not an error (nothing to watch); mappings that
-// cannot be watched are logged once and reported as 0 (the subscription still
-// gets explicit events).
+// Makes the mappings under [start, end) watched (whole VMAs), for an interval
+// subscription. 0; -EFAULT when part of [start, end) is not mapped (checked
+// before anything is watched); -EBUSY when a mapping cannot be watched
+// (another userfaultfd owns it, a type the kernel cannot watch, or a fork
+// child that cannot start a monitor): its changes would not be seen, so the
+// caller must not cache it; -ENOMEM.
 int UffdWatch(uintptr_t start, uintptr_t end);
+// For SyncForLookup(), outside any hook or callback: in a fork child, creates
+// the context and monitor again (and watches the live intervals again); then
+// waits until no watched mapping is changing in the kernel (bounded: after
+// 50 ms of continuous changes it invalidates every subscriber's ranges
+// instead). No-op when uffd is not installed or on a monitor thread. The
+// caller then waits for the monitor (WaitAsyncEvents).
+void UffdSyncForLookup();
+
+// Tests only. false turns the probe off: lookups trust the index while an
+// UNMAP may still be unread (the window comes back; negative controls).
+void UffdSetExactForTesting(bool on);
+struct UffdStats {
+  uint64_t events;       // events dispatched
+  uint64_t busy_probes;  // probes that found a change in progress (slow path)
+  uint64_t flushes;      // whole-space invalidations after the deadline
+  uint64_t restarts;     // monitors re-created in fork children
+};
+UffdStats UffdGetStats();
+// The probe itself: 0 (nothing changing), -EAGAIN (a change's event is
+// unread), -EBADF (no context).
+int UffdProbeForTesting();
 
 }  // namespace regcache::notifier::sources
 

@@ -1,15 +1,15 @@
 // notifier/uffd.cc - the userfaultfd event source.
 //
 // One userfaultfd context per process, features EVENT_UNMAP | EVENT_REMOVE |
-// EVENT_REMAP
-// (+ WP_ASYNC when the kernel has it, which lets file-backed and SysV mappings
-// be registered). Never EVENT_FORK (fork would block until the event is read,
-// and the child's unmaps would block on a context nobody reads). Mappings are
-// registered in WP mode with nothing write-protected: MISSING mode would send
-// first-touch faults to the monitor, break THP and make kernel-mode access (GUP
-// in ibv_reg_mr) fail under USER_MODE_ONLY. Whole VMAs are registered, never
-// sub-ranges (sub-ranges split VMAs, and mremap of a split mapping fails with
-// EFAULT). UFFD_USER_MODE_ONLY is used when not root (or on EPERM).
+// EVENT_REMAP (+ WP_ASYNC when the kernel has it, which lets file-backed and
+// SysV mappings be registered). Never EVENT_FORK (fork would block until the
+// event is read, and the child's unmaps would block on a context nobody reads).
+// Mappings are registered in WP mode with nothing write-protected: MISSING mode
+// would send first-touch faults to the monitor, break THP and make kernel-mode
+// access (GUP in ibv_reg_mr) fail under USER_MODE_ONLY. Whole VMAs are
+// registered, never sub-ranges (sub-ranges split VMAs, and mremap of a split
+// mapping fails with EFAULT). UFFD_USER_MODE_ONLY is used when not root (or on
+// EPERM).
 //
 // WHAT A SUBSCRIPTION MEANS HERE. The kernel reports events only for registered
 // (watched) mappings. An interval subscription watches the mappings under its
@@ -17,7 +17,9 @@
 // unmapped): the cache's registration outlives its temporary interval
 // subscription, and its whole-space subscription still has to hear about that
 // memory. A whole-space subscriber therefore sees every event of every watched
-// mapping, not every unmap of the process.
+// mapping, not every unmap of the process. Memory that cannot be watched
+// (another userfaultfd owns it, or the kernel cannot watch its type) makes the
+// interval Register fail with -EBUSY; the cache registers it uncached.
 //
 // THE MONITOR. Two threads run the same loop: poll() -> EnterHold() (the
 // in-flight window: registrations made from now on wait in ReadBegin) ->
@@ -27,24 +29,61 @@
 // watched memory blocks until somebody reads that event: the other thread does
 // (one level of such nesting is tolerated; docs/notifier.md).
 //
-// THE WINDOW THIS SOURCE LEAVES. UNMAP arrives after the unmap (REMOVE before
-// the zap). Between the kernel removing the pages and our start callback,
-// another thread may look up and use a registration of the old range, and the
-// address may already be mapped again. The pinned pages stay pinned (no other
-// process's memory is exposed), but data may go to the old pages. Registrations
-// of the new mapping are safe: they wait in ReadBegin while the hold is open,
-// or see their sequence bumped.
+// EXACT LOOKUPS (closing "the window"). UNMAP is queued after the kernel has
+// removed the mapping, so between the removal and our start callback another
+// thread may map the same address again and look the old registration up.
+// The kernel itself tracks that interval: userfaultfd_unmap_prep() (and
+// mremap_userfaultfd_prep(), userfaultfd_remove()) increments the context's
+// mmap_changing under the mmap write lock BEFORE the mapping changes, and
+// userfaultfd_event_wait_completion() decrements it in the unmapping thread
+// only after a read() has dequeued the event. UFFDIO_ZEROPAGE checks
+// mmap_changing first thing and returns -EAGAIN while it is non-zero (Linux
+// 4.18+, unchanged through 6.18; checked in 6.1 and on this 6.18 host by
+// uffd_exact_test's KernelProbeContract). Probe() asks exactly that, with a
+// valid argument of length 0, so that when nothing is changing the next check
+// (validate_range: len == 0) fails with -EINVAL and nothing is done. (An
+// invalid pointer does not work: since "fix uninitialized output field for
+// -EAGAIN race" the -EAGAIN path writes to the argument and fails with -EFAULT
+// too.)
+//
+// A lookup (notifier::FastPathOk / SyncForLookup) that wants to trust its index
+// probes FIRST and reads g_async_in_flight SECOND. Why that is exact: let U be
+// an unmap of watched memory whose mapping removal happened before the lookup
+// (e.g. the lookup's thread mapped the recycled address). U's prep came before
+// the removal, hence before the probe. Either the probe sees mmap_changing != 0
+// (we wait and probe again), or it sees U's decrement, which follows the read()
+// that dequeued U's event, which a monitor thread made inside its hold, after
+// EnterHold() incremented g_async_in_flight. So the load that follows the
+// probe sees that increment or the later decrement of ExitHold(), which comes
+// after U was dispatched. Non-zero: wait for the monitor (WaitAsyncEvents);
+// zero: U's start callbacks have run and the index no longer holds U's
+// registrations. The kernel's side of the chain is ordered by the event queue
+// lock and the wake-up (full barriers); ours by an acquire fence after the
+// ioctl (x86: loads are not reordered with loads; arm64: dmb ishld).
+//
+// Bound of the wait: each change holds mmap_changing for as long as the
+// monitor takes to read its event. Only a continuous stream of overlapping
+// changes of watched memory on other threads can keep it non-zero; after
+// kProbeDeadline of that the lookup invalidates every subscriber's ranges
+// (one whole-space range, as for an overwritten patch): exact, because every
+// registration made before it is gone, at the cost of the cache's contents.
 //
 // fork: a child that used the inherited fd would operate on the parent's mm
-// (measured), so the atfork child handler closes it; the next Register in the
-// child starts afresh.
+// (measured), and the child's mappings are not watched by anyone (the kernel
+// drops uffd registrations at fork without EVENT_FORK). The atfork child
+// handler forgets the context; the next lookup (SyncForLookup) or interval
+// Register in the child creates a new one (outside any hook), starts new
+// monitor threads and watches again the intervals of the subscriptions that
+// are live (procmap reopens /proc/self/maps for the child by itself).
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -54,6 +93,7 @@
 #include <mutex>
 #include <new>
 
+#include "notifier/address_space.h"
 #include "notifier/internal.h"
 #include "notifier/procmap.h"
 #include "notifier/sources.h"
@@ -65,21 +105,39 @@
 #define UFFD_FEATURE_WP_ASYNC (1 << 15)
 #endif
 
-
 namespace regcache::notifier::sources {
 namespace {
 
 constexpr int kThreads = 2;
+// How long a lookup waits for the kernel to stop changing watched mappings
+// before it invalidates everything instead (see "Bound of the wait").
+// Measured on the 2-vCPU VM (load average 10-14 from other builds), 4 threads
+// unmapping watched memory in a loop: waits up to 8-32 ms (the unmapping
+// thread, woken by the read, waits for a CPU before it decrements).
+constexpr long kProbeDeadlineNs = 50L * 1000 * 1000;
 
-std::mutex g_mu;  // install/uninstall/watch
-int g_fd = -1;
-int g_stop_fd = -1;
+// Lock rule: g_mu serializes install, uninstall, restart and watching. The
+// monitor threads never take it. Never held while waiting for the monitor.
+std::mutex g_mu;
+int g_fd = -1;       // guarded by g_mu (each monitor thread reads its copy)
+int g_stop_fd = -1;  // guarded by g_mu
 pthread_t g_threads[kThreads];
-int g_nthreads = 0;
-bool g_installed = false;     // guarded by g_mu
-bool g_need_restart = false;  // fork child: re-create on next use
-bool g_atfork = false;
+int g_nthreads = 0;        // guarded by g_mu
+bool g_installed = false;  // guarded by g_mu
+bool g_atfork = false;     // guarded by g_mu
+// The context for lock-free probes: g_fd while the monitor runs, -1 otherwise
+// (before install, after uninstall, in a fork child until it restarts).
+std::atomic<int> g_probe_fd{-1};
+// Set by the fork child handler (the source is installed but has no context in
+// this process); cleared by a successful restart. Read without g_mu by lookups.
+std::atomic<bool> g_need_restart{false};
+std::atomic<bool> g_exact{true};  // tests: false brings the window back
+std::atomic<bool> g_restart_failed_logged{false};
+std::atomic<bool> g_deadline_logged{false};
 std::atomic<uint64_t> g_events{0};
+std::atomic<uint64_t> g_busy_probes{0};
+std::atomic<uint64_t> g_flushes{0};
+std::atomic<uint64_t> g_restarts{0};
 
 void Dispatch(const uffd_msg &m) {
   uintptr_t lo = 0, hi = 0;
@@ -92,8 +150,7 @@ void Dispatch(const uffd_msg &m) {
       lo = m.arg.remove.start;
       hi = m.arg.remove.end;
       break;
-    case UFFD_EVENT_REMAP:  // the old range moved away (an UNMAP of it follows
-                            // too)
+    case UFFD_EVENT_REMAP:  // the old range moved away
       lo = m.arg.remap.from;
       hi = m.arg.remap.from + m.arg.remap.len;
       break;
@@ -106,12 +163,34 @@ void Dispatch(const uffd_msg &m) {
   g_events.fetch_add(1, std::memory_order_relaxed);
 }
 
-void *MonitorMain(void *) {
-  int fd = g_fd;
-  int stop = g_stop_fd;
+struct MonitorArgs {
+  int fd;
+  int stop;
+};
+MonitorArgs g_args;  // written before the threads start (guarded by g_mu)
+
+// Reads and dispatches what is queued now, inside a hold (the monitor's inner
+// loop). Also run by a lookup that waits for the kernel (UffdSyncForLookup):
+// it does not have to wait until a monitor thread is scheduled.
+void DrainQueued(int fd) {
   uffd_msg msgs[16];
+  // In the hold BEFORE read(): the read is what releases the unmapping
+  // thread and lets mmap_changing drop (see EXACT LOOKUPS above).
+  unsigned slot = internal::EnterHold();
   for (;;) {
-    pollfd p[2] = {{fd, POLLIN, 0}, {stop, POLLIN, 0}};
+    ssize_t r = read(fd, msgs, sizeof(msgs));
+    if (r <= 0) break;  // EAGAIN: the other thread got it
+    for (size_t i = 0; i < static_cast<size_t>(r) / sizeof(uffd_msg); ++i)
+      Dispatch(msgs[i]);
+    if (static_cast<size_t>(r) < sizeof(msgs)) break;
+  }
+  internal::ExitHold(slot);
+}
+
+void *MonitorMain(void *arg) {
+  const MonitorArgs a = *static_cast<MonitorArgs *>(arg);
+  for (;;) {
+    pollfd p[2] = {{a.fd, POLLIN, 0}, {a.stop, POLLIN, 0}};
     int n = poll(p, 2, -1);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -122,15 +201,7 @@ void *MonitorMain(void *) {
     if (p[1].revents != 0) return nullptr;
     if (p[0].revents & (POLLERR | POLLNVAL)) return nullptr;
     if ((p[0].revents & POLLIN) == 0) continue;
-    unsigned slot = internal::EnterHold();
-    for (;;) {
-      ssize_t r = read(fd, msgs, sizeof(msgs));
-      if (r <= 0) break;  // EAGAIN: the other thread got it
-      for (size_t i = 0; i < static_cast<size_t>(r) / sizeof(uffd_msg); ++i)
-        Dispatch(msgs[i]);
-      if (static_cast<size_t>(r) < sizeof(msgs)) break;
-    }
-    internal::ExitHold(slot);
+    DrainQueued(a.fd);
   }
 }
 
@@ -173,7 +244,25 @@ int OpenUffd(int *fd_out) {
   return 0;
 }
 
+// 0: no watched mapping is changing; -EAGAIN: one is (its event is not read
+// yet); other -errno: the probe cannot tell (no context). Keeps errno.
+int Probe(int fd) {
+  if (fd < 0) return -EBADF;
+  const int saved = errno;
+  uffdio_zeropage z{};  // len 0: -EINVAL right after the mmap_changing check
+  int rc = ioctl(fd, UFFDIO_ZEROPAGE, &z) == 0 ? -EIO
+           : errno == EINVAL                   ? 0
+                                               : -errno;
+  errno = saved;
+  // The kernel's read of mmap_changing before our next load (of
+  // g_async_in_flight). A compiler barrier on x86, dmb ishld on arm64.
+  std::atomic_thread_fence(std::memory_order_acquire);
+  return rc;
+}
+
+// REQUIRES g_mu.
 void StopLocked() {
+  g_probe_fd.store(-1, std::memory_order_seq_cst);
   if (g_stop_fd >= 0) {
     uint64_t one = 1;
     if (write(g_stop_fd, &one, sizeof(one)) < 0) {
@@ -189,15 +278,22 @@ void StopLocked() {
 
 void AtforkChild() {
   // Only this thread exists in the child. Do not touch the inherited context
-  // (it is the parent's mm); forget it and start afresh on next use.
+  // (it is the parent's mm); forget it and start afresh on next use. Raw
+  // closes only: async-signal-safe.
   if (g_fd >= 0) close(g_fd);
   if (g_stop_fd >= 0) close(g_stop_fd);
   g_fd = g_stop_fd = -1;
   g_nthreads = 0;
-  if (g_installed) g_need_restart = true;
+  g_probe_fd.store(-1, std::memory_order_relaxed);
+  // The monitor threads did not survive: a hold they had open never closes.
+  // Keep kAsyncProbe so that lookups take the slow path, which restarts us.
+  internal::g_async_in_flight.store(g_installed ? internal::kAsyncProbe : 0,
+                                    std::memory_order_relaxed);
+  if (g_installed) g_need_restart.store(true, std::memory_order_relaxed);
   new (&g_mu) std::mutex();  // the parent's holder does not exist here
 }
 
+// REQUIRES g_mu.
 int StartLocked() {
   int fd = -1;
   int rc = OpenUffd(&fd);
@@ -210,9 +306,10 @@ int StartLocked() {
   }
   g_fd = fd;
   g_stop_fd = stop;
+  g_args = {fd, stop};
   procmap::Init();  // optional (fallback: /proc/self/maps)
   for (int i = 0; i < kThreads; ++i) {
-    rc = -pthread_create(&g_threads[i], nullptr, MonitorMain, nullptr);
+    rc = -pthread_create(&g_threads[i], nullptr, MonitorMain, &g_args);
     if (rc != 0) {
       StopLocked();
       return rc;
@@ -220,7 +317,8 @@ int StartLocked() {
     ++g_nthreads;
     pthread_setname_np(g_threads[i], "regcache-uffd");
   }
-  g_need_restart = false;
+  g_probe_fd.store(fd, std::memory_order_seq_cst);
+  g_need_restart.store(false, std::memory_order_seq_cst);
   return 0;
 }
 
@@ -233,21 +331,118 @@ int RegisterRange(uintptr_t s, uintptr_t e) {
   return 0;
 }
 
+// A UFFDIO_REGISTER error as Watch reports it: the mapping exists but cannot
+// be watched (EBUSY: another userfaultfd owns it; EINVAL: a type the kernel
+// cannot watch, e.g. VM_PFNMAP, or file/SysV without WP_ASYNC; EPERM: shared
+// mapping without VM_MAYWRITE) -> -EBUSY; gone meanwhile -> -EFAULT.
+int WatchError(int rc, uintptr_t s, uintptr_t e) {
+  internal::Logf(internal::kLogDebug,
+                 "notifier: uffd cannot watch mapping %#lx-%#lx: %s",
+                 static_cast<unsigned long>(s), static_cast<unsigned long>(e),
+                 strerror(-rc));
+  if (rc == -EBUSY || rc == -EINVAL || rc == -EPERM) return -EBUSY;
+  if (rc == -ENOMEM || rc == -EFAULT) return rc;
+  return -EBUSY;
+}
+
 // /proc/self/maps fallback for kernels without PROCMAP_QUERY (may allocate: not
-// on the munmap path).
+// on the munmap path). Two passes: first that [start, end) is mapped without a
+// hole (else -EFAULT, nothing watched), then watch.
 int WatchByMaps(uintptr_t start, uintptr_t end) {
-  FILE *f = fopen("/proc/self/maps", "re");
-  if (f == nullptr) return -errno;
-  char line[512];
-  int rc = 0;
-  while (rc == 0 && fgets(line, sizeof(line), f) != nullptr) {
-    unsigned long s, e;
-    if (sscanf(line, "%lx-%lx", &s, &e) != 2) continue;
-    if (e <= start || s >= end) continue;
-    rc = RegisterRange(s, e);
+  for (int pass = 0; pass < 2; ++pass) {
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (f == nullptr) return -errno;
+    char line[512];
+    uintptr_t covered = start;
+    int rc = 0;
+    while (rc == 0 && covered < end &&
+           fgets(line, sizeof(line), f) != nullptr) {
+      unsigned long s, e;
+      if (sscanf(line, "%lx-%lx", &s, &e) != 2) continue;
+      if (e <= covered) continue;
+      if (s > covered) break;  // a hole
+      if (pass == 1) {
+        rc = RegisterRange(s, e);
+        if (rc != 0) rc = WatchError(rc, s, e);
+      }
+      covered = e;
+    }
+    fclose(f);
+    if (rc != 0) return rc;
+    if (covered < end) return -EFAULT;
   }
-  fclose(f);
-  return rc;
+  return 0;
+}
+
+// REQUIRES g_mu. Watches the whole VMAs under [start, end) if all of it is
+// mapped. 0, -EFAULT (a hole: nothing is watched), -EBUSY (a mapping cannot
+// be watched), -ENOMEM.
+int WatchLocked(uintptr_t start, uintptr_t end) {
+  procmap::Vma v;
+  int q = procmap::Query(start, true, &v);
+  if (q == -EBADF || q == -ENOTTY || q == -EINVAL)
+    return WatchByMaps(start, end);
+  // Pass 1: mapped without a hole. A 1 TiB request must fail here, before any
+  // of the unrelated mappings inside its span is watched.
+  uintptr_t at = start;
+  while (at < end) {
+    if (procmap::Query(at, true, &v) != 0 || v.start > at) return -EFAULT;
+    at = v.end;
+  }
+  // Pass 2: watch.
+  at = start;
+  while (at < end && procmap::Query(at, true, &v) == 0 && v.start < end) {
+    int rc = RegisterRange(v.start, v.end);
+    if (rc != 0) return WatchError(rc, v.start, v.end);
+    at = v.end;
+  }
+  return 0;
+}
+
+void RewatchOne(void *, uintptr_t start, uintptr_t end) {
+  int rc = WatchLocked(start, end);
+  if (rc != 0) {
+    internal::Logf(internal::kLogWarn,
+                   "notifier: uffd: after fork, cannot watch the interval "
+                   "%#lx-%#lx of a live subscription again: %s",
+                   static_cast<unsigned long>(start),
+                   static_cast<unsigned long>(end), strerror(-rc));
+  }
+}
+
+// REQUIRES g_mu. In a fork child: a context, monitor threads, and the live
+// interval subscriptions watched again.
+int RestartLocked() {
+  if (!g_need_restart.load(std::memory_order_relaxed)) return 0;
+  int rc = StartLocked();
+  if (rc != 0) {
+    if (!g_restart_failed_logged.exchange(true)) {
+      internal::Logf(internal::kLogError,
+                     "notifier: uffd: cannot start the monitor in this fork "
+                     "child (%s): memory is registered uncached",
+                     strerror(-rc));
+    }
+    return rc;
+  }
+  g_restarts.fetch_add(1, std::memory_order_relaxed);
+  procmap::Init();
+  internal::ForEachLiveInterval(RewatchOne, nullptr);
+  return 0;
+}
+
+// An invalidation of everything (the deadline fallback): every registration
+// made before it is gone.
+void InvalidateEverything() {
+  g_flushes.fetch_add(1, std::memory_order_relaxed);
+  internal::Frame f;
+  internal::BeginRange(&f, 0, UINTPTR_MAX);
+  internal::EndRange(&f);
+}
+
+long NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
 }  // namespace
@@ -277,40 +472,123 @@ int UffdInstall() {
     g_atfork = true;
   }
   g_installed = true;
+  // From now on every lookup probes before it trusts its index.
+  internal::g_async_in_flight.fetch_or(internal::kAsyncProbe,
+                                       std::memory_order_seq_cst);
   return 0;
 }
 
 void UffdUninstall() {
   std::lock_guard<std::mutex> g(g_mu);
   if (!g_installed) return;
+  internal::g_async_in_flight.fetch_and(~internal::kAsyncProbe,
+                                        std::memory_order_seq_cst);
   StopLocked();
   g_installed = false;
+  g_need_restart.store(false, std::memory_order_relaxed);
 }
 
 int UffdWatch(uintptr_t start, uintptr_t end) {
   std::lock_guard<std::mutex> g(g_mu);
   if (!g_installed) return -ENOSYS;
-  if (g_need_restart) {
-    int rc = StartLocked();
-    if (rc != 0) return rc;
-  }
-  procmap::Vma v;
-  int q = procmap::Query(start, true, &v);
-  if (q == -EBADF || q == -ENOTTY || q == -EINVAL)
-    return WatchByMaps(start, end);
-  uintptr_t at = start;
-  while (at < end && procmap::Query(at, true, &v) == 0 && v.start < end) {
-    int rc = RegisterRange(v.start, v.end);
-    if (rc != 0) {
-      internal::Logf(internal::kLogDebug,
-                     "notifier: uffd cannot watch mapping %#lx-%#lx: %s",
-                     static_cast<unsigned long>(v.start),
-                     static_cast<unsigned long>(v.end), strerror(-rc));
-      return rc;
+  // A fork child that cannot have a monitor cannot see changes: -EBUSY makes
+  // the cache register uncached instead of caching blind.
+  if (RestartLocked() != 0) return -EBUSY;
+  return WatchLocked(start, end);
+}
+
+void UffdSyncForLookup() {
+  if ((internal::g_async_in_flight.load(std::memory_order_seq_cst) &
+       internal::kAsyncProbe) == 0)
+    return;  // uffd not installed
+  // A monitor thread (inside its hold) or a callback would wait for itself.
+  if (InRange()) return;
+  if (g_need_restart.load(std::memory_order_acquire)) {
+    std::lock_guard<std::mutex> g(g_mu);
+    if (g_installed && RestartLocked() != 0) {
+      // No monitor in this child: nothing cached can be trusted.
+      InvalidateEverything();
+      return;
     }
-    at = v.end;
   }
-  return 0;
+  if (!g_exact.load(std::memory_order_relaxed)) return;
+  // Wait until no watched mapping is changing (reason: its event is not read
+  // yet, and the index may still hold its registrations). Bound: the monitor
+  // reads each event promptly; kProbeDeadlineNs against a continuous stream of
+  // changes by other threads, then InvalidateEverything().
+  long deadline = 0;
+  for (unsigned i = 0;; ++i) {
+    int rc = Probe(g_probe_fd.load(std::memory_order_acquire));
+    if (rc == 0) return;  // SyncForLookup waits for the monitor next
+    if (rc != -EAGAIN) {
+      // The context is gone (uninstalled concurrently): nothing can be told.
+      InvalidateEverything();
+      return;
+    }
+    g_busy_probes.fetch_add(1, std::memory_order_relaxed);
+    if (i == 0) {
+      deadline = NowNs() + kProbeDeadlineNs;
+    } else if (NowNs() > deadline) {
+      if (!g_deadline_logged.exchange(true)) {
+        internal::Logf(internal::kLogInfo,
+                       "notifier: uffd: watched mappings kept changing for "
+                       "%ld ms; invalidating every registration instead of "
+                       "waiting (logged once)",
+                       kProbeDeadlineNs / 1000000);
+      }
+      InvalidateEverything();
+      return;
+    }
+    // Read what is queued ourselves (no need to wait until a monitor thread
+    // runs); the unmapping thread decrements after that read: let it run.
+    // Sleep soon rather than yield: on 2 vCPUs, 4 threads unmapping, 16
+    // yields before sleeping gave 112 deadline fallbacks in 16 000 gets,
+    // 4 yields gave 2-30 (the yielding waiters took the CPU the woken
+    // unmapping threads needed to decrement).
+    pollfd pf = {g_probe_fd.load(std::memory_order_acquire), POLLIN, 0};
+    if (pf.fd >= 0 && poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN)) {
+      DrainQueued(pf.fd);
+    } else if (i < 4) {
+      sched_yield();
+    } else {
+      timespec ts = {0, i < 32 ? 20 * 1000L : 200 * 1000L};
+      nanosleep(&ts, nullptr);
+    }
+  }
+}
+
+void UffdSetExactForTesting(bool on) {
+  g_exact.store(on, std::memory_order_seq_cst);
+}
+
+UffdStats UffdGetStats() {
+  UffdStats s;
+  s.events = g_events.load(std::memory_order_relaxed);
+  s.busy_probes = g_busy_probes.load(std::memory_order_relaxed);
+  s.flushes = g_flushes.load(std::memory_order_relaxed);
+  s.restarts = g_restarts.load(std::memory_order_relaxed);
+  return s;
+}
+
+int UffdProbeForTesting() {
+  return Probe(g_probe_fd.load(std::memory_order_acquire));
 }
 
 }  // namespace regcache::notifier::sources
+
+namespace regcache::notifier::internal {
+
+// FastPathOk()'s out-of-line half: g_async_in_flight was non-zero (uffd is
+// installed, or a hold is open). Probe first, load second (EXACT LOOKUPS).
+bool AsyncFastPathOk() {
+  uint32_t w = g_async_in_flight.load(std::memory_order_seq_cst);
+  if ((w & kAsyncProbe) && sources::g_exact.load(std::memory_order_relaxed)) {
+    if (sources::Probe(sources::g_probe_fd.load(std::memory_order_relaxed)) !=
+        0)
+      return false;
+    w = g_async_in_flight.load(std::memory_order_seq_cst);
+  }
+  return (w & ~kAsyncProbe) == 0 && PatchIntact();
+}
+
+}  // namespace regcache::notifier::internal

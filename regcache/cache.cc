@@ -922,6 +922,11 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     return -EINVAL;
   }
 
+  // NO BLIND CACHING (notifier/policy.h): while no source sees every unmap
+  // the cache neither looks up nor keeps regions; each get registers the
+  // request and its last put deregisters it. Checked again at insert.
+  if (!notifier::CachingSafe()) return GetUncached(addr, len, access, out);
+
   Plan plan;
   List early;  // unused regions to deregister before registering
   int slot = -1;
@@ -1013,6 +1018,8 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     const size_t plen = plan.end - plan.start;
     notifier::Subscription *sub = nullptr;
     int rc = notifier::Register(&kRangeOps, nullptr, plan.start, plen, &sub);
+    if (rc == -EBUSY)  // the source cannot watch it: never cache it blind
+      return RegisterUncached(nr, req_start, req_end, access, out);
     if (rc) {
       TheSlab().Free(nr);
       failures_.fetch_add(1, std::memory_order_relaxed);
@@ -1105,6 +1112,18 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       reg_bytes_.fetch_sub(plen, std::memory_order_relaxed);
       continue;
     }
+    if (!notifier::CachingSafe()) [[unlikely]] {
+      // Became blind while we registered (the patch source was overwritten
+      // and nothing could take over): hand this registration out uncached.
+      // The switch set the blind flag before invalidating everything, so a
+      // region inserted before this check is invalidated by that.
+      DrainAndUnlock();
+      notifier::Unregister(sub);
+      DeregisterList(&victims);
+      HandOutUncached(nr);
+      *out = nr;
+      return 0;
+    }
     uint64_t w;
     if (Region *other = FindCoveringLocked(addr, end, access);
         other && TryRefLocked(other, &w)) {
@@ -1141,6 +1160,77 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     *out = nr;
     return 0;
   }
+}
+
+// ---------------------------------------------------------------- blind mode
+// The notifier is blind (no source sees every unmap, no external
+// declaration): a region that never enters the index. It sits on the orphan
+// list (so Destroy finds it) without kValid, so lookups never see it and its
+// last put deregisters it (Put -> ReleaseOrphan): max_regions 0 behaviour,
+// without even the hits on regions held by another thread.
+void Cache::HandOutUncached(Region *r) {
+  LockAndDrain();
+  OrphanLinkLocked(r);
+  const uint64_t gen = Region::Gen(r->word.load(std::memory_order_relaxed));
+  r->word.store((static_cast<uint64_t>(gen) << Region::kGenShift) | 1,
+                std::memory_order_release);
+  DrainAndUnlock();
+}
+
+int Cache::GetUncached(uintptr_t addr, size_t len, unsigned access,
+                       Region **out) {
+  const uintptr_t start = PageDown(addr), end = PageUp(addr + len);
+  misses_.fetch_add(1, std::memory_order_relaxed);
+  Region *nr = TheSlab().Alloc();
+  if (nr == nullptr) {
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    return -ENOMEM;
+  }
+  return RegisterUncached(nr, start, end, access, out);
+}
+
+// Registers [start, end) into nr (owned by the caller, not indexed) and hands
+// it out uncached: for a blind notifier, and for memory the event source
+// cannot watch (another userfaultfd owns it).
+int Cache::RegisterUncached(Region *nr, uintptr_t start, uintptr_t end,
+                            unsigned access, Region **out) {
+  Registration reg;
+  int rc = driver()->Register(reinterpret_cast<void *>(start), end - start,
+                              access, &reg);
+  if (rc == -ENOMEM || rc == -EAGAIN) {
+    // Regions cached before the notifier went blind may still hold pinned
+    // memory: give back every unused one, once.
+    List victims;
+    LockAndDrain();
+    EvictLocked(&victims, true);
+    DrainAndUnlock();
+    DeregisterList(&victims);
+    rc = driver()->Register(reinterpret_cast<void *>(start), end - start,
+                            access, &reg);
+  }
+  if (rc) {
+    TheSlab().Free(nr);
+    failures_.fetch_add(1, std::memory_order_relaxed);
+    return rc;
+  }
+  registrations_.fetch_add(1, std::memory_order_relaxed);
+  reg_regions_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t now =
+      reg_bytes_.fetch_add(end - start, std::memory_order_relaxed) +
+      (end - start);
+  uint64_t peak = peak_bytes_.load(std::memory_order_relaxed);
+  while (now > peak && !peak_bytes_.compare_exchange_weak(peak, now)) {
+  }
+  nr->cache = this;
+  nr->start = start;
+  nr->end = end;
+  nr->access = access;
+  nr->reg = reg;
+  HandOutUncached(nr);
+  REGCACHE_LOG(DEBUG, "cache {}: region 0x{:x} len {} registered uncached",
+               name(), start, end - start);
+  *out = nr;
+  return 0;
 }
 
 void Cache::EndInFlight(int slot) {

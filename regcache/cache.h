@@ -245,8 +245,17 @@ class Cache {
   ~Cache();
 
   int GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out);
+  // Registers [start, end) into nr without caching it (the event source cannot
+  // watch that memory, or it is blind): the region is in no index, and its
+  // last put deregisters it.
+  int RegisterUncached(Region *nr, uintptr_t start, uintptr_t end,
+                       unsigned access, Region **out) REGCACHE_EXCLUDES(mu_);
   void PutSlow();
   void ReleaseOrphan(Region *r);
+  // Blind notifier (see cache.cc "blind mode"): register without caching.
+  int GetUncached(uintptr_t addr, size_t len, unsigned access, Region **out)
+      REGCACHE_EXCLUDES(mu_);
+  void HandOutUncached(Region *r);
   void DoublePut(Region *r);
   void CountHit();
   void Remember(Region *r, uint64_t word);

@@ -8,6 +8,7 @@
 #include <mutex>
 
 #include "notifier/address_space.h"
+#include "notifier/policy.h"
 #include "regcache/log.h"
 #include "regcache/tunables.h"
 
@@ -31,7 +32,8 @@ int LibraryInit() {
   if (rc) return rc;
   static constexpr notifier::Source kSources[] = {
       notifier::Source::kAuto, notifier::Source::kPatch,
-      notifier::Source::kUffd, notifier::Source::kNone};
+      notifier::Source::kUffd, notifier::Source::kNone,
+      notifier::Source::kUcm};  // the order of MONITOR's choices
   notifier::Options opts;
   opts.source = kSources[idx];
   opts.log = NotifierLog;
@@ -199,6 +201,30 @@ REGCACHE_API int regcache_notifier_resume(void) {
 
 REGCACHE_API const char *regcache_notifier_source(void) {
   return regcache::notifier::SourceName(regcache::notifier::ActiveSource());
+}
+
+REGCACHE_API int regcache_notifier_set_external(int on) {
+  if (on != 0 && on != 1) return -EINVAL;
+  regcache::notifier::policy::SetExternal(on == 1);
+  return 0;
+}
+
+REGCACHE_API int regcache_notifier_caching_safe(void) {
+  int rc = regcache::LibraryInit();
+  if (rc) return rc;
+  if (regcache::notifier::InCallback()) return -EDEADLK;
+  // Installing is what the first cache would do anyway; the query must not
+  // answer for a source that has not been chosen yet.
+  rc = regcache::notifier::EnsureInstalled();
+  if (rc) return rc;
+  // A patch overwritten since is settled first (the switch it may cause is
+  // the one the next cache miss would make).
+  regcache::notifier::VerifySources();
+  return regcache::notifier::CachingSafe() ? 1 : 0;
+}
+
+REGCACHE_API const char *regcache_notifier_blind_reason(void) {
+  return regcache::notifier::policy::BlindReason();
 }
 
 }  // extern "C"

@@ -1,6 +1,8 @@
 #include "regcache/tunables.h"
 
 #include <pthread.h>
+#include <sys/auxv.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -23,12 +25,13 @@ constexpr Spec kTable[] = {
      "off|error|warn|info|debug|trace"},
     {"MONITOR", Type::kEnum, "auto",
      "How the notifier sees memory being unmapped: patch (patch libc's "
-     "munmap/mremap/"
-     "madvise/brk/shmdt/mmap entry points), uffd (userfaultfd monitor thread), "
-     "none "
-     "(explicit regcache_notify_unmapped() calls only), auto (patch, else "
-     "uffd, else none).",
-     "auto|patch|uffd|none"},
+     "munmap/mremap/madvise/brk/shmdt/mmap entry points), uffd (userfaultfd "
+     "monitor thread), ucm (import the events of UCX's libucm, when the "
+     "process loaded it), none (the host reports unmaps with "
+     "regcache_notify_unmap_start/end; caching stays on), auto (patch; ucm if "
+     "libucm patched libc first; uffd; ucm if libucm is loaded; else no "
+     "source: caching is turned off, with one warning).",
+     "auto|patch|uffd|none|ucm"},
     {"MAX_REGIONS", Type::kUint, "16384",
      "Most regions a cache keeps registered. Beyond it, least recently used "
      "unused regions are deregistered (regions in use are never evicted, so "
@@ -177,6 +180,65 @@ int Validate(const Spec &s, const std::string &raw, int *enum_index,
   return -EINVAL;
 }
 
+// Secure-execution mode (AT_SECURE: setuid/setgid, file capabilities, an LSM
+// transition). A test seam can force it (SetSecureForTesting).
+int g_force_secure = -1;  // -1: ask the kernel
+
+bool Secure() {
+  if (g_force_secure >= 0) return g_force_secure != 0;
+  return getauxval(AT_SECURE) != 0;
+}
+
+// THE one place the environment is read (every REGCACHE_* variable comes
+// through here). Under AT_SECURE the environment belongs to a less privileged
+// caller: a setuid program would otherwise let it turn invalidation off
+// (REGCACHE_MONITOR=none) or redirect logs, so it is ignored (secure_getenv
+// returns NULL there), with one warning per variable that was set.
+// REQUIRES: S().mu held (the reported set). The warning is not logged here,
+// under the mutex, but by ReportIgnored() after the caller unlocked (a log
+// handler may call back into regcache_config_*).
+thread_local const Spec *t_ignored = nullptr;
+
+// Whether NAME=... is in the environment, without reading its value: under
+// AT_SECURE only to say that it is ignored.
+bool IsSet(const std::string &name) {
+  for (char **e = environ; e != nullptr && *e != nullptr; ++e)
+    if (std::strncmp(*e, name.c_str(), name.size()) == 0 &&
+        (*e)[name.size()] == '=')
+      return true;
+  return false;
+}
+
+const char *EnvLookup(const Spec &s) {
+  std::string name = std::string("REGCACHE_") + s.name;
+  if (!Secure()) return secure_getenv(name.c_str());
+  if (IsSet(name) && S().reported.insert("secure:" + name).second)
+    t_ignored = &s;
+  return nullptr;
+}
+
+// REQUIRES: S().mu not held.
+void ReportIgnored() {
+  const Spec *s = t_ignored;
+  if (s == nullptr) return;
+  t_ignored = nullptr;
+  log::Write(REGCACHE_LOG_WARN,
+             fmt::format("REGCACHE_{} is ignored: secure-execution mode "
+                         "(setuid/setgid or capabilities); use "
+                         "regcache_config_set() from the program",
+                         s->name));
+}
+
+}  // namespace
+
+void SetSecureForTesting(int secure) {
+  std::lock_guard<std::mutex> g(S().mu);
+  g_force_secure = secure;
+  S().reported.clear();
+}
+
+namespace {
+
 // Current raw value and where it came from. REQUIRES: S().mu held.
 std::string RawLocked(const Spec &s, const char **origin) {
   auto it = S().overrides.find(s.name);
@@ -184,9 +246,7 @@ std::string RawLocked(const Spec &s, const char **origin) {
     *origin = "regcache_config_set";
     return it->second;
   }
-  std::string env = std::string("REGCACHE_") + s.name;
-  // The one and only getenv of a REGCACHE_ variable.
-  if (const char *e = std::getenv(env.c_str())) {
+  if (const char *e = EnvLookup(s)) {
     *origin = "environment";
     return e;
   }
@@ -201,14 +261,18 @@ int Read(const char *name, int *enum_index, size_t *size_out, bool *is_auto,
   std::string raw;
   const char *origin = nullptr;
   bool first_report = false;
+  int rc;
   {
     std::lock_guard<std::mutex> g(S().mu);
     raw = RawLocked(*s, &origin);
-    int rc = Validate(*s, raw, enum_index, size_out, is_auto);
+    rc = Validate(*s, raw, enum_index, size_out, is_auto);
     if (raw_out) *raw_out = raw;
-    if (rc == 0) return 0;
-    first_report = S().reported.insert(std::string(s->name) + "=" + raw).second;
+    if (rc != 0)
+      first_report =
+          S().reported.insert(std::string(s->name) + "=" + raw).second;
   }
+  ReportIgnored();
+  if (rc == 0) return 0;
   if (first_report) {
     log::Write(REGCACHE_LOG_ERROR,
                fmt::format(
@@ -283,9 +347,12 @@ int ParseSize(const std::string &raw, size_t *out) {
 int GetString(const char *name, std::string *out) {
   const Spec *s = Find(name);
   if (!s) return -ENOENT;
-  std::lock_guard<std::mutex> g(S().mu);
-  const char *origin;
-  *out = RawLocked(*s, &origin);
+  {
+    std::lock_guard<std::mutex> g(S().mu);
+    const char *origin;
+    *out = RawLocked(*s, &origin);
+  }
+  ReportIgnored();
   return 0;
 }
 

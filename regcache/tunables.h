@@ -1,7 +1,9 @@
 // regcache/tunables.h - every REGCACHE_* tunable, declared once (internal).
 //
 // The table in tunables.cc is the only place a REGCACHE_* environment variable
-// is read. A value comes from, in order: regcache_config_set() (in-process
+// is read, with secure_getenv: under AT_SECURE (setuid/setgid programs, file
+// capabilities) the environment is ignored and only regcache_config_set() and
+// the defaults apply. A value comes from, in order: regcache_config_set() (in-process
 // override), the environment, the table's default. Values are validated when
 // read; a bad value gives -EINVAL and one error log line naming the variable
 // and the accepted values.
@@ -60,6 +62,9 @@ int CheckAll();
 int Set(const char *name, const char *value);
 // Drops every override (tests).
 void ClearOverridesForTesting();
+// Tests: 1 behaves as under AT_SECURE (REGCACHE_* environment ignored), 0 as
+// not, -1 asks the kernel (getauxval(AT_SECURE)), the default.
+void SetSecureForTesting(int secure);
 
 // Prints "REGCACHE_NAME=value" lines; with help, a "# type, default, help"
 // block each.

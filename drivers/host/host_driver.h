@@ -59,6 +59,11 @@ size_t PinnedBytes();
 // Live host registrations (all host drivers of the process).
 size_t LiveRegistrations();
 
+// The mappedness check Register runs (0, -EFAULT, -EACCES), allocating nothing;
+// `maps_file` forces the /proc/self/maps path used on kernels without
+// PROCMAP_QUERY (for tests).
+int CheckMapped(const void *addr, size_t len, bool write, bool maps_file);
+
 }  // namespace regcache::host
 
 #endif  // REGCACHE_DRIVERS_HOST_HOST_DRIVER_H_

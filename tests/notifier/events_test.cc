@@ -193,8 +193,12 @@ TEST_F(EventsTest, BrkTrimThroughFreeInMainArena) {
   // Warm up: our Register allocates a Subscription; make it reuse a freed chunk
   // below the block instead of landing above it (that would pin the heap top:
   // no trim).
+  // (An interval over mapped memory: with uffd, an unmapped one is -EFAULT.)
+  static char mapped;
   Subscription *warm = nullptr;
-  ASSERT_EQ(Register(&Recorder::kOps, &iv_, 1, 1, &warm), 0);
+  ASSERT_EQ(Register(&Recorder::kOps, &iv_,
+                     reinterpret_cast<uintptr_t>(&mapped), 1, &warm),
+            0);
   ASSERT_EQ(Unregister(warm), 0);
   iv_.releases = 0;
   iv_.released = false;

@@ -33,6 +33,16 @@ int main(void) {
   CHECK(posix_memalign((void **)&buf, (size_t)page, len) == 0);
   memset(buf, 1, len);
 
+  /* No blind caching: MONITOR=none is the host's declaration, so caching is
+   * safe; the external declaration takes 0 or 1 only. */
+  CHECK(regcache_notifier_set_external(2) == -EINVAL);
+  CHECK(regcache_notifier_set_external(-1) == -EINVAL);
+  CHECK(regcache_notifier_caching_safe() == 1);
+  CHECK(strcmp(regcache_notifier_blind_reason(), "") == 0);
+  CHECK(regcache_notifier_set_external(1) == 0);
+  CHECK(regcache_notifier_caching_safe() == 1);
+  CHECK(regcache_notifier_set_external(0) == 0);
+
   CHECK(regcache_driver_host_open(NULL) == -EINVAL);
   CHECK(regcache_driver_host_open(&drv) == 0);
   CHECK(strcmp(regcache_driver_name(drv), "host") == 0);

@@ -70,6 +70,15 @@ TEST_F(CppApiTest, HostDriverRegionPutsItselfBack) {
   EXPECT_EQ(cache->Stats()->regions, 0u);
 }
 
+TEST_F(CppApiTest, CachingSafetyIsAResult) {
+  // MONITOR=none (SetUp) is the host's declaration: caching is safe.
+  auto safe = regcache::CachingSafe();
+  ASSERT_TRUE(safe.ok());
+  EXPECT_TRUE(*safe);
+  EXPECT_TRUE(regcache::SetExternalUnmapReporting(true).ok());
+  EXPECT_TRUE(regcache::SetExternalUnmapReporting(false).ok());
+}
+
 TEST_F(CppApiTest, ErrorsAreResults) {
   auto drv = regcache::DriverHandle::Host();
   auto cache = regcache::Cache::Create(*drv);

@@ -26,6 +26,8 @@ void Capture(void *arg, int level, const char *msg) {
 class TunablesTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // These tests own the environment (the TSan preset sets MONITOR=none).
+    unsetenv("REGCACHE_MONITOR");
     tunables::ClearOverridesForTesting();
     regcache_set_log_handler(Capture, &captured_);
   }
@@ -173,6 +175,35 @@ TEST_F(TunablesTest, LogLevelFiltersAndHandlerReceives) {
   EXPECT_EQ(captured_.lines[0].second, "shown 2");
   EXPECT_EQ(regcache_set_log_level(42), -EINVAL);
   EXPECT_EQ(regcache_set_log_level(-1), -EINVAL);
+}
+
+// Item 7 of issue 12: under AT_SECURE (setuid/setgid, capabilities) the
+// environment belongs to a less privileged caller; REGCACHE_* is ignored.
+// The seam stands in for getauxval(AT_SECURE); tests/regcache/secure_env.sh
+// runs a real setuid copy.
+TEST_F(TunablesTest, EnvironmentIgnoredInSecureExecution) {
+  setenv("REGCACHE_MONITOR", "none", 1);
+  std::string v;
+  ASSERT_EQ(tunables::GetString("MONITOR", &v), 0);
+  EXPECT_EQ(v, "none");  // negative control: honoured when not secure
+  tunables::SetSecureForTesting(1);
+  ASSERT_EQ(tunables::GetString("MONITOR", &v), 0);
+  EXPECT_EQ(v, "auto");
+  int warns = 0;
+  for (auto &l : captured_.lines)
+    warns += l.first == REGCACHE_LOG_WARN &&
+             l.second.find("REGCACHE_MONITOR is ignored") != std::string::npos;
+  EXPECT_EQ(warns, 1);
+  ASSERT_EQ(tunables::GetString("MONITOR", &v), 0);  // warned once only
+  warns = 0;
+  for (auto &l : captured_.lines)
+    warns += l.second.find("REGCACHE_MONITOR is ignored") != std::string::npos;
+  EXPECT_EQ(warns, 1);
+  // The program itself may still configure.
+  ASSERT_EQ(tunables::Set("MONITOR", "uffd"), 0);
+  ASSERT_EQ(tunables::GetString("MONITOR", &v), 0);
+  EXPECT_EQ(v, "uffd");
+  tunables::SetSecureForTesting(-1);
 }
 
 TEST(StrerrorTest, NamesErrors) {

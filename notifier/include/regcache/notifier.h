@@ -21,8 +21,18 @@
  *          release) are caught. start runs before the syscall, end after it.
  *   uffd   a userfaultfd monitor thread sees UNMAP/REMOVE/REMAP of watched mappings.
  *          The kernel reports UNMAP after the unmap; see docs/notifier.md for the window.
- *   none   no automatic events: only regcache_notify_unmapped() (explicit source).
- *   auto   patch if it can be installed, else uffd, else none; one log line says which.
+ *   ucm    UCX's libucm owns libc's entry points: its events are imported (a handler
+ *          before and one after each hooked call, registered with libucm's
+ *          ucm_set_event_handler; libucm is found with dlopen(RTLD_NOLOAD), never
+ *          loaded or linked by regcache). start runs before the syscall, end after.
+ *   none   no automatic events: the host reports unmaps with regcache_notify_unmap_start()
+ *          / _end() or regcache_notify_unmapped() (explicit source). Chosen explicitly,
+ *          it is the host's declaration that it reports every unmap: caching stays on.
+ *   auto   patch; else ucm if libucm patched libc first; else uffd; else ucm if libucm
+ *          is loaded; else no source can see unmaps: the notifier is BLIND, caches stop
+ *          caching (see regcache_notifier_caching_safe()) and one warning says why.
+ *          If another library overwrites the patch source later, the notifier switches
+ *          to ucm (libucm), else uffd, else becomes blind, and invalidates everything.
  * Explicit notification through regcache_notify_unmapped() always works, in every mode.
  *
  * WHERE CALLBACKS RUN. Inside the unmapping thread's munmap()/free()/madvise() (patch and
@@ -106,7 +116,11 @@ REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops,
 /*
  * Subscribes to events that overlap [addr, addr+len) only. With the uffd source, the
  * mappings under the interval become watched, so this works with every source. Errors as
- * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range.
+ * regcache_notifier_register(), plus -EINVAL for len == 0 or a wrapping range, and with
+ * the uffd source (which can only watch mappings that exist, and only those no other
+ * userfaultfd owns): -EFAULT when part of the interval is not mapped (nothing is
+ * watched), -EBUSY when a mapping under it cannot be watched (another userfaultfd owns
+ * it, or the kernel cannot watch its type): its changes would not be reported.
  */
 REGCACHE_API int regcache_notifier_register_range(
     const regcache_notifier_ops_t *ops, void *arg, const void *addr, size_t len,
@@ -133,7 +147,10 @@ REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier);
  *     unlock(user_lock)
  *
  * read_begin stores the sequence in *seq_p and returns 0 (-EINVAL for NULL, -EDEADLK if
- * called from inside a callback). read_retry returns 1 if an invalidation of the interval
+ * called from inside a callback). With the uffd source, read_begin of an interval watches
+ * the mappings under it again (a mapping that replaced the one watched at register would
+ * otherwise be unwatched); if that is no longer possible (part of it unmapped, or owned
+ * by another userfaultfd), read_retry reports a change, so bound your retry loop. read_retry returns 1 if an invalidation of the interval
  * started after read_begin, 0 if not, negative errno on bad input.
  */
 REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
@@ -187,8 +204,41 @@ REGCACHE_API int regcache_notify_unmap_end(const void *addr, size_t len);
 REGCACHE_API int regcache_notifier_quiesce(void);
 REGCACHE_API int regcache_notifier_resume(void);
 
-/* The active event source: "patch", "uffd" or "none" (explicit only). Never NULL. */
+/* The active event source: "patch", "uffd", "ucm" or "none" (explicit only, or blind).
+ * Never NULL. */
 REGCACHE_API const char *regcache_notifier_source(void);
+
+/*
+ * NO BLIND CACHING. A cache may keep a registration after its put only while some source
+ * sees every unmap before the memory changes. When none does (auto found neither patch,
+ * ucm nor uffd; or the patch source was overwritten by another library and neither ucm
+ * nor uffd could take over) the notifier is blind: caches register at get and deregister
+ * at the last put (the behaviour of max_regions 0), and one warning says why.
+ *
+ * regcache_notifier_set_external(1) declares that the host reports every unmap, remap or
+ * discard of memory it gets from a cache through regcache_notify_unmap_start()/_end() (or
+ * regcache_notify_unmapped()) before the memory changes, e.g. from its own memory hooks.
+ * Caching then stays on whatever the source; the host owns that promise. 0 withdraws the
+ * declaration: gets from then on follow the rule above (regions cached before stay until
+ * invalidated or evicted). REGCACHE_MONITOR=none is the same declaration made by
+ * configuration. Returns 0, or -EINVAL for a value other than 0 or 1. Any time, any thread.
+ */
+REGCACHE_API int regcache_notifier_set_external(int on);
+
+/*
+ * 1 when caching is safe (a source sees every unmap, or the host declared external), 0
+ * when the notifier is blind and caches do not cache. Installs the configured source
+ * first if no cache or subscriber did yet, so the answer is the one a cache would get.
+ * Negative errno: the configured source cannot be installed (e.g. -ENOSYS for an explicit
+ * REGCACHE_MONITOR=patch on a system without it), -EDEADLK from inside a callback,
+ * -EINVAL for a bad REGCACHE_* value. The answer can change from 1 to 0 later, when
+ * another library overwrites the patch source and nothing can take over.
+ */
+REGCACHE_API int regcache_notifier_caching_safe(void);
+
+/* Why the notifier is blind ("" when it is not), e.g. "patch: libc already patched by
+ * another library; uffd: Operation not permitted". Never NULL; static storage. */
+REGCACHE_API const char *regcache_notifier_blind_reason(void);
 
 REGCACHE_EXTERN_C_END
 

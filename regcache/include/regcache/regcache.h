@@ -10,6 +10,14 @@
  * madvise(DONTNEED) and brk trims of cached memory never leave a stale registration to
  * be returned by a later get.
  *
+ * NO BLIND CACHING. When no event source can see every unmap (REGCACHE_MONITOR=auto
+ * found neither patch, UCX's libucm nor userfaultfd, or another library overwrote the
+ * patch source and nothing could take over) a cache does not cache: each get registers
+ * the request and its last put deregisters it (max_regions 0 behaviour), and one warning
+ * says why. A host that reports unmaps itself declares it with REGCACHE_MONITOR=none or
+ * regcache_notifier_set_external(1); regcache_notifier_caching_safe() tells which mode
+ * the process is in (regcache/notifier.h has the contract).
+ *
  * THREAD SAFETY. Every function may be called from any thread at any time. The hit path
  * (a get that finds a valid cached region) takes no lock shared between threads: each
  * thread keeps a small front table of recently used regions, validated against the
@@ -28,6 +36,9 @@
  *
  * TUNABLES. Defaults come from REGCACHE_* environment variables (regcache-info -c lists
  * them, README.md documents them); regcache_config_set() overrides them in-process.
+ * Under secure execution (AT_SECURE: setuid/setgid, file capabilities) the environment
+ * is ignored (secure_getenv), so a less privileged caller cannot reconfigure a privileged
+ * program; regcache_config_set() still applies.
  */
 #ifndef REGCACHE_REGCACHE_H
 #define REGCACHE_REGCACHE_H

@@ -286,6 +286,20 @@ class Cache {
   std::shared_ptr<Driver> keep_;
 };
 
+// No blind caching (regcache/notifier.h has the contract). CachingSafe():
+// true when an event source sees every unmap or the host declared it reports
+// them; false when caches register at get and deregister at put.
+inline Result<bool> CachingSafe() {
+  int rc = regcache_notifier_caching_safe();
+  if (rc < 0) return Status(rc);
+  return rc == 1;
+}
+// The host reports every unmap of memory it registers through
+// regcache_notify_unmap_start/end (true), or withdraws that (false).
+inline Status SetExternalUnmapReporting(bool on) {
+  return Status(regcache_notifier_set_external(on ? 1 : 0));
+}
+
 }  // namespace v1
 }  // namespace regcache
 

@@ -3,14 +3,18 @@
 // frame records.
 #include "drivers/host/host_driver.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <regcache/regcache.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -98,6 +102,61 @@ TEST_F(HostDriverTest, FramesFreshThenStaleAfterRemap) {
             regcache::host::FrameCheck::kStale)
       << "untouched new mapping: no page present";
   EXPECT_EQ(d_->Deregister(r), 0);  // fine for memory that changed under it
+}
+
+// The mappedness check, both ways (PROCMAP_QUERY where the kernel has it, and
+// the /proc/self/maps reader kernels before 6.11 use): mapped, a hole,
+// PROT_NONE, read-only asked for write, and a line longer than the reader's
+// buffer (a mapping of a file with a very long name).
+TEST_F(HostDriverTest, CheckMappedBothWays) {
+  using regcache::host::CheckMapped;
+  char path[] = "/tmp/regcache_host_check_XXXXXX";
+  {
+    int tfd = mkstemp(path);
+    ASSERT_GE(tfd, 0);
+    close(tfd);
+  }
+  // A long name: a directory chain is needed for > 255 bytes per component.
+  std::string dir = std::string(path) + "_" + std::string(200, 'x');
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  std::string file = dir;
+  std::vector<std::string> dirs{dir};
+  for (int i = 0; i < 15; ++i) {  // a ~3.3 KB path (PATH_MAX 4096)
+    file += "/" + std::string(200, 'y');
+    if (i < 14) {
+      ASSERT_EQ(mkdir(file.c_str(), 0700), 0);
+      dirs.push_back(file);
+    }
+  }
+  int fd = open(file.c_str(), O_RDWR | O_CREAT, 0600);
+  ASSERT_GE(fd, 0) << strerror(errno);
+  ASSERT_EQ(ftruncate(fd, 4 * kPage), 0);
+  char *f = static_cast<char *>(
+      mmap(nullptr, 4 * kPage, PROT_READ, MAP_PRIVATE, fd, 0));
+  ASSERT_NE(f, MAP_FAILED);
+  char *hole =
+      static_cast<char *>(mmap(nullptr, 3 * kPage, PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(hole, MAP_FAILED);
+  ASSERT_EQ(munmap(hole + kPage, kPage), 0);
+  ASSERT_EQ(mprotect(mem_ + 8 * kPage, kPage, PROT_NONE), 0);
+  for (bool maps_file : {false, true}) {
+    SCOPED_TRACE(maps_file ? "maps file" : "PROCMAP_QUERY or fallback");
+    EXPECT_EQ(CheckMapped(mem_, 8 * kPage, true, maps_file), 0);
+    EXPECT_EQ(CheckMapped(mem_, 9 * kPage, false, maps_file), -EFAULT);
+    EXPECT_EQ(CheckMapped(hole, 3 * kPage, false, maps_file), -EFAULT);
+    EXPECT_EQ(CheckMapped(hole, kPage, true, maps_file), 0);
+    EXPECT_EQ(CheckMapped(f, 4 * kPage, false, maps_file), 0);
+    EXPECT_EQ(CheckMapped(f, 4 * kPage, true, maps_file), -EACCES);
+  }
+  munmap(hole, kPage);
+  munmap(hole + 2 * kPage, kPage);
+  munmap(f, 4 * kPage);
+  close(fd);
+  unlink(file.c_str());
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) rmdir(it->c_str());
+  unlink(path);
+  ASSERT_EQ(mprotect(mem_ + 8 * kPage, kPage, PROT_READ | PROT_WRITE), 0);
 }
 
 }  // namespace
