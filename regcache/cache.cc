@@ -1410,29 +1410,29 @@ void Cache::ForkChildLocked(List *drop) {
 // allocates, frees, unmaps, calls the driver or the notifier's
 // Register/Unregister; callbacks only try-lock mu_), and the forking thread
 // holds none of them (fork is not called from inside the cache).
-// Set by prepare when the handlers are off for a test; read by parent/child
-// (only the forking thread runs them).
-__attribute__((tls_model("initial-exec"))) thread_local bool t_fork_skipped =
-    false;
+// Set by prepare when the handlers are off for a test (negative controls);
+// read by the parent/child handler of the same fork. Tests fork from one
+// thread at a time.
+bool g_fork_skipped = false;
 
 void Cache::AtforkPrepare() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
-  t_fork_skipped = notifier::internal::g_atfork_off_for_testing.load(
+  g_fork_skipped = notifier::internal::g_atfork_off_for_testing.load(
       std::memory_order_relaxed);
-  if (t_fork_skipped) return;
+  if (g_fork_skipped) return;
   g_caches_mu.Lock();
   for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Lock();
   TheSlab().ForkLock();
 }
 
 void Cache::AtforkParent() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
-  if (t_fork_skipped) return;
+  if (g_fork_skipped) return;
   TheSlab().ForkUnlock();
   for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Unlock();
   g_caches_mu.Unlock();
 }
 
 void Cache::AtforkChild() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
-  if (t_fork_skipped) return;
+  if (g_fork_skipped) return;
   // Hit counter slots of the parent's other threads are free again.
   g_slot_bits.store(t_state != nullptr && t_state->slot < kSlotsForThreads
                         ? uint64_t{1} << t_state->slot

@@ -354,11 +354,6 @@ class Cache {
   std::atomic<bool> shutdown_{false};
   std::atomic<bool> stats_printed_{false};
 
-  // The process-wide list of live caches (fork handlers); guarded by the
-  // list's mutex in cache.cc.
-  Cache *list_prev_ = nullptr;
-  Cache *list_next_ = nullptr;
-
   regcache_driver *const drv_;
   const Params params_;
   notifier::Subscription *sub_ = nullptr;
@@ -372,6 +367,11 @@ class Cache {
     std::atomic<uint64_t> n{0};
   };
   HitSlot hit_slots_[kSlots + 1];
+
+  // The process-wide list of live caches (fork handlers); guarded by the
+  // list's mutex in cache.cc. Last: off every line the hit path reads.
+  Cache *list_prev_ = nullptr;
+  Cache *list_next_ = nullptr;
 };
 
 // Front-table size per thread (entries are scanned linearly).
