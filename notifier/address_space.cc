@@ -22,28 +22,30 @@
 // its predecessor past it; the node keeps its own next pointer, so a reader
 // standing on it still reaches the rest of the list (RCU-style).
 //
-// In-flight ranges are counted in two counters (g_inflight[2], an SRCU-like
-// pair): a range increments g_inflight[g_idx] when it starts and decrements the
-// same slot when it ends. That counter does three jobs:
+// Ranges in flight are published in a fixed table (g_ranges: 64 words, each
+// one range's page span and the SRCU slot g_idx it started in, claimed by CAS
+// and cleared at end; past 64 the overflow counters g_inflight[slot] count
+// them without a span). The table does three jobs:
 //   1. Grace periods for freeing unlinked subscriptions. A writer may "flip"
-//   g_idx only when
-//      the inactive slot is zero; a node unlinked at flip count f can be freed
-//      once the flip count reaches f + 2 (every range that could have seen it
-//      has ended). Flipping is polled, never waited for, by
-//      Unregister/Register, so Unregister never waits for unrelated ranges (it
-//      may be called with the cache's lock held, and an unrelated range's
-//      callback may be waiting for that lock).
-//   2. Guarantee 2 (register vs ranges in flight), a Dekker pair: BeginRange
-//   increments its
-//      slot and then reads g_gen; Register publishes the node, stores g_gen,
-//      then reads both slots (all seq_cst). Either the range sees the new node
-//      (and delivers start and end to it) or Register sees the range in flight
-//      (and the node's first ReadBegin waits for a grace period: every range in
-//      flight at registration ends first).
-//   3. Quiesce: it raises g_quiesce and waits for both slots to reach zero;
-//   BeginRange
-//      re-checks g_quiesce after incrementing and backs off (decrement, wait
-//      for resume).
+//      g_idx only when nothing is in flight in the inactive slot; a node
+//      unlinked at flip count f can be freed once the flip count reaches f + 2
+//      (every range that could have seen it has ended). Flipping is polled,
+//      never waited for, by Unregister/Register, so Unregister never waits for
+//      unrelated ranges (it may be called with the cache's lock held, and an
+//      unrelated range's callback may be waiting for that lock).
+//   2. Guarantee 2 and overlap-only waiting, a Dekker pair: BeginRange claims
+//      its word and then reads g_gen; Register publishes the node, stores
+//      g_gen, then scans the table (all seq_cst). Either the range sees the new
+//      node (it delivers start and end and moves the node's sequence) or
+//      Register sees its word. The node's first ReadBegin then waits only for
+//      words overlapping its interval (for a grace period of everything only
+//      if an overflow range was in flight): registrations never wait for
+//      unrelated ranges (tests/notifier/overlap.pml checks both halves).
+//   3. Quiesce: it raises g_quiesce and waits until nothing is in flight;
+//      BeginRange re-checks g_quiesce after its claim and backs off (clear,
+//      wait for resume) unless MayWaitForResume() says waiting could hang.
+//
+// Fork: see "FORK" at the end of this file.
 //
 // Start/end pairing. Each subscription gets visible_gen = ++g_gen when
 // published; a range snapshots g_gen in its Frame at start and both its start
@@ -78,6 +80,7 @@
 
 #include <limits.h>
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -116,6 +119,9 @@ constexpr uint32_t kUnregistered = 8u;  // the owner called Unregister
 constexpr int kActiveBits = 24;
 constexpr uint64_t kActiveMask = (uint64_t{1} << kActiveBits) - 1;
 constexpr uint64_t kStartInc = uint64_t{1} << kActiveBits;
+constexpr uint8_t kSyncNone = 0;
+constexpr uint8_t kSyncOverlap = 1;
+constexpr uint8_t kSyncAll = 2;
 }  // namespace
 
 class Subscription {
@@ -134,7 +140,11 @@ class Subscription {
   std::atomic<uint64_t> seq_word{0};
   std::atomic<uint32_t> running{0};
   std::atomic<uint32_t> flags{0};
-  std::atomic<bool> need_sync{false};
+  // What the first ReadBegin must wait for (Register's Dekker check found
+  // ranges in flight that may not have seen this node): kSyncNone, kSyncOverlap
+  // (table entries overlapping the interval), kSyncAll (a grace period: a
+  // range without a table entry was in flight).
+  std::atomic<uint8_t> need_sync{0};
   // Pending-removal stack (lock-free push by Unregister inside a callback).
   Subscription *pending_next = nullptr;
   bool on_pending = false;  // guarded by g_mu (set by the drainer)
@@ -151,7 +161,39 @@ struct alignas(64) PaddedCounter {
   std::atomic<uint64_t> v{0};
 };
 
+// Ranges in flight that found no free entry in g_ranges (see below), per SRCU
+// slot. Normally zero: every range holds an entry of g_ranges instead.
 PaddedCounter g_inflight[2];
+
+// RANGES IN FLIGHT (overlap-only waiting). Every range in flight, and every
+// hold, owns one word of g_ranges: its page range and its SRCU slot, written
+// by one CAS from 0 when the range starts and cleared when it ends. This table
+// IS the in-flight count (per slot: the words with that slot bit, plus
+// g_inflight[slot] for ranges that found the table full), and it lets a
+// registration see WHICH ranges are in flight: it waits only for those that
+// overlap its interval (the kernel's mmu_interval_notifier blocks only
+// overlapping readers). 8 lines of 8 words; a thread uses its home line (one
+// per thread, round-robin, so up to 8 threads never share a line), nested
+// ranges take the next free word of the line, then any free word, then the
+// counter.
+//
+// Word: bits 63..19 first page (see EncodeRange), bits 18..1 number of
+// pages (saturated at 2^18 - 1 = "up to the end of the address space"), bit 0
+// the SRCU slot. Never 0 for a claimed entry (the page count is >= 1). The
+// encoded range covers the real one (rounded out, saturation only widens), so
+// an overlap test on it may say "overlaps" for a range that does not quite, but
+// never the reverse.
+constexpr int kRangeLines = 8;
+constexpr int kRangesPerLine = 8;
+constexpr unsigned kRangeEntries = kRangeLines * kRangesPerLine;
+constexpr unsigned kOverflowToken = kRangeEntries;  // token 64 + slot
+constexpr int kPageShift = 12;
+constexpr int kLenBits = 18;
+constexpr uint64_t kLenSat = (uint64_t{1} << kLenBits) - 1;
+// Flat: line L is entries [8L, 8L + 8), so a token (entry index) is the word.
+alignas(64) std::atomic<uint64_t> g_ranges[kRangeEntries];
+static_assert(sizeof(g_ranges[0]) * kRangesPerLine == 64, "8 words per line");
+std::atomic<unsigned> g_next_home{0};
 // What every range reads and (almost) never writes, in one cache line: after
 // the kernel's munmap has run, each distinct line the hook touches is a likely
 // L1 miss, so the read-mostly words share one (g_waiters only changes when a
@@ -159,7 +201,10 @@ PaddedCounter g_inflight[2];
 // has its own line).
 struct alignas(64) {
   std::atomic<unsigned> idx{0};
-  std::atomic<uint32_t> quiesce{0};
+  // Quiesce count (bits 31..0) and epoch (bits 63..32, +1 whenever the count
+  // returns to zero), in one word so that a quiescer learns its epoch from
+  // the same atomic increment.
+  std::atomic<uint64_t> quiesce{0};
   std::atomic<uint32_t> waiters{0};
   std::atomic<uint64_t> gen{0};
   std::atomic<Subscription *> whole{nullptr};
@@ -169,7 +214,8 @@ constexpr std::atomic<unsigned> &g_idx = g_hot.idx;
 constexpr std::atomic<uint64_t> &g_gen = g_hot.gen;
 constexpr std::atomic<Subscription *> &g_whole = g_hot.whole;
 constexpr std::atomic<Subscription *> &g_interval = g_hot.interval;
-constexpr std::atomic<uint32_t> &g_quiesce = g_hot.quiesce;
+constexpr std::atomic<uint64_t> &g_quiesce = g_hot.quiesce;
+constexpr uint64_t kQuiesceCount = 0xffffffffu;
 constexpr std::atomic<uint32_t> &g_waiters = g_hot.waiters;
 alignas(64) std::atomic<uint32_t> g_event{0};  // futex word
 std::atomic<Subscription *> g_pending{nullptr};
@@ -177,6 +223,12 @@ std::atomic<bool> g_shutdown{false};
 std::atomic<LogFn> g_log{nullptr};
 std::atomic<Source> g_active{Source::kNone};
 std::atomic<bool> g_nesting_logged{false};
+// Set by the fork prepare handler of a thread that holds a quiesce, cleared by
+// the parent handler: ranges held off by quiesce proceed meanwhile. A thread
+// held off inside free() holds malloc's arena lock, which fork() takes after
+// the prepare handlers: waiting for the forking quiescer's resume would
+// deadlock its fork.
+std::atomic<uint32_t> g_fork_unblock{0};
 
 std::mutex g_mu;                    // writers
 uint64_t g_flips = 0;               // guarded by g_mu
@@ -191,14 +243,43 @@ bool g_installed = false;             // guarded by g_install_mu
 // under malloc's lock.
 struct ThreadState {
   int cb_depth;  // callbacks of ours on this thread's stack
-  int inflight;  // ranges begun and not ended on this thread
+  int inflight;  // ranges (and holds) begun and not ended on this thread
   int nframes;   // frames used by InvalidateRangeStart/End
+  // This thread's home line in g_ranges (its first entry), nullptr until the
+  // first range.
+  std::atomic<uint64_t> *home;
+  // Quiesces taken by this thread and not resumed, valid while quiesce_epoch
+  // equals the epoch of g_quiesce (a resume to zero starts a new epoch, so a
+  // quiesce resumed by another thread does not keep exempting this one).
+  uint32_t quiesce_own;
+  uint32_t quiesce_epoch;
+  bool installing;      // holds g_install_mu (see EnterWindow)
+  bool fork_unblocked;  // this thread's fork prepare raised g_fork_unblock
+  bool fork_skipped;    // prepare skipped (g_atfork_off_for_testing)
 };
 constexpr int kMaxTlsFrames = 8;
 constexpr int kNestingWarn = 32;
 __attribute__((tls_model("initial-exec"))) thread_local ThreadState t_state;
 __attribute__((
     tls_model("initial-exec"))) thread_local Frame t_frames[kMaxTlsFrames];
+
+// g_install_mu, with t_state.installing set while held (MayWaitForResume).
+class InstallLock {
+ public:
+  InstallLock() : was_(t_state.installing) {
+    g_install_mu.lock();
+    t_state.installing = true;
+  }
+  ~InstallLock() {
+    t_state.installing = was_;
+    g_install_mu.unlock();
+  }
+  InstallLock(const InstallLock &) = delete;
+  InstallLock &operator=(const InstallLock &) = delete;
+
+ private:
+  bool was_;
+};
 
 // ---------------------------------------------------------------- futex
 // waiting
@@ -230,11 +311,6 @@ void WaitUntil(Pred done) {
     FutexWait(&g_event, ev);
   }
   g_waiters.fetch_sub(1, std::memory_order_seq_cst);
-}
-
-uint64_t InflightTotal() {
-  return g_inflight[0].v.load(std::memory_order_seq_cst) +
-         g_inflight[1].v.load(std::memory_order_seq_cst);
 }
 
 // ---------------------------------------------------------------- callbacks
@@ -295,38 +371,164 @@ void ForEachMatching(const Frame *f, Fn fn) {
 }
 
 // ---------------------------------------------------------------- windows
-// EnterWindow's slow path: quiesced, and this thread may wait.
-REGCACHE_COLD unsigned EnterWindowQuiesced(unsigned i) {
-  for (;;) {
-    g_inflight[i].v.fetch_sub(1, std::memory_order_seq_cst);
-    WakeAll();
-    WaitUntil([] { return g_quiesce.load(std::memory_order_seq_cst) == 0; });
-    i = g_idx.load(std::memory_order_seq_cst);
-    g_inflight[i].v.fetch_add(1, std::memory_order_seq_cst);
-    if (g_quiesce.load(std::memory_order_seq_cst) == 0) {
-      ++t_state.inflight;
+// The range word of [start, end) in SRCU slot `slot` (see g_ranges). A first
+// page beyond 45 bits (addresses >= 2^57, above every user address space,
+// LA57 included) would lose its high bits: such ranges cover no memory a
+// registration could pin, so the munmap path does not pay for the check.
+inline uint64_t EncodeRange(uintptr_t start, uintptr_t end, unsigned slot) {
+  const uint64_t first = start >> kPageShift;
+  // Pages touched (end > start for every range we encode), saturated.
+  uint64_t n = ((end - 1) >> kPageShift) - first + 1;
+  n = n < kLenSat ? n : kLenSat;
+  return (first << (kLenBits + 1)) | (n << 1) | slot;
+}
+
+// Does the range of word w (non-zero) overlap [start, end)?
+inline bool RangeOverlaps(uint64_t w, uintptr_t start, uintptr_t end) {
+  const uint64_t first = w >> (kLenBits + 1);
+  const uint64_t n = (w >> 1) & kLenSat;
+  const uintptr_t rs = static_cast<uintptr_t>(first) << kPageShift;
+  if (n == kLenSat) return rs < end;  // open-ended
+  const uintptr_t re = static_cast<uintptr_t>(first + n) << kPageShift;
+  return rs < end && start < re;
+}
+
+// Is any range in flight that overlaps [start, end)? Ranges counted in
+// g_inflight (no table entry) have no known range: they count as overlapping.
+// seq_cst loads: this is the reading side of the Dekker pairs in Register and
+// ReadBegin.
+bool AnyOverlapInFlight(uintptr_t start, uintptr_t end) {
+  if (g_inflight[0].v.load(std::memory_order_seq_cst) +
+          g_inflight[1].v.load(std::memory_order_seq_cst) !=
+      0)
+    return true;
+  for (std::atomic<uint64_t> &e : g_ranges) {
+    const uint64_t w = e.load(std::memory_order_seq_cst);
+    if (w != 0 && RangeOverlaps(w, start, end)) return true;
+  }
+  return false;
+}
+
+// Ranges in flight in SRCU slot i (table entries with that slot bit, plus the
+// overflow counter). Not an atomic snapshot: see TryFlip.
+uint64_t InflightInSlot(unsigned i) {
+  uint64_t n = g_inflight[i].v.load(std::memory_order_seq_cst);
+  for (std::atomic<uint64_t> &e : g_ranges) {
+    const uint64_t w = e.load(std::memory_order_seq_cst);
+    n += w != 0 && (w & 1) == i;
+  }
+  return n;
+}
+
+uint64_t InflightTotal() { return InflightInSlot(0) + InflightInSlot(1); }
+
+REGCACHE_COLD std::atomic<uint64_t> *PickHome() {
+  const unsigned line =
+      g_next_home.fetch_add(1, std::memory_order_relaxed) % kRangeLines;
+  t_state.home = &g_ranges[line * kRangesPerLine];
+  return t_state.home;
+}
+
+// Slow part of Claim: the home line is full (nested ranges, or more than 8
+// threads share it): any free entry, else the overflow counter.
+REGCACHE_COLD unsigned ClaimElsewhere(uint64_t w, unsigned slot) {
+  for (unsigned i = 0; i < kRangeEntries; ++i) {
+    uint64_t cur = g_ranges[i].load(std::memory_order_relaxed);
+    if (cur == 0 &&
+        g_ranges[i].compare_exchange_strong(cur, w, std::memory_order_seq_cst))
       return i;
+  }
+  g_inflight[slot].v.fetch_add(1, std::memory_order_seq_cst);
+  return kOverflowToken + slot;
+}
+
+// Publishes [start, end) as in flight in SRCU slot `slot`: one seq_cst CAS on
+// a word of this thread's home line (ordered before everything the range does
+// next: the Dekker pairs with Register and Quiesce). Returns the token (entry
+// index, or kOverflowToken + slot) that Unclaim takes. Lock-free,
+// allocation-free; the token lives in the range's Frame, which is how the fork
+// child handler finds the forking thread's own entries.
+inline unsigned Claim(uintptr_t start, uintptr_t end, unsigned slot) {
+  const uint64_t w = EncodeRange(start, end, slot);
+  std::atomic<uint64_t> *line = t_state.home;
+  if (line == nullptr) [[unlikely]]
+    line = PickHome();
+  for (int k = 0; k < kRangesPerLine; ++k) {
+    uint64_t cur = line[k].load(std::memory_order_relaxed);
+    if (cur == 0 && line[k].compare_exchange_strong(
+                        cur, w, std::memory_order_seq_cst)) [[likely]]
+      return static_cast<unsigned>(line + k - g_ranges);
+  }
+  return ClaimElsewhere(w, slot);
+}
+
+// seq_cst store: ordered before the waiter-count load in WakeAll (Dekker with
+// WaitUntil, which counts itself a waiter before it checks the table).
+inline void Unclaim(unsigned token) {
+  if (token < kOverflowToken) [[likely]] {
+    g_ranges[token].store(0, std::memory_order_seq_cst);
+  } else {
+    g_inflight[token - kOverflowToken].v.fetch_sub(1,
+                                                   std::memory_order_seq_cst);
+  }
+}
+
+// This thread's own quiesce is in force: its ranges do not wait for it (it
+// cannot be racing with itself, and waiting would be waiting for itself).
+inline bool QuiescedBySelf(uint64_t q) {
+  return t_state.quiesce_own > 0 &&
+         t_state.quiesce_epoch == static_cast<uint32_t>(q >> 32);
+}
+
+// May a range of this thread wait for resume? Not when the thread is already
+// inside a range or a callback (those must finish for quiesce to complete),
+// not when it holds the quiesce itself (item above), and not while it holds
+// g_install_mu (fork's prepare handler takes that mutex; a range waiting for
+// resume under it would block every fork, also the quiescer's).
+inline bool MayWaitForResume(uint64_t q) {
+  return t_state.inflight == 0 && t_state.cb_depth == 0 &&
+         !t_state.installing && !QuiescedBySelf(q) &&
+         g_fork_unblock.load(std::memory_order_seq_cst) == 0;
+}
+
+// EnterWindow's slow path: quiesced. Waits for resume, bounded by the
+// quiescer's resume (the documented contract of regcache_notifier_quiesce).
+REGCACHE_COLD unsigned EnterWindowQuiesced(unsigned token, uintptr_t start,
+                                           uintptr_t end, bool may_wait) {
+  for (;;) {
+    const uint64_t q = g_quiesce.load(std::memory_order_seq_cst);
+    if ((q & kQuiesceCount) == 0 || !may_wait || !MayWaitForResume(q)) {
+      ++t_state.inflight;
+      return token;
     }
+    Unclaim(token);
+    WakeAll();  // the quiescer may be waiting for this entry to clear
+    WaitUntil([] {
+      return (g_quiesce.load(std::memory_order_seq_cst) & kQuiesceCount) == 0 ||
+             g_fork_unblock.load(std::memory_order_seq_cst) != 0;
+    });
+    const unsigned slot = g_idx.load(std::memory_order_seq_cst);
+    token = Claim(start, end, slot);
   }
 }
 
-// Enters the in-flight window: counted in g_inflight[slot]. Waits only when
-// quiesced and the thread is not already inside a range or a callback (those
-// must finish for quiesce to complete, so holding them off would deadlock).
-inline unsigned EnterWindow(bool may_wait) {
-  unsigned i = g_idx.load(std::memory_order_seq_cst);
-  g_inflight[i].v.fetch_add(1, std::memory_order_seq_cst);
-  if (!may_wait || t_state.inflight > 0 || t_state.cb_depth > 0 ||
-      g_quiesce.load(std::memory_order_seq_cst) == 0) [[likely]] {
+// Enters the in-flight window with [start, end): one entry of g_ranges (or the
+// overflow counter), tagged with the current SRCU slot. Waits only when
+// quiesced by another thread and this thread may wait (MayWaitForResume).
+inline unsigned EnterWindow(uintptr_t start, uintptr_t end, bool may_wait) {
+  const unsigned slot = g_idx.load(std::memory_order_seq_cst);
+  const unsigned token = Claim(start, end, slot);
+  if ((g_quiesce.load(std::memory_order_seq_cst) & kQuiesceCount) == 0)
+      [[likely]] {
     ++t_state.inflight;
-    return i;
+    return token;
   }
-  return EnterWindowQuiesced(i);
+  return EnterWindowQuiesced(token, start, end, may_wait);
 }
 
-inline void ExitWindow(unsigned slot) {
+inline void ExitWindow(unsigned token) {
   --t_state.inflight;
-  g_inflight[slot].v.fetch_sub(1, std::memory_order_seq_cst);
+  Unclaim(token);
   WakeAll();
 }
 
@@ -352,9 +554,14 @@ void Retire(Subscription *s) {
   g_zombies = s;
 }
 
+// The inactive slot's count is summed over 64 entries and a counter, not read
+// at one instant. That is enough: a range the sum misses claimed its entry
+// after the scan reached it, i.e. after the unlink of every zombie this flip
+// serves (Retire runs before CollectLocked flips), so its list walk (after its
+// seq_cst claim) cannot reach those zombies.
 bool TryFlip() {
   unsigned i = g_idx.load(std::memory_order_seq_cst);
-  if (g_inflight[i ^ 1].v.load(std::memory_order_seq_cst) != 0) return false;
+  if (InflightInSlot(i ^ 1) != 0) return false;
   g_idx.store(i ^ 1, std::memory_order_seq_cst);
   ++g_flips;
   return true;
@@ -507,7 +714,7 @@ REGCACHE_HOT void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
   f->end = end;
   f->active = start < end;
   if (!f->active) return;
-  f->slot = EnterWindow(/*may_wait=*/true);
+  f->slot = EnterWindow(start, end, /*may_wait=*/true);
   if (t_state.inflight > kNestingWarn) [[unlikely]]
     WarnNesting();
   f->gen = g_gen.load(std::memory_order_seq_cst);
@@ -536,13 +743,14 @@ REGCACHE_HOT void EndRange(Frame *f) {
 }
 
 std::atomic<uint32_t> g_async_in_flight{0};
+std::atomic<bool> g_atfork_off_for_testing{false};
 
 // For the uffd source in a fork child: the intervals of the live
 // subscriptions, to watch them again. Walked inside a window, like dispatch
 // (no lock: fn may take the source's own lock and call into the kernel).
 void ForEachLiveInterval(void (*fn)(void *ctx, uintptr_t start, uintptr_t end),
                          void *ctx) {
-  unsigned slot = EnterWindow(/*may_wait=*/false);
+  unsigned slot = EnterWindow(0, UINTPTR_MAX, /*may_wait=*/false);
   for (Subscription *s = g_interval.load(std::memory_order_acquire);
        s != nullptr; s = s->next.load(std::memory_order_acquire)) {
     if ((s->flags.load(std::memory_order_acquire) & kDead) == 0)
@@ -556,8 +764,15 @@ uint64_t g_patch_guard_word = 0;
 // The uffd monitor's hold: counted in g_async_in_flight before read() releases
 // the unmapping thread, and out only after the events it read are delivered
 // (see AsyncEventsInFlight() in address_space.h).
+//
+// The hold covers the whole address space (the events are not read yet) and
+// never waits for quiesce: the kernel keeps the unmapping thread inside munmap
+// until the monitor reads its event, so a monitor held off by quiesce would
+// hold that thread too, and if it is the quiescer's own munmap, forever.
+// Under uffd, quiesce therefore waits for the holds in flight but does not
+// hold the monitor's later deliveries off (regcache/notifier.h).
 unsigned EnterHold() {
-  unsigned slot = EnterWindow(/*may_wait=*/true);
+  unsigned slot = EnterWindow(0, UINTPTR_MAX, /*may_wait=*/false);
   g_async_in_flight.fetch_add(1, std::memory_order_seq_cst);
   return slot;
 }
@@ -588,7 +803,7 @@ const char *SourceName(Source s) {
 
 int Configure(const Options &opts) {
   if (opts.log != nullptr) g_log.store(opts.log, std::memory_order_release);
-  std::lock_guard<std::mutex> g(g_install_mu);
+  InstallLock g;
   if (g_installed) {
     if (opts.source == g_configured ||
         opts.source == g_active.load(std::memory_order_acquire)) {
@@ -607,7 +822,7 @@ int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
   if (t_state.cb_depth > 0) return -EDEADLK;
   if (g_shutdown.load(std::memory_order_acquire)) return -ESHUTDOWN;
   {
-    std::lock_guard<std::mutex> g(g_install_mu);
+    InstallLock g;
     int rc = InstallSourceLocked();
     if (rc != 0) return rc;
   }
@@ -638,8 +853,19 @@ int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
                     std::memory_order_relaxed);
       head.store(s, std::memory_order_release);
       g_gen.store(s->visible_gen, std::memory_order_seq_cst);
-      if (InflightTotal() != 0)
-        s->need_sync.store(true, std::memory_order_relaxed);
+      // Guarantee 2 / no stale publish, a Dekker pair with BeginRange (claim
+      // its entry, then read g_gen; all seq_cst): either a range read the new
+      // g_gen (it delivers start and end to s and moves s's sequence), or its
+      // claim is ordered before this scan and we see its entry. Only ranges
+      // that overlap s matter to s's sequence: the first ReadBegin waits for
+      // those (kSyncOverlap), for all of them only if one of them has no
+      // entry (kSyncAll).
+      if (g_inflight[0].v.load(std::memory_order_seq_cst) +
+              g_inflight[1].v.load(std::memory_order_seq_cst) !=
+          0)
+        s->need_sync.store(kSyncAll, std::memory_order_relaxed);
+      else if (AnyOverlapInFlight(s->start, s->end))
+        s->need_sync.store(kSyncOverlap, std::memory_order_relaxed);
       done = CollectLocked();
       *out = s;
       s = nullptr;
@@ -687,7 +913,22 @@ int Unregister(Subscription *s) {
 }
 
 uint64_t ReadBegin(Subscription *s) {
-  if (s->need_sync.exchange(false, std::memory_order_acq_rel)) Synchronize();
+  // Waits (bounded by the ranges concerned: each ends after its callbacks) for
+  // the ranges in flight at registration that may not have seen s. Only those
+  // that overlap s: an unrelated range held open for seconds (a bracket, a
+  // slow callback) does not delay s (regcache/notifier.h, "waits only for
+  // in-flight ranges that overlap it"). Ranges overlapping s that start later
+  // saw s and are waited for through seq_word below.
+  switch (s->need_sync.exchange(kSyncNone, std::memory_order_acq_rel)) {
+    case kSyncAll:
+      Synchronize();
+      break;
+    case kSyncOverlap:
+      WaitUntil([s] { return !AnyOverlapInFlight(s->start, s->end); });
+      break;
+    default:
+      break;
+  }
   uint64_t w = s->seq_word.load(std::memory_order_seq_cst);
   if ((w & kActiveMask) != 0) {
     WaitUntil([s, &w] {
@@ -770,19 +1011,35 @@ int NotifyEnd(uintptr_t start, size_t len) {
 
 bool InRange() { return t_state.cb_depth > 0 || t_state.inflight > 0; }
 
+// Quiesce holds off ranges of OTHER threads. The quiescing thread's own ranges
+// (it munmaps or frees memory after quiescing) proceed and are delivered: it
+// cannot be racing with itself, and holding them off would wait for its own
+// resume. The wait below is bounded by the ranges in flight now (each ends
+// after its callbacks) and those exempt from waiting (this thread is not
+// inside one: -EDEADLK above).
 int Quiesce() {
   if (t_state.cb_depth > 0 || t_state.inflight > 0) return -EDEADLK;
-  g_quiesce.fetch_add(1, std::memory_order_seq_cst);
+  const uint64_t old = g_quiesce.fetch_add(1, std::memory_order_seq_cst);
+  const auto epoch = static_cast<uint32_t>(old >> 32);
+  if (!(t_state.quiesce_own > 0 && t_state.quiesce_epoch == epoch)) {
+    t_state.quiesce_own = 0;
+    t_state.quiesce_epoch = epoch;
+  }
+  ++t_state.quiesce_own;
   WaitUntil([] { return InflightTotal() == 0; });
   return 0;
 }
 
 int Resume() {
-  uint32_t q = g_quiesce.load(std::memory_order_seq_cst);
+  uint64_t q = g_quiesce.load(std::memory_order_seq_cst);
+  uint64_t nq;
   do {
-    if (q == 0) return -EINVAL;
-  } while (
-      !g_quiesce.compare_exchange_weak(q, q - 1, std::memory_order_seq_cst));
+    if ((q & kQuiesceCount) == 0) return -EINVAL;
+    // The last resume starts a new epoch: quiesces counted in threads' own
+    // counts (QuiescedBySelf) are all over, whoever resumed them.
+    nq = (q & kQuiesceCount) == 1 ? ((q >> 32) + 1) << 32 : q - 1;
+  } while (!g_quiesce.compare_exchange_weak(q, nq, std::memory_order_seq_cst));
+  if (QuiescedBySelf(q)) --t_state.quiesce_own;
   WakeAll();
   return 0;
 }
@@ -801,7 +1058,7 @@ void VerifySources() {
   if (t_state.cb_depth > 0 || t_state.inflight > 0) return;
   const char *which = nullptr;
   {
-    std::lock_guard<std::mutex> g(g_install_mu);
+    InstallLock g;
     if (g_active.load(std::memory_order_acquire) != Source::kPatch ||
         sources::PatchIntact(&which))
       return;
@@ -839,7 +1096,7 @@ void Teardown() {
   // Walk the lists inside a window, so no node we stand on can be freed under
   // us. Never waits: not for quiesce, not for callbacks running on other
   // threads (their dispatcher runs release when it leaves the callback).
-  unsigned slot = EnterWindow(/*may_wait=*/false);
+  unsigned slot = EnterWindow(0, UINTPTR_MAX, /*may_wait=*/false);
   for (std::atomic<Subscription *> *head : {&g_whole, &g_interval}) {
     for (Subscription *s = head->load(std::memory_order_acquire); s != nullptr;
          s = s->next.load(std::memory_order_acquire)) {
@@ -861,7 +1118,7 @@ bool CachingSafe() { return policy::CachingSafe(); }
 
 void ResetForTesting() {
   {
-    std::lock_guard<std::mutex> g(g_install_mu);
+    InstallLock g;
     UninstallSourcesLocked();
     g_configured = Source::kAuto;
     policy::ResetForTesting();
@@ -878,10 +1135,151 @@ void ResetForTesting() {
       done = z;
     }
     g_shutdown.store(false, std::memory_order_seq_cst);
-    g_quiesce.store(0, std::memory_order_seq_cst);
+    // A new epoch: no thread's own quiesce count stays valid.
+    g_quiesce.store(((g_quiesce.load(std::memory_order_relaxed) >> 32) + 1)
+                        << 32,
+                    std::memory_order_seq_cst);
   }
   FreeList(done);
   g_nesting_logged.store(false, std::memory_order_relaxed);
 }
+
+// ---------------------------------------------------------------- fork
+// FORK. After fork() only the forking thread exists in the child, with a copy
+// of everything: counts of ranges other threads had in flight, mutexes they
+// held, waiter counts, callbacks they were running. None of it will ever be
+// undone, so the child handler rebuilds the state the forking thread alone
+// would have: its own ranges in flight (its g_ranges entries and overflow
+// counts, its open frames), its own quiesce; nothing else. Subscriptions stay
+// (the memory holding them was copied; caches the child inherits own them).
+//
+// fork() from inside a notifier callback is not supported (regcache/notifier.h):
+// the child cannot know which callbacks that thread was in.
+namespace {
+
+// Prepare: take g_install_mu, then g_mu, so the child gets both unlocked and
+// the state they guard consistent (not half-way through an install or a list
+// update). Why waiting for them here cannot deadlock:
+//  - g_mu holders never block while holding it: no allocation, no callback,
+//    no wait (WaitUntil's predicates take it briefly and drop it).
+//  - g_install_mu holders (Configure, the first Register's install,
+//    VerifySources, ResetForTesting) may allocate, map, unmap and start a
+//    thread, and run callbacks through the unmaps they make. None of that
+//    waits for the forking thread: they take no other lock of ours while
+//    holding it (g_mu only after dropping it); a range they begin never waits
+//    for resume (MayWaitForResume: t_state.installing), so a quiescer that
+//    forks does not wait for a range that waits for that quiescer; callbacks
+//    must not block on locks held while unmapping (the cache's only
+//    try-locks); glibc takes malloc's locks after the prepare handlers and
+//    drops its atfork lock while running them, so malloc and pthread_atfork
+//    inside an install proceed.
+//  - The forking thread holds neither: no call of ours forks, and a callback
+//    that forks is unsupported.
+void AtforkPrepare() {
+  if (internal::g_atfork_off_for_testing.load(std::memory_order_relaxed)) {
+    t_state.fork_unblocked = false;
+    t_state.fork_skipped = true;
+    return;
+  }
+  t_state.fork_skipped = false;
+  t_state.fork_unblocked =
+      QuiescedBySelf(g_quiesce.load(std::memory_order_seq_cst));
+  if (t_state.fork_unblocked) {
+    g_fork_unblock.fetch_add(1, std::memory_order_seq_cst);
+    WakeAll();
+  }
+  g_install_mu.lock();
+  g_mu.lock();
+}
+
+void AtforkParent() {
+  if (t_state.fork_skipped) return;
+  g_mu.unlock();
+  g_install_mu.unlock();
+  if (t_state.fork_unblocked)
+    g_fork_unblock.fetch_sub(1, std::memory_order_seq_cst);
+  t_state.fork_unblocked = false;
+}
+
+void AtforkChild() {
+  if (t_state.fork_skipped) return;
+  // This thread locked both in prepare: release them (no other thread exists).
+  g_mu.unlock();
+  g_install_mu.unlock();
+  // Ranges in flight: only this thread's open frames (explicit brackets and
+  // InvalidateRangeStart; a fork from inside a hooked call or a callback is not
+  // supported, so those are all its ranges). Their entries stay, with their
+  // tokens; everything else goes.
+  bool keep[kRangeEntries] = {};
+  uint64_t over[2] = {0, 0};
+  int open = 0;
+  for (int k = 0; k < t_state.nframes; ++k) {
+    const Frame &f = t_frames[k];
+    if (!f.active) continue;
+    ++open;
+    if (f.slot < kOverflowToken) {
+      keep[f.slot] = true;
+    } else {
+      ++over[f.slot - kOverflowToken];
+    }
+  }
+  for (unsigned i = 0; i < kRangeEntries; ++i) {
+    if (!keep[i]) g_ranges[i].store(0, std::memory_order_relaxed);
+  }
+  for (unsigned k = 0; k < 2; ++k)
+    g_inflight[k].v.store(over[k], std::memory_order_relaxed);
+  t_state.inflight = open;
+  // The uffd monitor's holds (the monitor thread is not in the child; the uffd
+  // source's own atfork handler restarts it on next use).
+  // kAsyncProbe (uffd installed) stays: the uffd source's own child handler
+  // restarts the monitor on the next slow lookup.
+  internal::g_async_in_flight.store(
+      internal::g_async_in_flight.load(std::memory_order_relaxed) &
+          internal::kAsyncProbe,
+      std::memory_order_relaxed);
+  g_waiters.store(0, std::memory_order_relaxed);  // nobody waits here
+  g_fork_unblock.store(0, std::memory_order_relaxed);
+  t_state.fork_unblocked = false;
+  // Quiesce: only this thread's own (a quiescer elsewhere cannot resume here).
+  const uint64_t q = g_quiesce.load(std::memory_order_relaxed);
+  if (QuiescedBySelf(q)) {
+    g_quiesce.store((q & ~kQuiesceCount) | t_state.quiesce_own,
+                    std::memory_order_relaxed);
+  } else {
+    g_quiesce.store(((q >> 32) + 1) << 32, std::memory_order_relaxed);
+    t_state.quiesce_own = 0;
+  }
+  // Subscriptions: no callback runs (this thread is in none); a release begun
+  // on another thread is as finished as it will ever be; each interval's
+  // active count is the number of this thread's open ranges that match it.
+  for (std::atomic<Subscription *> *head : {&g_whole, &g_interval}) {
+    for (Subscription *s = head->load(std::memory_order_relaxed); s != nullptr;
+         s = s->next.load(std::memory_order_relaxed)) {
+      s->running.store(0, std::memory_order_relaxed);
+      uint32_t fl = s->flags.load(std::memory_order_relaxed);
+      if ((fl & kReleaseClaimed) && !(fl & kReleaseDone))
+        s->flags.store(fl | kReleaseDone, std::memory_order_relaxed);
+      uint64_t active = 0;
+      for (int k = 0; k < t_state.nframes; ++k)
+        active += t_frames[k].active && Matches(s, &t_frames[k]);
+      const uint64_t w = s->seq_word.load(std::memory_order_relaxed);
+      s->seq_word.store((w & ~kActiveMask) | active, std::memory_order_relaxed);
+    }
+  }
+  for (Subscription *z = g_zombies; z != nullptr; z = z->zombie_next) {
+    uint32_t fl = z->flags.load(std::memory_order_relaxed);
+    if ((fl & kReleaseClaimed) && !(fl & kReleaseDone))
+      z->flags.store(fl | kReleaseDone, std::memory_order_relaxed);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+
+// At load (or program start when linked statically): before any thread of ours
+// can exist. Removed by glibc at dlclose with the rest of the library.
+__attribute__((constructor)) void NotifierAtforkInit() {
+  pthread_atfork(AtforkPrepare, AtforkParent, AtforkChild);
+}
+
+}  // namespace
 
 }  // namespace regcache::notifier

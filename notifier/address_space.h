@@ -54,9 +54,9 @@ int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
 int Unregister(Subscription *sub);
 
 // Interval sequence protocol (mmu_interval_read_begin / read_retry). ReadBegin
-// waits while an invalidation overlapping the interval is in flight (or, for a
-// subscription inserted while any invalidation was in flight, until those end)
-// and returns the sequence; ReadRetry is true when an invalidation of the
+// waits while an invalidation overlapping the interval is in flight (for a
+// subscription inserted while overlapping invalidations were in flight, also
+// until those end; unrelated ones never delay it) and returns the sequence; ReadRetry is true when an invalidation of the
 // interval started since. Whole-space subscriptions count every invalidation.
 uint64_t ReadBegin(Subscription *sub);
 bool ReadRetry(const Subscription *sub, uint64_t seq);
@@ -106,6 +106,10 @@ bool AsyncFastPathOk();
 // (nullptr when patch is not installed).
 extern std::atomic<uint64_t *> g_patch_guard;
 extern uint64_t g_patch_guard_word;
+// Tests only (negative controls): when true, the fork handlers of the notifier
+// and of the cache do nothing, so a child inherits the parent's in-flight
+// state and registrations as they were.
+extern std::atomic<bool> g_atfork_off_for_testing;
 }  // namespace internal
 inline bool AsyncEventsInFlight() {
   // seq_cst: ordered after the caller's earlier munmap/free (a plain load on

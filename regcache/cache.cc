@@ -1,6 +1,7 @@
 #include "regcache/cache.h"
 
 #include <linux/capability.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -66,6 +67,11 @@ class Slab {
     MutexLock l(&mu_);
     return nfree_;
   }
+  // fork(): held from prepare to the parent/child handler, so the child gets
+  // the free list consistent and the lock free. Holders never block (GrowLocked
+  // maps without MAP_FIXED: no notifier range, no callback).
+  void ForkLock() REGCACHE_ACQUIRE(mu_) { mu_.Lock(); }
+  void ForkUnlock() REGCACHE_RELEASE(mu_) { mu_.Unlock(); }
 
  private:
   static constexpr size_t kChunk = 64 * 1024;
@@ -162,6 +168,13 @@ ThreadState *GetThreadState() {
 }
 
 std::atomic<uint64_t> g_next_cache_id{1};
+
+// Every live cache (Create links, Destroy unlinks), for the fork handlers.
+// Holders of g_caches_mu never block (list updates only), and nothing takes it
+// with a cache's mu_ held, except the prepare handler, which takes the caches'
+// mutexes in list order while holding it.
+Mutex g_caches_mu;
+Cache *g_caches REGCACHE_GUARDED_BY(g_caches_mu) = nullptr;
 
 // Depth of our invalidate_range_start callbacks on this thread.
 // (notifier::InCallback() is also true inside release, where deregistering is
@@ -418,9 +431,14 @@ int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
     delete c;
     return -ENOMEM;
   }
+  // Listed before it can receive callbacks, unlisted after its subscription
+  // ended: whenever a callback may be inside this cache, the fork handlers
+  // know it (its mu_ and pending set must not be left held in a child).
+  c->ListLink();
   notifier::Subscription *sub = nullptr;
   int rc = notifier::Register(&kWholeOps, c, 0, 0, &sub);
   if (rc) {
+    c->ListUnlink();
     REGCACHE_LOG(ERROR, "regcache_create: cannot subscribe to the notifier: {}",
                  regcache_strerror(rc));
     delete c;
@@ -437,24 +455,44 @@ int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
   return 0;
 }
 
+void Cache::ListLink() {
+  MutexLock l(&g_caches_mu);
+  list_next_ = g_caches;
+  if (g_caches) g_caches->list_prev_ = this;
+  g_caches = this;
+}
+
+void Cache::ListUnlink() {
+  MutexLock l(&g_caches_mu);
+  if (list_prev_) {
+    list_prev_->list_next_ = list_next_;
+  } else {
+    g_caches = list_next_;
+  }
+  if (list_next_) list_next_->list_prev_ = list_prev_;
+  list_prev_ = list_next_ = nullptr;
+}
+
 void Cache::Destroy() {
   // Unregister runs OnRelease unless teardown already did: everything unused
   // goes.
   if (sub_) notifier::Unregister(sub_);
   sub_ = nullptr;
   shutdown_.store(true, std::memory_order_seq_cst);
-  List held, dead;
+  List held, dead, forked;
   LockAndDrain();
   InvalidateLocked(0, UINTPTR_MAX);
   while (orphans_) {
     Region *r = orphans_;
+    const bool parents = r->where == Region::kWhereForked;
     OrphanUnlinkLocked(r);
-    held.Push(r);
+    (parents ? forked : held).Push(r);
   }
   dead = dead_;
   dead_ = List();
   attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
   DrainAndUnlock();
+  ListUnlink();  // unsubscribed and unlocked: no fork handler needs it now
   if (held.n) {
     REGCACHE_LOG(
         WARN,
@@ -472,6 +510,15 @@ void Cache::Destroy() {
   }
   DeregisterList(&held);
   DeregisterList(&dead);
+  // The parent's registrations still held in this forked child: no driver.
+  while (Region *r = forked.head) {
+    forked.head = r->next;
+    uint64_t w = r->word.load(std::memory_order_relaxed);
+    r->word.store((static_cast<uint64_t>(Region::Gen(w) + 1))
+                      << Region::kGenShift,
+                  std::memory_order_release);
+    DropForked(r);
+  }
   MaybePrintStatsOnce();
   regcache_driver *d = drv_;
   delete this;
@@ -1282,9 +1329,14 @@ void Cache::PutSlow() {
 
 void Cache::ReleaseOrphan(Region *r) {
   LockAndDrain();
+  const bool parents = r->where == Region::kWhereForked;
   OrphanUnlinkLocked(r);
   DrainAndUnlock();
-  DeregisterOne(r);
+  if (parents) {
+    DropForked(r);  // registered by the parent before fork(): no driver call
+  } else {
+    DeregisterOne(r);
+  }
   ReapDead();
 }
 
@@ -1347,6 +1399,117 @@ void Cache::DeregisterOne(Region *r) {
   r->reg = Registration();
   FreeRegion(r);
 }
+
+void Cache::DropForked(Region *r) {
+  r->reg = Registration();
+  FreeRegion(r);  // the child's copy of the host storage is its own
+}
+
+// ---------------------------------------------------------------- fork
+void Cache::ForkChildLocked(List *drop) {
+  // Ranges that arrived while mu_ was busy concern regions that go now; the
+  // ranges themselves belonged to the parent's threads.
+  pending_.ResetAfterFork();
+  attention_.fetch_and(~uint32_t{kPending}, std::memory_order_relaxed);
+  const size_t indexed = count_;
+  List gone;
+  while (root_ != nullptr) RetireLocked(root_, &gone);
+  invalidations_.fetch_add(indexed, std::memory_order_relaxed);
+  // Retired unused ones, the parent's dead list, and orphans nobody holds (a
+  // parent thread was between its last put and ReleaseOrphan) leave; held
+  // orphans stay until their last put, marked so that it skips the driver.
+  // All of them stop counting as registrations of this process (orphans
+  // marked by an earlier fork already did).
+  uint64_t n = 0, bytes = 0;
+  auto take = [&](List *l) {
+    while (Region *r = l->head) {
+      l->head = r->next;
+      ++n;
+      bytes += r->end - r->start;
+      drop->Push(r);
+    }
+    *l = List();
+  };
+  take(&gone);
+  take(&dead_);
+  for (Region *r = orphans_, *next; r != nullptr; r = next) {
+    next = r->next;
+    if (r->where != Region::kWhereForked) {
+      ++n;
+      bytes += r->end - r->start;
+    }
+    if (Region::Refs(r->word.load(std::memory_order_relaxed)) == 0) {
+      OrphanUnlinkLocked(r);
+      drop->Push(r);
+    } else {
+      r->where = Region::kWhereForked;
+    }
+  }
+  reg_regions_.fetch_sub(
+      std::min<uint64_t>(n, reg_regions_.load(std::memory_order_relaxed)),
+      std::memory_order_relaxed);
+  reg_bytes_.fetch_sub(
+      std::min<uint64_t>(bytes, reg_bytes_.load(std::memory_order_relaxed)),
+      std::memory_order_relaxed);
+  attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
+  // Misses in flight on the parent's threads never finish here.
+  for (InFlight &f : inflight_) f = {};
+  inflight_done_.fetch_add(1, std::memory_order_relaxed);
+  lo_.store(UINTPTR_MAX, std::memory_order_relaxed);
+  hi_.store(0, std::memory_order_relaxed);
+  UpdateOverLimitLocked();
+}
+
+// Prepare: the list, then every cache's mu_ in list order, then the slab.
+// Bounded: holders of these never block while holding them (nothing under mu_
+// allocates, frees, unmaps, calls the driver or the notifier's
+// Register/Unregister; callbacks only try-lock mu_), and the forking thread
+// holds none of them (fork is not called from inside the cache).
+// Set by prepare when the handlers are off for a test (negative controls);
+// read by the parent/child handler of the same fork. Tests fork from one
+// thread at a time.
+bool g_fork_skipped = false;
+
+void Cache::AtforkPrepare() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  g_fork_skipped = notifier::internal::g_atfork_off_for_testing.load(
+      std::memory_order_relaxed);
+  if (g_fork_skipped) return;
+  g_caches_mu.Lock();
+  for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Lock();
+  TheSlab().ForkLock();
+}
+
+void Cache::AtforkParent() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  if (g_fork_skipped) return;
+  TheSlab().ForkUnlock();
+  for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Unlock();
+  g_caches_mu.Unlock();
+}
+
+void Cache::AtforkChild() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  if (g_fork_skipped) return;
+  // Hit counter slots of the parent's other threads are free again.
+  g_slot_bits.store(t_state != nullptr && t_state->slot < kSlotsForThreads
+                        ? uint64_t{1} << t_state->slot
+                        : 0,
+                    std::memory_order_relaxed);
+  List drop;
+  for (Cache *c = g_caches; c != nullptr; c = c->list_next_)
+    c->ForkChildLocked(&drop);
+  TheSlab().ForkUnlock();
+  for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Unlock();
+  g_caches_mu.Unlock();
+  while (Region *r = drop.head) {
+    drop.head = r->next;
+    DropForked(r);
+  }
+}
+
+namespace {
+__attribute__((constructor)) void CacheAtforkInit() {
+  pthread_atfork(Cache::AtforkPrepare, Cache::AtforkParent, Cache::AtforkChild);
+}
+}  // namespace
 
 // ---------------------------------------------------------------- notifier
 // callbacks

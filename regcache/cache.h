@@ -52,6 +52,18 @@
 // allocated buffers are often adjacent mappings, and one free() would cost
 // the neighbour's registration.
 //
+// FORK: every live cache is on a process-wide list. pthread_atfork handlers
+// lock that list, every cache's mu_ and the slab in prepare (their holders
+// never block while holding them, so the wait is bounded) and unlock them
+// after; in the child, before unlocking, every inherited cache forgets the
+// parent's registrations: indexed, dead and orphaned regions leave without a
+// driver call (a verbs MR belongs to the parent's context: deregistering it
+// through the shared uverbs fd would destroy the parent's MR; pinned pages
+// were copied for the child), counted as invalidations. Regions the forking
+// thread still holds become kWhereForked orphans: their last put frees them,
+// again without the driver. Misses other threads had in flight are forgotten.
+// The child's gets then register anew; new caches are unaffected.
+//
 // EVICTION: least recently used first. Each handed-out region carries a stamp
 // of the cache's use clock (Touch; the hit path writes the shared clock only
 // when the set of recent regions changes); eviction compares the stamps of
@@ -129,7 +141,8 @@ struct alignas(64) Region {
     kWhereOwned,
     kWhereIndex,
     kWhereOrphan,
-    kWhereDead
+    kWhereDead,
+    kWhereForked  // orphan registered by the parent before fork(): no driver
   };
 };
 static_assert(sizeof(Region) <= 128,
@@ -190,6 +203,11 @@ class Cache {
   Cache(const Cache &) = delete;
   Cache &operator=(const Cache &) = delete;
 
+  // fork() handlers (pthread_atfork; see FORK above). Public for the C thunks.
+  static void AtforkPrepare();
+  static void AtforkParent();
+  static void AtforkChild();
+
  private:
   struct Plan {
     uintptr_t start, end;
@@ -225,6 +243,12 @@ class Cache {
     // arrived since.
     void FinishDrain(std::atomic<uint32_t> *attention);
     int Size();
+    // Fork child: empties the set and releases its lock (its holder may have
+    // been another thread, which does not exist in the child).
+    void ResetAfterFork() {
+      n_ = 0;
+      SpinUnlock();
+    }
 
    private:
     void SpinLock();
@@ -299,6 +323,14 @@ class Cache {
   void ReapDead() REGCACHE_EXCLUDES(mu_);
   void DeregisterList(List *l) REGCACHE_EXCLUDES(mu_);
   void DeregisterOne(Region *r) REGCACHE_EXCLUDES(mu_);
+  // The process-wide list of caches (fork handlers).
+  void ListLink();
+  void ListUnlink();
+  // Frees r to the slab without the driver (a registration of the parent).
+  static void DropForked(Region *r);
+  // Fork child, mu_ held since prepare: forgets the parent's registrations and
+  // misses in flight; returns the regions to free (outside every lock).
+  void ForkChildLocked(List *drop) REGCACHE_REQUIRES(mu_);
   void MaybePrintStatsOnce();
   // A slab region plus its host storage (params_.host_data_bytes), and back.
   Region *AllocRegion();
@@ -370,6 +402,11 @@ class Cache {
     std::atomic<uint64_t> n{0};
   };
   HitSlot hit_slots_[kSlots + 1];
+
+  // The process-wide list of live caches (fork handlers); guarded by the
+  // list's mutex in cache.cc. Last: off every line the hit path reads.
+  Cache *list_prev_ = nullptr;
+  Cache *list_next_ = nullptr;
 };
 
 // Front-table size per thread (entries are scanned linearly).

@@ -1,5 +1,6 @@
 #include "regcache/tunables.h"
 
+#include <pthread.h>
 #include <sys/auxv.h>
 #include <unistd.h>
 
@@ -96,6 +97,18 @@ struct State {
 State &S() {
   static State *s = new State;  // leaked: read during exit-time teardown
   return *s;
+}
+
+// fork(): every regcache_create reads tunables under S().mu, so a child forked
+// while another thread held it would block in its first regcache_create.
+// Prepare takes it (its holders only look up and copy strings, and glibc
+// takes malloc's locks after the prepare handlers: bounded), the parent and
+// the child release it.
+void AtforkPrepare() { S().mu.lock(); }
+void AtforkRelease() { S().mu.unlock(); }
+__attribute__((constructor)) void TunablesAtforkInit() {
+  S();  // constructed before any fork
+  pthread_atfork(AtforkPrepare, AtforkRelease, AtforkRelease);
 }
 
 std::string Lower(std::string v) {

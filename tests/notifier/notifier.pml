@@ -6,6 +6,9 @@
  * release; every end delivered to S is preceded by its start (pairing, per range); quiesce
  * returns only with no range in flight and no range starts while quiesced.
  * The atomics of the implementation are single Promela statements (seq_cst).
+ * Overlap-only waiting (the table of ranges in flight) and the no-stale-publish property
+ * of the cache's miss protocol are modelled separately in overlap.pml (ctest
+ * notifier_spin_overlap, with two negative controls).
  */
 #define NDISP 2
 

@@ -43,7 +43,8 @@
  *     bounded, but the allocator may be in an inconsistent state);
  *   - MUST NOT call regcache_notifier_register*() or the read-side calls
  *     regcache_notifier_read_begin() (which may wait for the very range being delivered);
- *   - MAY call regcache_notifier_unregister(), on itself or on any other subscriber.
+ *   - MAY call regcache_notifier_unregister(), on itself or on any other subscriber;
+ *   - MUST NOT fork() (the child could not know which callbacks were running).
  * Callbacks of different ranges may run concurrently on different threads.
  *
  * GUARANTEES (each has a test in tests/notifier/):
@@ -51,6 +52,12 @@
  *      out of memory): it returns a negative errno and leaves no trace.
  *   2. register is serialized against ranges in flight: a subscriber added while another
  *      thread is between start and end never sees an end without its start.
+ *      A registration waits only for in-flight ranges that overlap it: the first
+ *      read_begin of an interval subscription waits for the ranges in flight at
+ *      registration that overlap its interval (a whole-space subscription: all of them),
+ *      never for unrelated ones, however long they stay open (the kernel's
+ *      mmu_interval_notifier rule). regcache_get() follows it: a get of memory no
+ *      range in flight overlaps does not wait.
  *   3. unregister is safe at any time, from any thread, also inside a callback. Once it
  *      returns (outside a callback) none of that subscriber's callbacks runs or will run.
  *   4. release runs exactly once per subscriber: from teardown or from unregister,
@@ -58,9 +65,19 @@
  *      (after atexit handlers registered after the library was loaded; see
  *      docs/notifier.md) and never waits for ranges in flight on other threads.
  *   5. quiesce/resume: regcache_notifier_quiesce() returns once no range is in flight
- *      and holds new ranges off (their unmapping threads wait) until resume.
+ *      and holds new ranges of OTHER threads off (their unmapping threads wait) until
+ *      resume. The quiescing thread's own ranges proceed and are delivered (it may
+ *      unmap or free memory while quiesced; it cannot be racing with itself). See
+ *      regcache_notifier_quiesce() for the exceptions (uffd, fork).
  *   6. interval subscriptions carry a sequence number: read_begin()/read_retry() tell
  *      whether an invalidation of the interval started in between (mmu_interval_notifier).
+ *   7. fork: the child's notifier state is fresh whatever the parent's threads were
+ *      doing (inside a hooked munmap, between regcache_notify_unmap_start and _end,
+ *      inside register/unregister, quiesced): the child keeps only the forking
+ *      thread's own open ranges and quiesces; no range, lock, waiter or callback of
+ *      another thread is inherited, so nothing in the child waits for the parent's
+ *      work. Subscriptions are inherited (their memory is). pthread_atfork handlers do
+ *      this; caches (regcache.h) additionally forget the parent's registrations.
  *
  * Every int-returning call returns 0 (or a documented non-negative value) on success or a
  * negative errno on failure. All calls are thread-safe.
@@ -169,8 +186,20 @@ REGCACHE_API int regcache_notify_unmap_end(const void *addr, size_t len);
 
 /*
  * Quiesce / resume (EMM's stop/start). quiesce returns once no range is in flight and
- * holds new ranges off until resume; nests (a counter). Not from inside a callback
- * (-EDEADLK). resume without quiesce gives -EINVAL.
+ * holds new ranges of other threads off until resume; nests (a counter); any thread may
+ * resume. The quiescing thread's own ranges (its munmap, free, madvise or
+ * regcache_notify_*() calls while its quiesce is in force) are not held off: they are
+ * delivered at once, so a quiescer that unmaps memory never waits for itself. Not
+ * from inside a callback or between the caller's own notify_unmap_start/_end (-EDEADLK).
+ * resume without quiesce gives -EINVAL. Exceptions, each because waiting would hang:
+ *   - uffd source: the monitor thread's deliveries are not held off (the kernel keeps
+ *     the unmapping thread inside munmap until the monitor reads its event; holding
+ *     the monitor would hold that thread, and forever if it is the quiescer);
+ *     quiesce still waits for the deliveries in flight when it is called;
+ *   - ranges begun while the event source is being installed (the first register);
+ *   - while the quiescing thread itself is inside fork(): a thread held off inside
+ *     free() holds malloc's lock, which fork() takes, so held-off ranges proceed
+ *     until fork() returns.
  */
 REGCACHE_API int regcache_notifier_quiesce(void);
 REGCACHE_API int regcache_notifier_resume(void);

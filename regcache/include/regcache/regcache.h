@@ -153,7 +153,11 @@ REGCACHE_API int regcache_create(regcache_driver_t *driver,
                                  regcache_t **cache_p);
 
 /* Deregisters every region and frees the cache. Regions the caller still holds are
- * deregistered too; putting them afterwards is not allowed. NULL is a no-op. */
+ * deregistered too; putting them afterwards is not allowed. NULL is a no-op.
+ * fork(): in the child, a cache inherited from the parent forgets every registration
+ * the parent made, without calling the driver (the registrations belong to the parent);
+ * the child's gets register anew, and its puts and regcache_destroy of such regions call
+ * no driver either. */
 REGCACHE_API void regcache_destroy(regcache_t *cache);
 
 /*
