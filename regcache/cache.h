@@ -334,7 +334,7 @@ class Cache {
   void MaybePrintStatsOnce();
   // A slab region plus its host storage (params_.host_data_bytes), and back.
   Region *AllocRegion();
-  void FreeRegion(Region *r);
+  static void FreeRegion(Region *r);
 
   // Read on every hit and put: kept on its own cache line.
   alignas(64) std::atomic<uint32_t> attention_{0};
