@@ -7,6 +7,8 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 
 #include "drivers/driver.h"
 #include "regcache/cache.h"
@@ -121,7 +123,15 @@ REGCACHE_API void regcache_put(regcache_t *cache, regcache_region_t *region) {
   Region *r = reinterpret_cast<Region *>(region);
   Cache *owner = r->cache;
   if (owner == nullptr) {
-    // Already deregistered and back in the slab: a put too many.
+    // Already deregistered and back in the slab: a put too many. The header's
+    // contract: debug builds abort, release builds log once and ignore it.
+#ifndef NDEBUG
+    std::fprintf(stderr,
+                 "[regcache] fatal: regcache_put: region %p is not held "
+                 "(double put)\n",
+                 static_cast<void *>(region));
+    std::abort();
+#endif
     static std::atomic<bool> logged{false};
     if (!logged.exchange(true))
       REGCACHE_LOG(ERROR,
