@@ -21,14 +21,17 @@
 #include <atomic>
 #include <string_view>
 
+#include "regcache/private_api.h"
+
 namespace regcache::log {
 
-extern std::atomic<int> g_level;
+// Exported to the driver libraries (REGCACHE_PRIVATE_API).
+extern REGCACHE_PRIVATE_API std::atomic<int> g_level;
 
 inline bool Enabled(int level) {
   return level <= g_level.load(std::memory_order_relaxed);
 }
-void Write(int level, std::string_view msg);
+REGCACHE_PRIVATE_API void Write(int level, std::string_view msg);
 void SetHandler(regcache_log_func_t fn, void *arg);
 int SetLevel(int level);
 // Reads REGCACHE_LOG_LEVEL unless regcache_set_log_level() was called. Returns

@@ -16,6 +16,8 @@
 #include <cstdio>
 #include <string>
 
+#include "regcache/private_api.h"
+
 namespace regcache::tunables {
 
 enum class Type {
@@ -46,7 +48,8 @@ int GetString(const char *name, std::string *out);
 // Typed reads. Return 0, -ENOENT (unknown), -EINVAL (bad value; logged once per
 // value).
 int GetBool(const char *name, bool *out);
-int GetEnum(const char *name, int *index_out);  // index into the choices list
+REGCACHE_PRIVATE_API int GetEnum(
+    const char *name, int *index_out);  // index into the choices list
 // kSize / kUint. "inf" -> SIZE_MAX. "auto" -> *is_auto = true and *out
 // untouched (is_auto may be nullptr when the tunable has no "auto").
 int GetSize(const char *name, size_t *out, bool *is_auto = nullptr);
