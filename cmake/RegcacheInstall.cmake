@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Install rules: libraries, headers (via regcache_public_include_dir), one .pc per library
 # and a CMake package with one component per library:
 #   find_package(regcache 0.2 REQUIRED COMPONENTS verbs)  ->  regcache::regcache,

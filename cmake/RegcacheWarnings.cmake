@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Project-wide compile flags, applied per target through regcache_target_defaults() so that
 # a parent project that add_subdirectory()s us keeps its own global flags.
 add_library(regcache_build_flags INTERFACE)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/log.h - the library's private logger (internal).
 //
 // One spdlog logger owned by the library; never registered in spdlog's global

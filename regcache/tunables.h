@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/tunables.h - every REGCACHE_* tunable, declared once (internal).
 //
 // The table in tunables.cc is the only place a REGCACHE_* environment variable

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // regcache-info: what the library sees. -c tunables (with help), -d
 // devices/providers, -v version. Uses only the public C API plus libibverbs /
 // libfabric directly.

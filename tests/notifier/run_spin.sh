@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Checks tests/notifier/notifier.pml with spin: exhaustive safety run, fails on any error.
 # Usage: run_spin.sh <model.pml> <work dir>. Exit 77 (ctest skip) if spin or cc is missing.
 set -eu

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # check_install.sh <build dir> <scratch dir> <consumer source dir>
 set -euo pipefail
 build=$1 scratch=$2 src=$3

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache/regcache.h - the memory-registration cache, C API (C99).
  *
