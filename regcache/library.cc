@@ -9,13 +9,15 @@
 #include <mutex>
 
 #include "notifier/address_space.h"
+#include "regcache/environment.h"
 #include "regcache/log.h"
 #include "regcache/tunables.h"
 
 namespace regcache {
 namespace {
 
-void NotifierLog(int level, const char *msg) { log::Write(level, msg); }
+// Called from memory hooks too: the non-allocating path.
+void NotifierLog(int level, const char *msg) { log::WriteFromHook(level, msg); }
 
 std::mutex g_init_mu;
 bool g_initialized = false;
@@ -38,6 +40,7 @@ int LibraryInit() {
   opts.log = NotifierLog;
   rc = notifier::Configure(opts);
   if (rc) return rc;
+  environment::WarnUnknownVariables();
   g_initialized = true;
   return 0;
 }
@@ -112,6 +115,7 @@ REGCACHE_API int regcache_config_get(const char *name, char *buf,
 }
 
 REGCACHE_API int regcache_config_check(void) {
+  regcache::environment::WarnUnknownVariables();
   return regcache::tunables::CheckAll();
 }
 

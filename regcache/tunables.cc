@@ -20,6 +20,12 @@ constexpr Spec kTable[] = {
      "Library log level. Log lines go to stderr, or to the handler set with "
      "regcache_set_log_handler().",
      "off|error|warn|info|debug|trace"},
+    {"LOG_FILE", Type::kString, "",
+     "Write log lines to this file (appending) instead of stderr; %h is "
+     "replaced by the host name, %p by the process id, %% by %. Read once, "
+     "when the library initializes. A handler set with "
+     "regcache_set_log_handler() still takes precedence.",
+     nullptr},
     {"MONITOR", Type::kEnum, "auto",
      "How the notifier sees memory being unmapped: patch (patch libc's "
      "munmap/mremap/"
@@ -120,6 +126,8 @@ const char *Accepted(const Spec &s) {
     case Type::kUint:
       return s.choices ? "a non-negative integer, inf, or auto"
                        : "a non-negative integer, or inf";
+    case Type::kString:
+      return "any text (empty: unset)";
   }
   return "";
 }
@@ -160,6 +168,8 @@ int Validate(const Spec &s, const std::string &raw, int *enum_index,
       if (rc == 0 && is_auto) *is_auto = false;
       return rc;
     }
+    case Type::kString:
+      return 0;
   }
   return -EINVAL;
 }
@@ -339,7 +349,7 @@ void ClearOverridesForTesting() {
 
 int Print(FILE *stream, bool with_help) {
   if (!stream) return -EINVAL;
-  static const char *kTypeName[] = {"bool", "enum", "size", "count"};
+  static const char *kTypeName[] = {"bool", "enum", "size", "count", "string"};
   for (const auto &s : kTable) {
     std::string v;
     GetString(s.name, &v);

@@ -27,6 +27,7 @@ enum class Type {
   kSize,  // bytes with optional k/m/g/t suffix (powers of 1024); "inf"; "auto"
           // if allowed
   kUint,  // a count: decimal, "inf"; "auto" if allowed
+  kString,  // any text (a path); "" means unset
 };
 
 struct Spec {

@@ -202,8 +202,11 @@ enum {
   REGCACHE_LOG_TRACE = 5
 };
 typedef void (*regcache_log_func_t)(void *arg, int level, const char *msg);
-/* Routes the library's log lines (level <= the current level) to fn instead of stderr.
- * fn may be called from any thread, also from inside memory-event paths; it must not
+/* Routes the library's log lines (level <= the current level) to fn instead of stderr
+ * (or REGCACHE_LOG_FILE); msg is the message alone, without the time/host/pid prefix.
+ * fn may be called from any thread, but never from inside a memory-event path or a
+ * notifier callback: lines logged there are queued (a fixed ring; overflow is counted
+ * and reported) and handed to fn on the next log call or handler change. fn must not
  * call back into regcache. fn NULL restores stderr. */
 REGCACHE_API void regcache_set_log_handler(regcache_log_func_t fn, void *arg);
 /* Sets the level (REGCACHE_LOG_*); overrides REGCACHE_LOG_LEVEL. -EINVAL if out of range. */
