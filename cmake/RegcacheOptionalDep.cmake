@@ -13,5 +13,6 @@ function(regcache_optional_dep opt pkg result)
   endif()
   if(${pkg}_FOUND)
     set(${result} ON PARENT_SCOPE)
+    set(${pkg}_VERSION "${${pkg}_VERSION}" PARENT_SCOPE)  # regcache-info --version
   endif()
 endfunction()

@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "notifier/address_space.h"
+#include "regcache/config_print.h"
 #include "regcache/environment.h"
 #include "regcache/log.h"
 #include "regcache/tunables.h"
@@ -120,7 +121,10 @@ REGCACHE_API int regcache_config_check(void) {
 }
 
 REGCACHE_API int regcache_config_print(FILE *stream, unsigned flags) {
-  return regcache::tunables::Print(stream, flags & REGCACHE_CONFIG_PRINT_HELP);
+  if ((flags & ~REGCACHE_CONFIG_PRINT_HELP) == 0)  // the 0.1 format, unchanged
+    return regcache::tunables::Print(stream,
+                                     flags & REGCACHE_CONFIG_PRINT_HELP);
+  return regcache::config::Print(stream, flags);
 }
 
 // ---------------------------------------------------------------- notifier C

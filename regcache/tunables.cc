@@ -332,6 +332,16 @@ int Set(const char *name, const char *value) {
   return 0;
 }
 
+int GetOrigin(const char *name, std::string *value, const char **origin) {
+  const Spec *s = Find(name);
+  if (!s || !value || !origin) return s ? -EINVAL : -ENOENT;
+  std::lock_guard<std::mutex> g(S().mu);
+  *value = RawLocked(*s, origin);
+  return 0;
+}
+
+const char *AcceptedValues(const Spec &s) { return Accepted(s); }
+
 int CheckAll() {
   int result = 0;
   for (const auto &s : kTable) {

@@ -56,6 +56,12 @@ REGCACHE_PRIVATE_API int GetEnum(
 // untouched (is_auto may be nullptr when the tunable has no "auto").
 int GetSize(const char *name, size_t *out, bool *is_auto = nullptr);
 
+// Raw current value and where it came from: "regcache_config_set",
+// "environment" or "default". -ENOENT for an unknown name.
+int GetOrigin(const char *name, std::string *value, const char **origin);
+// The accepted values of s, in words (for messages and regcache-info -c).
+const char *AcceptedValues(const Spec &s);
+
 // Validates every tunable (typed read of each); -EINVAL if any is bad (each
 // logged).
 int CheckAll();

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "regcache/config_print.h"
 #include "regcache/environment.h"
 #include "regcache/tunables.h"
 
@@ -240,6 +241,45 @@ TEST_F(LogTest, UnknownVariableIsWarnedWithASuggestion) {
     }
   }
   EXPECT_TRUE(seen);
+}
+
+}  // namespace
+}  // namespace regcache
+
+namespace regcache {
+namespace {
+
+// regcache_config_print with ORIGIN names all three origins; the 0.1 format (HELP
+// alone) stays without them.
+TEST(ConfigPrint, ShowsEveryOrigin) {
+  tunables::ClearOverridesForTesting();
+  setenv("REGCACHE_MAX_REGIONS", "7", 1);
+  ASSERT_EQ(regcache_config_set("MERGE_MAX_BYTES", "1m"), 0);
+  char *buf = nullptr;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  ASSERT_EQ(regcache_config_print(f, REGCACHE_CONFIG_PRINT_ORIGIN), 0);
+  std::fclose(f);
+  std::string out(buf, len);
+  std::free(buf);
+  f = open_memstream(&buf, &len);
+  ASSERT_EQ(regcache_config_print(f, 0), 0);
+  std::fclose(f);
+  std::string plain(buf, len);
+  std::free(buf);
+  unsetenv("REGCACHE_MAX_REGIONS");
+  tunables::ClearOverridesForTesting();
+  EXPECT_NE(out.find("REGCACHE_MAX_REGIONS=7  # environment\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("REGCACHE_MERGE_MAX_BYTES=1m  # regcache_config_set\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("REGCACHE_ACCESS_POLICY=all  # default\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(plain.find("REGCACHE_MAX_REGIONS=7\n"), std::string::npos) << plain;
+  EXPECT_EQ(plain.find('#'), std::string::npos) << plain;
 }
 
 }  // namespace

@@ -224,6 +224,14 @@ REGCACHE_API int regcache_config_get(const char *name, char *buf,
 /* Prints every tunable: name, current value, and with REGCACHE_CONFIG_PRINT_HELP its
  * type, default and help text. */
 #define REGCACHE_CONFIG_PRINT_HELP 0x1u
+/* Also where each value came from: environment, regcache_config_set or default. */
+#define REGCACHE_CONFIG_PRINT_ORIGIN 0x2u
+/* Also what `auto` resolves to in this process (MAX_BYTES from RLIMIT_MEMLOCK or RAM,
+ * MONITOR: the event source installed now). */
+#define REGCACHE_CONFIG_PRINT_RESOLVED 0x4u
+/* Wrap help text at cols columns (default 80). Every value line still starts with
+ * REGCACHE_<NAME>=<value>. */
+#define REGCACHE_CONFIG_PRINT_WIDTH(cols) (((unsigned)(cols) & 0xffffu) << 16)
 /* Validates every tunable's current value; logs each bad one (naming the variable and the
  * accepted values) and returns -EINVAL if any is bad, else 0. */
 REGCACHE_API int regcache_config_check(void);
