@@ -15,6 +15,8 @@ PKGS=(
   spin
   libucx-dev
   valgrind
+  man-db
+  abigail-tools
 )
 if [[ "${REGCACHE_DEPS_EXTRA:-}" == *rxe* ]]; then
   PKGS+=(qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers

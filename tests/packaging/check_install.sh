@@ -25,6 +25,12 @@ lib=$(find "$prefix" -name 'libregcache.so.0' | head -n1)
 [[ -n "$lib" ]] || { echo "libregcache.so.0 not installed"; exit 1; }
 libdir=$(dirname "$lib")
 
+# ---- 0. tools and man pages are installed
+for f in bin/regcache-info share/man/man1/regcache-info.1 share/man/man3/regcache.3 \
+         share/man/man7/regcache.7; do
+  [[ -e $prefix/$f ]] || { echo "not installed: $f"; exit 1; }
+done
+
 # ---- 1. exports, SONAMEs, dependencies
 check_exports() {  # <lib> <soname>
   local l=$1 want=$2 bad soname
