@@ -35,7 +35,9 @@ add_library(regcache_headers INTERFACE)
 function(regcache_library_object tgt)
   regcache_target_defaults(${tgt})
   target_compile_definitions(${tgt} PRIVATE REGCACHE_BUILDING_LIBRARY=1)
-  target_link_libraries(${tgt} PUBLIC regcache_headers)
+  # Every object of the libraries sees fmt header-only (FMT_HEADER_ONLY): one that
+  # included regcache/log.h without it would reference libfmt.so's vformat.
+  target_link_libraries(${tgt} PUBLIC regcache_headers regcache_fmt)
   set_target_properties(${tgt} PROPERTIES CXX_VISIBILITY_PRESET hidden
                         C_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
 endfunction()

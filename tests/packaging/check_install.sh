@@ -45,6 +45,13 @@ nm -D --defined-only "$lib" | grep -q 'regcache_get@@REGCACHE_0.1' || { echo "no
 if objdump -p "$lib" | grep NEEDED | grep -E 'ibverbs|fabric|spdlog|fmt'; then
   echo "libregcache.so.0 needs a library a host-only consumer must not load"; exit 1
 fi
+# spdlog and fmt are compiled in: no undefined reference to them may remain (an object
+# built without FMT_HEADER_ONLY would leave one, resolved only by luck or by libfmt.so).
+for l in "$libdir"/libregcache*.so.0; do
+  if nm -D --undefined-only "$l" | c++filt | grep -E ' (fmt|spdlog)::'; then
+    echo "$l: undefined spdlog/fmt symbols (they must be compiled in)"; exit 1
+  fi
+done
 drivers=()
 for d in verbs fabric; do
   if [[ -e $libdir/libregcache-$d.so.0 ]]; then
