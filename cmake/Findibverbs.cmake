@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Finds libibverbs (rdma-core) through pkg-config, falling back to a plain header/library
 # search. Defines ibverbs_FOUND and the imported target ibverbs::ibverbs.
 find_package(PkgConfig QUIET)

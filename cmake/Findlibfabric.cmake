@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Finds libfabric (>= 1.14) through pkg-config, falling back to a plain header/library
 # search. Defines libfabric_FOUND and the imported target libfabric::libfabric.
 find_package(PkgConfig QUIET)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: BSD-3-Clause
 # Project-wide compile flags, applied per target through regcache_target_defaults() so that
 # a parent project that add_subdirectory()s us keeps its own global flags.
 add_library(regcache_build_flags INTERFACE)
@@ -34,16 +35,44 @@ add_library(regcache_headers INTERFACE)
 function(regcache_library_object tgt)
   regcache_target_defaults(${tgt})
   target_compile_definitions(${tgt} PRIVATE REGCACHE_BUILDING_LIBRARY=1)
-  target_link_libraries(${tgt} PUBLIC regcache_headers)
+  # Every object of the libraries sees fmt header-only (FMT_HEADER_ONLY): one that
+  # included regcache/log.h without it would reference libfmt.so's vformat.
+  target_link_libraries(${tgt} PUBLIC regcache_headers regcache_fmt)
   set_target_properties(${tgt} PROPERTIES CXX_VISIBILITY_PRESET hidden
                         C_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON)
 endfunction()
 
-# regcache_add_driver(<object target>): drivers/<name>/CMakeLists.txt calls this; the
-# library in regcache/ links every registered driver.
+# regcache_add_driver(<object target>): a driver built into libregcache itself (host,
+# custom: no dependency beyond libc). drivers/<name>/CMakeLists.txt calls this.
 function(regcache_add_driver tgt)
   regcache_library_object(${tgt})
   set_property(GLOBAL APPEND PROPERTY REGCACHE_DRIVER_TARGETS ${tgt})
+  set_property(GLOBAL APPEND PROPERTY REGCACHE_INTERNAL_OBJECTS ${tgt})
+endfunction()
+
+# regcache_driver_library(<name> <object target> <map file>): a driver with a heavy
+# dependency (libibverbs, libfabric) as its own shared library libregcache-<name>.so.0
+# (target regcache_<name>, alias and exported name regcache::<name>), so that a program
+# using only the host or custom driver never loads that dependency (start-up cost: Debian's
+# libfabric alone pulls in PSM, whose constructor sleeps). The library links libregcache
+# for the logger and the tunables (its REGCACHE_PRIVATE_* node). The object target also
+# goes into regcache_internal, so white-box tests keep one static archive.
+function(regcache_driver_library name obj map)
+  regcache_library_object(${obj})
+  set_property(GLOBAL APPEND PROPERTY REGCACHE_INTERNAL_OBJECTS ${obj})
+  set(tgt regcache_${name})
+  add_library(${tgt} SHARED)
+  add_library(regcache::${name} ALIAS ${tgt})
+  target_link_libraries(${tgt} PRIVATE ${obj} regcache_build_flags)
+  target_link_libraries(${tgt} PUBLIC regcache regcache_headers)
+  target_link_options(${tgt} PRIVATE "LINKER:--version-script=${map}")
+  if(REGCACHE_SANITIZE STREQUAL "")
+    target_link_options(${tgt} PRIVATE "LINKER:--no-undefined")
+  endif()
+  set_target_properties(${tgt} PROPERTIES OUTPUT_NAME regcache-${name} EXPORT_NAME ${name}
+    VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR} LINK_DEPENDS ${map}
+    LIBRARY_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/regcache)
+  set_property(GLOBAL APPEND PROPERTY REGCACHE_DRIVER_LIBRARIES ${name})
 endfunction()
 
 # regcache_public_include_dir(<dir>): adds <dir> (which holds regcache/*.h) to the public

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // drivers/driver.h - the interface between the cache and a registration
 // back-end.
 //

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache-demo: the registration cache in 60 lines of C, on the host driver.
  *

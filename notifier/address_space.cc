@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // notifier/address_space.cc - the address space, its subscribers, and dispatch.
 //
 // CONCURRENCY SCHEME (also in docs/notifier.md)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // notifier/address_space.h - the notifier's C++ core (internal; not installed).
 //
 // One AddressSpace per process (the kernel's mm_struct). Subscriptions are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // notifier/internal.h - what the event sources (patch, uffd) need from the
 // core.
 //

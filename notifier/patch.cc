@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // notifier/patch.cc - the patch event source: libc's memory entry points jump
 // to our hooks.
 //

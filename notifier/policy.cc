@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // notifier/policy.cc - auto's choice of event source and the blind state (see
 // policy.h for the rule and the order).
 #include "notifier/policy.h"

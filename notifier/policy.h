@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // notifier/policy.h - which event source `auto` installs, and whether caching
 // is safe with the one installed (internal to notifier/).
 //

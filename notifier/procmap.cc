@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // notifier/procmap.cc - PROCMAP_QUERY wrapper (see procmap.h).
 #include "notifier/procmap.h"
 

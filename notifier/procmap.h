@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // notifier/procmap.h - VMA lookups without allocating (PROCMAP_QUERY, Linux
 // >= 6.11).
 //

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // notifier/sources.h - the automatic event sources (internal to notifier/).
 //
 // Each source turns memory changes into internal::BeginRange/EndRange pairs.

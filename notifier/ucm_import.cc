@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // notifier/ucm_import.cc - the ucm event source: imports UCX libucm's memory
 // events when libucm owns libc's entry points.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // notifier/uffd.cc - the userfaultfd event source.
 //
 // One userfaultfd context per process, features EVENT_UNMAP | EVENT_REMOVE |

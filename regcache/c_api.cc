@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The C API of <regcache/regcache.h> for caches, regions, drivers and stats:
 // input validation, then the core (regcache/cache.h). Library-wide calls
 // (version, errors, logging, tunables, notifier) are in library.cc;

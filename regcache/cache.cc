@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "regcache/cache.h"
 
 #include <linux/capability.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/cache.h - the registration cache's core (internal; the C API wraps
 // it).
 //

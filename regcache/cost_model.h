@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/cost_model.h - what a registration costs: the one cost model of the
 // project (internal; header-only, constexpr).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // regcache/eviction.cc - the eviction policy (design and lock rule:
 // eviction.h; measurements: docs/cache.md "Eviction").
 #include "regcache/eviction.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/eviction.h - which unused region a full cache gives up, and whether
 // a missed region is worth a cached one at all (internal).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "regcache/library.h"
 
 #include <regcache/notifier.h>
@@ -9,13 +10,16 @@
 
 #include "notifier/address_space.h"
 #include "notifier/policy.h"
+#include "regcache/config_print.h"
+#include "regcache/environment.h"
 #include "regcache/log.h"
 #include "regcache/tunables.h"
 
 namespace regcache {
 namespace {
 
-void NotifierLog(int level, const char *msg) { log::Write(level, msg); }
+// Called from memory hooks too: the non-allocating path.
+void NotifierLog(int level, const char *msg) { log::WriteFromHook(level, msg); }
 
 std::mutex g_init_mu;
 bool g_initialized = false;
@@ -39,6 +43,7 @@ int LibraryInit() {
   opts.log = NotifierLog;
   rc = notifier::Configure(opts);
   if (rc) return rc;
+  environment::WarnUnknownVariables();
   g_initialized = true;
   return 0;
 }
@@ -113,11 +118,15 @@ REGCACHE_API int regcache_config_get(const char *name, char *buf,
 }
 
 REGCACHE_API int regcache_config_check(void) {
+  regcache::environment::WarnUnknownVariables();
   return regcache::tunables::CheckAll();
 }
 
 REGCACHE_API int regcache_config_print(FILE *stream, unsigned flags) {
-  return regcache::tunables::Print(stream, flags & REGCACHE_CONFIG_PRINT_HELP);
+  if ((flags & ~REGCACHE_CONFIG_PRINT_HELP) == 0)  // the 0.1 format, unchanged
+    return regcache::tunables::Print(stream,
+                                     flags & REGCACHE_CONFIG_PRINT_HELP);
+  return regcache::config::Print(stream, flags);
 }
 
 // ---------------------------------------------------------------- notifier C

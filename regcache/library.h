@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/library.h - process-wide library state (internal).
 //
 // LibraryInit() runs once, on the first call of any regcache_* function that

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/thread_annotations.h - clang thread-safety annotations (internal).
 //
 // With clang and -DREGCACHE_THREAD_SAFETY=ON, -Wthread-safety checks at compile

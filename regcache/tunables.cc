@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "regcache/tunables.h"
 
 #include <pthread.h>
@@ -23,6 +24,12 @@ constexpr Spec kTable[] = {
      "Library log level. Log lines go to stderr, or to the handler set with "
      "regcache_set_log_handler().",
      "off|error|warn|info|debug|trace"},
+    {"LOG_FILE", Type::kString, "",
+     "Write log lines to this file (appending) instead of stderr; %h is "
+     "replaced by the host name, %p by the process id, %% by %. Read once, "
+     "when the library initializes. A handler set with "
+     "regcache_set_log_handler() still takes precedence.",
+     nullptr},
     {"MONITOR", Type::kEnum, "auto",
      "How the notifier sees memory being unmapped: patch (patch libc's "
      "munmap/mremap/madvise/brk/shmdt/mmap entry points), uffd (userfaultfd "
@@ -147,6 +154,8 @@ const char *Accepted(const Spec &s) {
     case Type::kUint:
       return s.choices ? "a non-negative integer, inf, or auto"
                        : "a non-negative integer, or inf";
+    case Type::kString:
+      return "any text (empty: unset)";
   }
   return "";
 }
@@ -187,6 +196,8 @@ int Validate(const Spec &s, const std::string &raw, int *enum_index,
       if (rc == 0 && is_auto) *is_auto = false;
       return rc;
     }
+    case Type::kString:
+      return 0;
   }
   return -EINVAL;
 }
@@ -413,6 +424,16 @@ int Set(const char *name, const char *value) {
   return 0;
 }
 
+int GetOrigin(const char *name, std::string *value, const char **origin) {
+  const Spec *s = Find(name);
+  if (!s || !value || !origin) return s ? -EINVAL : -ENOENT;
+  std::lock_guard<std::mutex> g(S().mu);
+  *value = RawLocked(*s, origin);
+  return 0;
+}
+
+const char *AcceptedValues(const Spec &s) { return Accepted(s); }
+
 int CheckAll() {
   int result = 0;
   for (const auto &s : kTable) {
@@ -430,7 +451,7 @@ void ClearOverridesForTesting() {
 
 int Print(FILE *stream, bool with_help) {
   if (!stream) return -EINVAL;
-  static const char *kTypeName[] = {"bool", "enum", "size", "count"};
+  static const char *kTypeName[] = {"bool", "enum", "size", "count", "string"};
   for (const auto &s : kTable) {
     std::string v;
     GetString(s.name, &v);

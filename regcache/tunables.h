@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/tunables.h - every REGCACHE_* tunable, declared once (internal).
 //
 // The table in tunables.cc is the only place a REGCACHE_* environment variable
@@ -18,6 +19,8 @@
 #include <cstdio>
 #include <string>
 
+#include "regcache/private_api.h"
+
 namespace regcache::tunables {
 
 enum class Type {
@@ -26,6 +29,7 @@ enum class Type {
   kSize,  // bytes with optional k/m/g/t suffix (powers of 1024); "inf"; "auto"
           // if allowed
   kUint,  // a count: decimal, "inf"; "auto" if allowed
+  kString,  // any text (a path); "" means unset
 };
 
 struct Spec {
@@ -48,10 +52,17 @@ int GetString(const char *name, std::string *out);
 // Typed reads. Return 0, -ENOENT (unknown), -EINVAL (bad value; logged once per
 // value).
 int GetBool(const char *name, bool *out);
-int GetEnum(const char *name, int *index_out);  // index into the choices list
+REGCACHE_PRIVATE_API int GetEnum(
+    const char *name, int *index_out);  // index into the choices list
 // kSize / kUint. "inf" -> SIZE_MAX. "auto" -> *is_auto = true and *out
 // untouched (is_auto may be nullptr when the tunable has no "auto").
 int GetSize(const char *name, size_t *out, bool *is_auto = nullptr);
+
+// Raw current value and where it came from: "regcache_config_set",
+// "environment" or "default". -ENOENT for an unknown name.
+int GetOrigin(const char *name, std::string *value, const char **origin);
+// The accepted values of s, in words (for messages and regcache-info -c).
+const char *AcceptedValues(const Spec &s);
 
 // Validates every tunable (typed read of each); -EINVAL if any is bad (each
 // logged).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Set up and build: installs the Debian packages (scripts/install-deps.sh), configures the
 # CMake preset given (default: release) and builds it. Idempotent; re-runs are incremental.
 #   scripts/build.sh [release|debug|asan|tsan|clang-tsa]

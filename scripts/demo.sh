@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The main job: set up, build (release preset) and run the registration-cache demo on the
 # default driver (host: mlock; no HCA needed), printing what it measured.
 set -euo pipefail

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Installs every Debian 12 package the build, the tests and the benchmarks need.
 # Idempotent: packages already installed are skipped by apt-get itself; waits for
 # another apt holding the lock instead of failing. Run as root (or via sudo).
@@ -14,6 +15,8 @@ PKGS=(
   spin
   libucx-dev
   valgrind
+  man-db
+  abigail-tools
 )
 if [[ "${REGCACHE_DEPS_EXTRA:-}" == *rxe* ]]; then
   PKGS+=(qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Builds a sanitizer preset (asan = ASan+UBSan, tsan = ThreadSanitizer; clang 14) and runs
 # its tests: label unit for asan, unit and stress for tsan.
 #   scripts/sanitize.sh asan|tsan

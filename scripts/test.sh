@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # The tests: set up, build (release preset) and run the whole suite: every host test
 # (labels unit, stress), then the device tests (label rxe) inside a QEMU guest running
 # Debian's kernel with rdma_rxe (tests/rxe/). REGCACHE_SKIP_RXE=1 skips the guest stage.

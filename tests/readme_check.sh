@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # Keeps README.md true: every tunable regcache-info -c prints must be documented there.
 set -euo pipefail
 info=$1 readme=$2

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // drivers/custom/custom_driver.cc - a driver made of the host's reg/dereg
 // callbacks (regcache_driver_custom_open). For transports that bring their own
 // registration, as Open MPI's and UCX's rcaches do.

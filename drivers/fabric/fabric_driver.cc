@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // drivers/fabric/fabric_driver.cc - registration with fi_mr_regattr / fi_close.
 //
 // mr_mode handling, limits, threading and the fork guard are described in

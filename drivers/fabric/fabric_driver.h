@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // drivers/fabric/fabric_driver.h - the libfabric driver (internal).
 //
 // The public entry points are in include/regcache/fabric.h; this header exposes

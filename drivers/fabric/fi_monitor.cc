@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // drivers/fabric/fi_monitor.cc - libregcache-fi-monitor.so: regcache's notifier
 // as libfabric's imported memory monitor (contract: regcache/fi_monitor.h).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "drivers/host/host_driver.h"
 
 #include <fcntl.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // drivers/host/host_driver.h - the host driver: mlock-based "registration"
 // (internal).
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // drivers/verbs/verbs_driver.cc - registration with ibv_reg_mr / ibv_dereg_mr.
 //
 // Policies (ODP, fork, device limits) are described in include/regcache/verbs.h

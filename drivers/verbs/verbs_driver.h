@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // drivers/verbs/verbs_driver.h - the libibverbs driver (internal).
 //
 // The public entry points are in include/regcache/verbs.h; this header lets C++

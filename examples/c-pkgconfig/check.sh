@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # check.sh <build dir> <scratch dir> - installs the build into <scratch>/prefix, builds
 # examples/c-pkgconfig with its Makefile through pkg-config (no CMake, no source tree
 # include paths), and runs it. Used by the ctest example_c_pkgconfig.

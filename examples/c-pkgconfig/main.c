@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * c-pkgconfig: the smallest consumer of an installed regcache, in plain C99.
  *

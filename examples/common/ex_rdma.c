@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* examples/common/ex_rdma.c - see ex_rdma.h. */
 #define _GNU_SOURCE
 #include "ex_rdma.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * examples/common/ex_rdma.h - the verbs plumbing the examples share (C99).
  *

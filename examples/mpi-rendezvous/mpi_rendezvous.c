@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * mpi-rendezvous: how an MPI transport uses regcache for large messages.
  *

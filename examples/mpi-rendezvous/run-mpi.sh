@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # run-mpi.sh BINARY [ARGS...] - runs an MPI example on 2 ranks of this machine with Debian's
 # Open MPI, keeping Open MPI itself off the RDMA device: ob1 over shared memory (vader) and
 # self, no UCX, no openib; the RDMA device is the example's own (through regcache).

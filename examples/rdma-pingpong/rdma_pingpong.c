@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * rdma-pingpong: two processes, RDMA WRITE with immediate back and forth, every
  * message sent from the next buffer of a rotating pool, registered through

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # run-pingpong.sh BINARY [CLIENT ARGS...] - runs rdma-pingpong's server and client on this
 # machine (loopback TCP for the out-of-band exchange, the RDMA device for the data), first
 # through the cache, then with --no-cache, and prints both summaries. Exit status 0 only if

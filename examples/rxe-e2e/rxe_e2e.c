@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * rxe-e2e: end-to-end cost of memory registration on a real RDMA path.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/bench/notifier_bench.cc - cost of one munmap of an unrelated range with
 // the notifier active, per event source, as a ratio to a plain munmap (issue 7
 // goal: <= 1.05x). docs/notifier.md "Cost" has the method and the numbers.

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/bench/notifier_icount.sh - the issue 7 goal "munmap of an unrelated range with the
 # notifier active <= 1.05x plain munmap", measured two ways (docs/notifier.md, "Cost"):
 #   1. user-space instructions per munmap, deterministic: notifier_bench --icount under

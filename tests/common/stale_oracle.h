@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/common/stale_oracle.h - a registration driver that holds pages the way
 // a NIC does, and an exact test of whether a registration is stale.
 //

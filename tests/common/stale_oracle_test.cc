@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/common/stale_oracle_test.cc - the stale oracle itself: fresh after
 // registration, stale once the program's addresses map other pages (the
 // registration still holds the old ones), in both modes.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/events_test.cc - every memory-event path of issue 3, for one
 // source.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/explicit_bracket_test.cc - regcache_notify_unmap_start/end:
 // the explicit source's bracket. Between start and end no other thread can
 // begin a registration of the range (read_begin waits), so it cannot pin the

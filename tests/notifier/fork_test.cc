@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/fork_test.cc - fork() at any moment of the parent gives the
 // child a fresh notifier and caches that never hand out the parent's
 // registrations (issue 13 item 1). Run once per event source (ctest sets

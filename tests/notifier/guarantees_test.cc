@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/guarantees_test.cc - one test (or a few) per guarantee 1-7 of
 // <regcache/notifier.h>, with the explicit source so that every event is ours.
 // Threads where the guarantee is about races; these run under TSan in CI.

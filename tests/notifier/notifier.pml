@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tests/notifier/notifier.pml - model of notifier/address_space.cc's protocol.
  *
  * One subscription S, two dispatcher threads (each runs start/end ranges, the second one

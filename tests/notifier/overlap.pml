@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tests/notifier/overlap.pml - overlap-only waiting (notifier/address_space.cc, "RANGES IN
  * FLIGHT"), with the cache's miss protocol on top.
  *

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/overlap_quiesce_test.cc - issue 13 items 3 and 4:
 //   - a registration waits only for in-flight ranges that overlap it
 //     (regcache/notifier.h): an unrelated get returns in < 1 ms while another

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/patch_write_test.cc - how the patch source writes libc's code
 // (issue 13 item 5): no mapping is ever writable and executable at once, and a
 // fork child's libc is its own.

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # Checks a Promela model with spin: exhaustive safety run (assertions and invalid end
 # states), fails on any error.
 # Usage: run_spin.sh <model.pml> <work dir> [spin -D options...]. Exit 77 (ctest skip) if

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/notifier/test_util.h - a recording subscriber shared by the notifier
 // tests.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/uffd_exact_test.cc - the userfaultfd source is exact:
 //
 //   KernelProbeContract   the kernel behaviour the source relies on (no

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/zap_paths_test.cc - the zapping paths of issue 12 items 4
 // and 5 under the patch source, checked with the stale oracle
 // (tests/common/stale_oracle.h): a cache over a driver that holds pages like

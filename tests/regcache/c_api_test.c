@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* C99 test of the C API: only <regcache/regcache.h>, compiled with -std=c99
  * -Wall -Werror and linked with the shared library. Exit status 0 on success;
  * each failure prints the line and the check. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* The transport calls from C99 (host driver): regcache_find, regcache_get_flags with
  * REGCACHE_GET_NO_CACHE, host storage, regcache_invalidate; then two threads using
  * them concurrently. Uses only <regcache/regcache.h> and the shared library. */

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The invalidation backlog is bounded (UCX's inv_q_bounded test, the vLLM
 // leak): 40 000 munmap/mmap cycles of cached memory leave at most 100 pending
 // items and at most 512 KiB of RSS growth, while a second thread keeps the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Every event path: after munmap, madvise(DONTNEED), free, realloc or a brk
 // trim of cached memory, the next get on that address is a miss and the host
 // driver's pagemap check says the new registration is fresh (while a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The cache's semantics against the test driver (records calls, injects
 // failures) and the host driver: hit/miss, merging and its bound, access union,
 // CLOCK/LRU order, limits, ENOMEM evict-and-retry, in-use invalidation,

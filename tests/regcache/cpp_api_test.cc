@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The header-only C++ API (regcache.hpp): RAII regions, Result/Status, a Driver
 // written in C++ adapted through regcache_driver_custom_open. Uses only
 // installed headers.

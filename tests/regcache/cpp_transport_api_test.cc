@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The transport calls through the header-only C++ API (regcache.hpp): Find,
 // Get with REGCACHE_GET_NO_CACHE, Params::host_data_bytes / Region::host_data,
 // Invalidate; and concurrent use through RAII regions. Installed headers only.

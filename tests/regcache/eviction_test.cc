@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The eviction policy (regcache/eviction.{h,cc}, docs/cache.md "Eviction"):
 // the adaptive mode keeps a fixed subset of a loop larger than the cache and
 // the reused set across a one-off scan (each shown failing in lru mode, the

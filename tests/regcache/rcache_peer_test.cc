@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/regcache/rcache_peer_test.cc - UCX's test_rcache cases about merging
 // and protections, ported: merge_expand_prot, merge_inv, merge_with_unwritable
 // and merge_merge_unwritable (UCX runs each as UCS_MT_TEST_F with 6 threads:

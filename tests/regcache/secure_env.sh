@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/regcache/secure_env.sh <probe> - issue 12 item 7: a setuid program
 # ignores REGCACHE_* (secure_getenv), so an unprivileged caller cannot turn
 # invalidation off with REGCACHE_MONITOR=none.

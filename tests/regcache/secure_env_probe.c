@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* tests/regcache/secure_env_probe.c - prints whether the process runs in
  * secure-execution mode and the REGCACHE_MONITOR value the library resolved
  * (secure_env.sh runs it plain and as a setuid copy). Public C API only. */

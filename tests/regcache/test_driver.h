@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/regcache/test_driver.h - a driver for the cache's tests: records every
 // call, injects failures, caps live bytes (a device's limit), and runs a hook
 // inside Register (to stage an invalidation while the registration is in

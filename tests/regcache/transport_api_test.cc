@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The transport calls of <regcache/regcache.h> (issue 18) against the test
 // driver: regcache_find (never registers), regcache_get_flags with
 // REGCACHE_GET_NO_CACHE (private registration, deregistered at put), per-region

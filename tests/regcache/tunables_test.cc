@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Tests of the tunables table (regcache/tunables.h) and the private logger
 // (regcache/log.h).
 #include "regcache/tunables.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/reliability/reliability_util.h - small helpers shared by the
 // reliability tests (docs/reliability.md).
 #ifndef REGCACHE_TESTS_RELIABILITY_RELIABILITY_UTIL_H_

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/rxe/guest-init.sh - /init of the rxe guest's initramfs (busybox sh, PID 1).
 # Loads the modules (in /modules, numbered in load order), mounts the host's root read-only
 # over virtio-9p (tag hostroot) with copy-on-write overlays on /tmp and /var/tmp, the

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/rxe/guest-stage2.sh - stage 2 of the rxe guest, PID 1 after switch_root, run by the
 # host's own /bin/sh on the host's (read-only) root. rxe-run.sh copies it to the scratch
 # folder, which is mounted at /run/regcache-rxe. Brings up rxe0 on a dummy netdev, runs

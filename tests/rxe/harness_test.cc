@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/rxe/harness_test.cc - the rxe test bed itself, with raw verbs only (no
 // cache): the loopback harness moves data both ways, recovers from a failed
 // completion, and the stale-MR hazard the cache exists to prevent is observable

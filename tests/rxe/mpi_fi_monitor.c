@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * mpi_fi_monitor: Open MPI (pml cm, mtl ofi, verbs;ofi_rxm) moves large messages with
  * libfabric's rendezvous, whose buffers libfabric's MR cache registers; this program

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/rxe/rdma_harness.cc - see rdma_harness.h.
 #include "tests/rxe/rdma_harness.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/rxe/rdma_harness.h - a small raw-verbs harness for the rxe tests.
 //
 // Loopback opens one RDMA device (REGCACHE_RXE_DEVICE, else rxe0 if present,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/rxe/run-mpi-fi-monitor.sh PROG FI_MONITOR_LIB check|modes [MSGS]
 #
 # Debian's Open MPI over rxe (pml cm, mtl ofi, verbs;ofi_rxm), its large messages

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/rxe/run-rxe-tests.sh - runs the `rxe` ctest label of a build inside the Soft-RoCE
 # QEMU guest, then sums up the stale-MR test's cycles and wrong bytes.
 #

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/rxe/rxe-run.sh - runs one command inside a QEMU guest that has a Soft-RoCE device.
 #
 # Usage: tests/rxe/rxe-run.sh [--writable DIR]... [--timeout SECS] [--env NAME[=VALUE]]...

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/rxe/rxe-setup.sh - prepares the Soft-RoCE (rdma_rxe) QEMU guest: packages, Debian's
 # own kernel (unpacked into a cache folder, never into /boot) and a busybox initramfs.
 #

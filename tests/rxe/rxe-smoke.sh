@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
 # tests/rxe/rxe-smoke.sh - smoke check of the rxe guest: boots it (rxe-run.sh) and checks
 # that ibv_devinfo shows rxe0, `rdma link` lists it, and an ibv_rc_pingpong loopback (RC,
 # RoCEv2 GID index 1) moves data. Exit status 0 when all pass; rxe-run.sh's otherwise.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/rxe/rxe_cache_util.h - a regcache cache on the verbs driver over the
 // loopback harness's PD, for the rxe tests.
 #ifndef REGCACHE_TESTS_RXE_RXE_CACHE_UTIL_H_

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/rxe/rxe_fabric_test.cc - the fabric driver on libfabric's verbs
 // provider over rxe0 (verbs;ofi_rxm, RDM, connected through rdma_cm on the
 // dummy netdev's address): RMA writes through regions from the cache, keys,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/rxe/rxe_stale_mr_test.cc - THE stale-MR test: the reason regcache
 // exists.
 //

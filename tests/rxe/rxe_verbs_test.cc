@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/rxe/rxe_verbs_test.cc - the cache on the verbs driver with a real
 // device (rxe0 in the guest, or an HCA): get/put with RDMA WRITE and READ
 // through cached MRs between two RC QPs, the ODP fallback to pinning, and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache/export.h - symbol visibility for the regcache shared library.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache/notifier.h - the process's address space, with subscribers (C99).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache/regcache.h - the memory-registration cache, C API (C99).
  *
@@ -274,8 +275,11 @@ enum {
   REGCACHE_LOG_TRACE = 5
 };
 typedef void (*regcache_log_func_t)(void *arg, int level, const char *msg);
-/* Routes the library's log lines (level <= the current level) to fn instead of stderr.
- * fn may be called from any thread, also from inside memory-event paths; it must not
+/* Routes the library's log lines (level <= the current level) to fn instead of stderr
+ * (or REGCACHE_LOG_FILE); msg is the message alone, without the time/host/pid prefix.
+ * fn may be called from any thread, but never from inside a memory-event path or a
+ * notifier callback: lines logged there are queued (a fixed ring; overflow is counted
+ * and reported) and handed to fn on the next log call or handler change. fn must not
  * call back into regcache. fn NULL restores stderr. */
 REGCACHE_API void regcache_set_log_handler(regcache_log_func_t fn, void *arg);
 /* Sets the level (REGCACHE_LOG_*); overrides REGCACHE_LOG_LEVEL. -EINVAL if out of range. */
@@ -293,6 +297,14 @@ REGCACHE_API int regcache_config_get(const char *name, char *buf,
 /* Prints every tunable: name, current value, and with REGCACHE_CONFIG_PRINT_HELP its
  * type, default and help text. */
 #define REGCACHE_CONFIG_PRINT_HELP 0x1u
+/* Also where each value came from: environment, regcache_config_set or default. */
+#define REGCACHE_CONFIG_PRINT_ORIGIN 0x2u
+/* Also what `auto` resolves to in this process (MAX_BYTES from RLIMIT_MEMLOCK or RAM,
+ * MONITOR: the event source installed now). */
+#define REGCACHE_CONFIG_PRINT_RESOLVED 0x4u
+/* Wrap help text at cols columns (default 80). Every value line still starts with
+ * REGCACHE_<NAME>=<value>. */
+#define REGCACHE_CONFIG_PRINT_WIDTH(cols) (((unsigned)(cols) & 0xffffu) << 16)
 /* Validates every tunable's current value; logs each bad one (naming the variable and the
  * accepted values) and returns -EINVAL if any is bad, else 0. */
 REGCACHE_API int regcache_config_check(void);

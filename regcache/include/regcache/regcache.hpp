@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // regcache/regcache.hpp - C++17 API, header-only over the C ABI of
 // <regcache/regcache.h>.
 //

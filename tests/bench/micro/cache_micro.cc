@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // regcache-micro: Google Benchmark micro-benchmarks of the cache (issue 7),
 // each reported next to its goal. Not timed tests: the goals are printed, never
 // asserted.

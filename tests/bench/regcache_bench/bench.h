@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache-bench: the hit-rate suite (issue 7). Shared types of the
 // orchestrator (regcache-bench), its workers, and the UCX worker
 // (regcache-bench-ucx).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The registration callbacks every contender uses, and the timer.
 //
 // pin (default): mlock/munlock of the range plus a deterministic cost (busy

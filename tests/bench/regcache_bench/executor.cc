@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Executes a workload's operations on a contender and measures every get and
 // put.
 #include <sys/mman.h>

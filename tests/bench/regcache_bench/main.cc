@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // regcache-bench: the hit-rate suite of issue 7 (docs/bench.md).
 //
 // The orchestrator runs every (workload, contender, capacity) in a fresh

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 #include "tests/bench/regcache_bench/report.h"
 
 #include <gnu/libc-version.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // regcache-bench output: the table (stdout), the CSV and the SVG plot.
 #ifndef REGCACHE_TESTS_BENCH_REGCACHE_BENCH_REPORT_H
 #define REGCACHE_TESTS_BENCH_REGCACHE_BENCH_REPORT_H

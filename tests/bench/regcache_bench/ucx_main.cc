@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // regcache-bench-ucx: the UCX contender (ucs_rcache from libucx-dev 1.13), run
 // by regcache-bench in a process of its own so that UCX's memory hooks (ucm)
 // and regcache's notifier never meet. Not linked with libregcache.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // A worker: one workload, one contender, one capacity, in a process of its own.
 // Prints one RESULT line on stdout, which the orchestrator (main.cc) reads
 // through a pipe.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The workload generators of issue 7 and the trace reader/writer (format:
 // docs/bench.md).
 #include <algorithm>

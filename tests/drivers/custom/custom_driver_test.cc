@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The custom driver: the host's reg/dereg callbacks behind the Driver
 // interface.
 #include <gtest/gtest.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The cache's public API over real drivers: the custom driver (host callbacks)
 // and the libfabric driver on tcp and shm. Checks what only a real driver
 // shows: the region's keys and descriptor are the driver's and move data, every

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The libfabric driver against real providers on this machine (tcp;ofi_rxm on
 // loopback, shm): they register memory without hardware, and an RDM endpoint
 // can fi_write to itself, so keys and descriptors are checked by moving data

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/drivers/fabric/fabric_test_util.h - a loopback libfabric stack for
 // tests: fabric, domain, and (for RMA checks) an RDM endpoint that can write to
 // itself.

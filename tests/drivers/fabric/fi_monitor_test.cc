@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libregcache-fi-monitor (drivers/fabric/fi_monitor.cc) on the host, without an
 // RDMA device: no host provider of libfabric 1.17 uses the MR cache (tcp and
 // shm register nothing through it), so the monitor is imported into the real

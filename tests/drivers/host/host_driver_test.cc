@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The host driver alone: maps check (-EFAULT / -EACCES), RLIMIT_MEMLOCK
 // (-ENOMEM), unique keys, per-page pin counts across overlapping registrations,
 // frame records.

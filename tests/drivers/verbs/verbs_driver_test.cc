@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // The verbs driver. Argument checks and the access/ODP-cap logic run
 // everywhere; the rest needs an RDMA device and skips without one (this host
 // has none: run it in the rxe guest, tests/rxe, or on a machine with an HCA).

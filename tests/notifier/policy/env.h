@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 // tests/notifier/policy/env.h - hostile environments for the source-selection
 // tests, each applied inside a child process: drop root, block userfaultfd
 // with seccomp (as container profiles do), load UCX's libucm and make it patch

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/policy/foreign_patcher.cc - LD_PRELOAD stand-in for a library
 // that patches libc's munmap before regcache and tells nobody (Open MPI's
 // patcher, libfabric memhooks): the process it is preloaded into has no

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/policy/hostile_exec.cc - runs a command in a hostile
 // environment: hostile_exec [--block-uffd] [--nobody] -- command [args].
 // --nobody drops to uid/gid 65534; --block-uffd installs a seccomp filter

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/policy/policy_matrix.cc - never stale, never blind-cached, in
 // every environment of issue 12's matrix:
 //   {root, non-root (setuid nobody)} x {uffd allowed, blocked by seccomp}

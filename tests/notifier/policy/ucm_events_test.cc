@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // tests/notifier/policy/ucm_events_test.cc - the ucm source (importing UCX
 // libucm's events) sees every path libucm hooks, with start BEFORE the memory
 // changes and end after it.

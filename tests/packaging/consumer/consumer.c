@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /* A C99 consumer of the installed library: only <regcache/regcache.h>. */
 #include <regcache/regcache.h>
 #include <stdio.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Fault injection (label unit; run under ASan/LSan in CI):
 //  - a custom driver (the public regcache_driver_custom_open) that fails
 //    registration and deregistration with -ENOMEM, -EAGAIN, -EFAULT at a set

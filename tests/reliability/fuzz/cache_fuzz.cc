@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // libFuzzer target (clang only): random sequences of get / put / flush /
 // invalidate (regcache_notify_unmapped) / munmap (notify + a fresh mapping over
 // the range) / injected driver failures, checked at every step against a small

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Hostile inputs (label unit): every C entry point with NULL, zero, huge and
 // wrapping lengths, unknown bits, unmapped memory, PROT_NONE, read-only memory
 // asked for write, file-backed and huge-page mappings, a region put twice.

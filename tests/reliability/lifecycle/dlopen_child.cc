@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // dlopen / dlclose of libregcache.so (argv[1]) in a program that does not link
 // it: with the patch source, libc's munmap entry is patched while a cache
 // exists and restored after dlclose (its first 16 bytes compared); munmap and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Lifecycle and coexistence scenarios, one per process (argv[1]); ctest runs
 // each under a timeout and checks the exit status and output (CMakeLists.txt).
 // Uses only the public C API of the shared library.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: BSD-3-Clause
 // Concurrency stress (label stress): getter threads get/put sub-ranges of
 // shared and private buffers while mutator threads munmap/mmap, mremap, madvise
 // (DONTNEED), mmap(MAP_FIXED) over, and free/malloc the same memory.

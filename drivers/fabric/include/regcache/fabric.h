@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache/fabric.h - the libfabric driver (add-on header; C99).
  *

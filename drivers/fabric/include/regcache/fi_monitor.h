@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache/fi_monitor.h - regcache's notifier as libfabric's memory monitor (C99).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
 /*
  * regcache/verbs.h - the libibverbs driver (add-on header; C99).
  *

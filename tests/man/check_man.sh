@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: BSD-3-Clause
+# check_man.sh <man source dir> <regcache-info> [<installed man dir>]
+# Each page must parse (lexgrog finds its NAME line, `man -l` renders it without a groff
+# warning), regcache(7) must document every tunable regcache-info -c prints, and, if given,
+# the installed man dir must hold each page in its section directory.
+set -euo pipefail
+src=$1 info=$2 installed=${3:-}
+pages=(regcache-info.1 regcache.3 regcache.7)
+for p in "${pages[@]}"; do
+  f=$src/$p
+  [[ -f $f ]] || { echo "missing $f"; exit 1; }
+  lexgrog "$f" >/dev/null || { echo "lexgrog: no NAME section in $p"; exit 1; }
+  warnings=$(MANWIDTH=80 man --warnings=w -l "$f" 2>&1 >/dev/null || true)
+  [[ -z $warnings ]] || { echo "man -l $p warns:"; echo "$warnings"; exit 1; }
+  out=$(MANWIDTH=80 man -l "$f" 2>/dev/null)
+  [[ -n $out ]] || { echo "man -l $p rendered nothing"; exit 1; }
+done
+missing=0
+for v in $("$info" -c 2>/dev/null | sed -n 's/^\(REGCACHE_[A-Z0-9_]*\)=.*/\1/p'); do
+  grep -q "^\.BR $v\b" "$src/regcache.7" || { echo "regcache.7 does not document $v"; missing=1; }
+done
+((missing == 0)) || exit 1
+if [[ -n $installed ]]; then
+  for p in "${pages[@]}"; do
+    [[ -f $installed/man${p##*.}/$p ]] || { echo "not installed: $installed/man${p##*.}/$p"; exit 1; }
+  done
+fi
+echo "man pages: ${pages[*]} parse, render and cover every tunable"
