@@ -49,6 +49,8 @@ REGCACHE_API int regcache_create(regcache_driver_t *driver,
   if (rc) return rc;
   Cache *c = nullptr;
   rc = Cache::Create(driver, p, &c);
+  regcache::log::
+      FlushDeferred();  // e.g. the blind warning of the source install
   if (rc == 0) *cache_p = reinterpret_cast<regcache_t *>(c);
   return rc;
 }

@@ -139,6 +139,7 @@ REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops,
   if (rc) return rc;
   regcache::notifier::Subscription *sub = nullptr;
   rc = regcache::notifier::Register(ops, arg, 0, 0, &sub);
+  regcache::log::FlushDeferred();
   if (rc == 0) *notifier_p = reinterpret_cast<regcache_notifier_t *>(sub);
   return rc;
 }
@@ -153,6 +154,7 @@ REGCACHE_API int regcache_notifier_register_range(
   if (rc) return rc;
   regcache::notifier::Subscription *sub = nullptr;
   rc = regcache::notifier::Register(ops, arg, start, len, &sub);
+  regcache::log::FlushDeferred();
   if (rc == 0) *notifier_p = reinterpret_cast<regcache_notifier_t *>(sub);
   return rc;
 }
@@ -229,7 +231,9 @@ REGCACHE_API int regcache_notifier_caching_safe(void) {
   // A patch overwritten since is settled first (the switch it may cause is
   // the one the next cache miss would make).
   regcache::notifier::VerifySources();
-  return regcache::notifier::CachingSafe() ? 1 : 0;
+  const bool safe = regcache::notifier::CachingSafe();
+  regcache::log::FlushDeferred();
+  return safe ? 1 : 0;
 }
 
 REGCACHE_API const char *regcache_notifier_blind_reason(void) {

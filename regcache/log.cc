@@ -251,6 +251,10 @@ void Write(int level, std::string_view msg) {
   L().logger.log(ToSpd(level), "{}", msg);
 }
 
+void FlushDeferred() {
+  if (!notifier::InRange()) DrainDeferred();
+}
+
 void SetHandler(regcache_log_func_t fn, void *arg) {
   // Lines deferred while the old handler was installed go to it, not the new.
   DrainDeferred();

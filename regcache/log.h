@@ -50,6 +50,12 @@ REGCACHE_PRIVATE_API void Write(int level, std::string_view msg);
 // For memory hooks and notifier callbacks (the notifier's log hook): never
 // allocates, never takes a lock. Lines longer than ~400 bytes are truncated.
 void WriteFromHook(int level, const char *msg) noexcept;
+// Delivers lines the hook path deferred (the notifier logs through it, also
+// when it installs a source: auto's one warning when it finds none). Called
+// where a public call that may have installed a source returns, so the host's
+// handler gets the line then, not at some later log line. No-op inside a
+// notifier range or callback.
+void FlushDeferred();
 void SetHandler(regcache_log_func_t fn, void *arg);
 int SetLevel(int level);
 // Reads REGCACHE_LOG_LEVEL (unless regcache_set_log_level() was called) and
