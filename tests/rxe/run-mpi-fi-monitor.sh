@@ -91,7 +91,12 @@ if [[ $what == check ]]; then
   grep -q 'source patch' "$log" || echo "   note: regcache's event source is not patch"
   per_pid_match "$log" || { echo "FAIL: regcache's delivered count != libfabric's notify"; fail=1; }
 
-  run dropping LD_PRELOAD="$lib" REGCACHE_STATS=y REGCACHE_FI_MONITOR_DROP=1 -- --msgs 60 || fail=1
+  # The negative control's exit status is not checked: with notifications dropped the MR
+  # cache keeps registrations of memory that is gone, and a rank may also crash (seen: SIGSEGV
+  # at teardown, status 139) after it printed its totals. What must hold is that it finds
+  # wrong bytes, which proves the check can fail.
+  run dropping LD_PRELOAD="$lib" REGCACHE_STATS=y REGCACHE_FI_MONITOR_DROP=1 -- --msgs 60 ||
+    echo "   (negative control exited with status $?; not checked, see above)"
   log=$out/dropping.log
   w=$(wrong_of "$log")
   echo "   negative control: wrong bytes ${w:-?}, dropped $(field "$log" dropped)"
