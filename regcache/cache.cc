@@ -979,6 +979,7 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
   Plan plan;
   List early;  // unused regions to deregister before registering
   int slot = -1;
+  uint64_t revokes_at_plan = 0;  // revokes_ when the plan was made
   Eviction::Verdict verdict{true, true};
   for (;;) {
     LockAndDrain();
@@ -1010,9 +1011,10 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
       continue;
     }
     plan = PlanLocked(req_start, req_end, access);
+    revokes_at_plan = revokes_;
     for (int i = 0; i < kInFlight; ++i) {
       if (!inflight_[i].used) {
-        inflight_[i] = {plan.start, plan.end, plan.access, true};
+        inflight_[i] = {plan.start, plan.end, plan.access, true, false};
         slot = i;
         break;
       }
@@ -1137,7 +1139,13 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
     if (plan.end > hi_.load(std::memory_order_relaxed))
       hi_.store(plan.end, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (notifier::ReadRetry(sub, seq)) {
+    // A regcache_invalidate of this range since the miss began revokes the
+    // registration too (its keys predate the revoke).
+    const bool revoked =
+        slot >= 0 ? inflight_[slot].revoked : revokes_ != revokes_at_plan;
+    if (slot >= 0) inflight_[slot].revoked = false;  // the retry starts anew
+    revokes_at_plan = revokes_;
+    if (notifier::ReadRetry(sub, seq) || revoked) {
       // The memory changed while we registered it: this registration may map
       // old pages.
       DrainAndUnlock();
@@ -1753,6 +1761,12 @@ int Cache::Invalidate(uintptr_t addr, size_t len) {
   LockAndDrain();
   const size_t before = count_;
   InvalidateLocked(addr, addr + len);  // page-aligns; bumps generations
+  // Misses in flight over the range registered before this call: they retry
+  // instead of publishing a registration the caller has just revoked.
+  ++revokes_;
+  const uintptr_t lo = PageDown(addr), hi = PageUp(addr + len);
+  for (InFlight &f : inflight_)
+    if (f.used && f.start < hi && lo < f.end) f.revoked = true;
   const int revoked = static_cast<int>(before - count_);
   DrainAndUnlock();
   // Deregistration must not run inside a memory-event callback (or between

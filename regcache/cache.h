@@ -370,9 +370,15 @@ class Cache {
     uintptr_t start, end;
     unsigned access;
     bool used;
+    // Set by Invalidate (regcache_invalidate) when it overlaps this miss: the
+    // registration in flight predates the revoke and must not be published.
+    bool revoked;
   };
   InFlight inflight_[kInFlight] REGCACHE_GUARDED_BY(mu_) = {};
   std::atomic<uint32_t> inflight_done_{0};
+  // Invalidate calls so far (under mu_): a miss that found no in-flight slot
+  // retries when it changed while it registered.
+  uint64_t revokes_ REGCACHE_GUARDED_BY(mu_) = 0;
   void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
   // Regions compared per eviction (docs/cache.md "Eviction").
   static constexpr int kEvictSample = 32;
