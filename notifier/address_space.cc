@@ -1124,11 +1124,16 @@ void ResetForTesting() {
     g_configured = Source::kAuto;
     policy::ResetForTesting();
   }
+  // A thread that entered a hook before the uninstall above may still be
+  // walking the lists (tests call this while other threads mmap and munmap):
+  // wait out its grace period before freeing anything it could stand on.
+  // Bounded: ranges end without waiting for us, no source starts new ones.
+  Synchronize();
   Subscription *done;
   {
     std::lock_guard<std::mutex> g(g_mu);
     done = CollectLocked();
-    // REQUIRES no range in flight: every zombie can go now.
+    // Every range that could see a zombie has ended: every zombie can go.
     while (g_zombies != nullptr) {
       Subscription *z = g_zombies;
       g_zombies = z->zombie_next;

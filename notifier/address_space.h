@@ -173,7 +173,8 @@ int EnsureInstalled();
 bool CachingSafe();
 
 // For tests: undoes Teardown and uninstalls sources so a fresh sequence can
-// start. REQUIRES: no subscriber registered, no range in flight.
+// start. REQUIRES: no subscriber registered and the calling thread not inside
+// a range; ranges other threads have in flight are waited for (a grace period).
 void ResetForTesting();
 
 }  // namespace regcache::notifier
