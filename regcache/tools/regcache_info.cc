@@ -99,7 +99,8 @@ void PrintVersion() {
 #if defined(__x86_64__)
   std::printf("event sources: patch, ucm, uffd, none (explicit)\n");
 #else
-  std::printf("event sources: ucm, uffd, none (explicit); patch is x86_64 only\n");
+  std::printf(
+      "event sources: ucm, uffd, none (explicit); patch is x86_64 only\n");
 #endif
   std::printf("built with: spdlog %d.%d.%d, fmt %d.%d.%d (both compiled in)",
               SPDLOG_VER_MAJOR, SPDLOG_VER_MINOR, SPDLOG_VER_PATCH,

@@ -304,7 +304,7 @@ REGCACHE_API int regcache_config_get(const char *name, char *buf,
 #define REGCACHE_CONFIG_PRINT_RESOLVED 0x4u
 /* Wrap help text at cols columns (default 80). Every value line still starts with
  * REGCACHE_<NAME>=<value>. */
-#define REGCACHE_CONFIG_PRINT_WIDTH(cols) (((unsigned)(cols) & 0xffffu) << 16)
+#define REGCACHE_CONFIG_PRINT_WIDTH(cols) (((unsigned)(cols)&0xffffu) << 16)
 /* Validates every tunable's current value; logs each bad one (naming the variable and the
  * accepted values) and returns -EINVAL if any is bad, else 0. */
 REGCACHE_API int regcache_config_check(void);

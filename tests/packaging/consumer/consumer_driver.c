@@ -18,7 +18,8 @@
 
 int main(void) {
   regcache_driver_t *drv = NULL;
-  regcache_set_log_level(REGCACHE_LOG_OFF); /* the NULL argument is logged otherwise */
+  regcache_set_log_level(
+      REGCACHE_LOG_OFF); /* the NULL argument is logged otherwise */
   if (OPEN(&drv) != -EINVAL) return 1;
   printf("consumer_%s: ok\n", NAME);
   return 0;
