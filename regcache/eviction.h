@@ -26,6 +26,9 @@
 //     (the cache hands it out uncached and deregisters it at its last put).
 //     A loop over more buffers than the cache holds, or a one-off scan, thus
 //     leaves the cached set alone: hits = capacity / pool instead of 0.
+//   * Warm-up: the first max_regions / 4 such decisions (at most 4 096, none
+//     below 16 regions) cache the miss as LRU would: a cache that rarely
+//     needs room is not thrashing, and refusing there only loses coverage.
 //   * cold_target adapts as ARC's p: +1 when a ghost of a cold or rejected
 //     region comes back within LRU reach (recency would have paid), -1 when a
 //     ghost of an evicted hot region does (we gave up a reused one).
@@ -123,6 +126,7 @@ class Eviction {
   std::unique_ptr<uint32_t[]> ghosts_;
   const size_t ghost_mask_;
   const uint64_t duel_period_;  // decisions between halvings of the duel
+  const uint64_t warmup_;       // first decisions that always cache (LRU's)
 
   // Guarded by the cache's mu_ (see LOCK RULE).
   size_t ncold_ = 0;        // cold regions in the index

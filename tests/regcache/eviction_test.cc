@@ -186,14 +186,42 @@ TEST(EvictionPolicy, UnlimitedCapacityIsSafe) {
   victim.start = 0;
   victim.end = 4096;
   victim.last_use = 1;
-  for (uint64_t i = 0; i < 100; ++i) {
+  // The warm-up is bounded (4 096 decisions cache as LRU), then one-offs are
+  // refused.
+  for (uint64_t i = 0; i < 4096 + 100; ++i) {
     const uintptr_t a = (i + 1) << 20;
     const Eviction::Verdict v =
         e.Admit(a, a + 4096, 2 + i, false, /*need_room=*/true, &victim, 0);
-    EXPECT_FALSE(v.admit);  // a one-off: not cached
+    EXPECT_EQ(v.admit, i < 4096) << i;  // after the warm-up: not cached
   }
   Eviction big(EvictionMode::kAdaptive, size_t{1} << 61, SIZE_MAX);
-  EXPECT_FALSE(big.Admit(1 << 20, 2 << 20, 5, false, true, &victim, 0).admit);
+  for (uint64_t i = 0; i < 4096; ++i)
+    ASSERT_TRUE(big.Admit((i + 1) << 20, ((i + 1) << 20) + 4096, 2 + i, false,
+                          true, &victim, 0)
+                    .admit);
+  EXPECT_FALSE(
+      big.Admit(1ull << 40, (1ull << 40) + 4096, 5000, false, true, &victim, 0)
+          .admit);
+}
+
+// The first max_regions / 4 decisions that need room cache the miss as LRU
+// would (none below 16 regions); a cold one-off after that is refused.
+TEST(EvictionPolicy, WarmUpIsLruThenRefuses) {
+  Region victim;
+  victim.start = 0;
+  victim.end = 4096;
+  victim.last_use = 1;
+  for (size_t regions : {8, 64, 1024}) {
+    Eviction e(EvictionMode::kAdaptive, regions, SIZE_MAX);
+    const size_t warmup = regions >= 16 ? regions / 4 : 0;
+    for (size_t i = 0; i <= warmup; ++i) {
+      const uintptr_t a = (i + 1) << 20;
+      EXPECT_EQ(e.Admit(a, a + 4096, 2 + i, false, true, &victim, 0).admit,
+                i < warmup)
+          << regions << " regions, decision " << i;
+    }
+    EXPECT_EQ(e.rejected(), 1u) << regions;
+  }
 }
 
 // lru mode is exact LRU (UCX's policy) while the cache holds at most

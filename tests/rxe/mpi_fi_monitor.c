@@ -8,6 +8,7 @@
  * data (or writes into pages the program no longer sees): wrong bytes.
  *
  *   mpirun -np 2 ... mpi_fi_monitor [--size BYTES] [--msgs N] [--phases LIST]
+ *                                   [--late-regcache LIB] [--probe]
  *
  * Phases (each N messages, ping-pong: rank 0 sends even messages, rank 1 odd ones; both
  * ranks apply the phase's change to their buffer before every message, the receiver
@@ -20,8 +21,24 @@
  *   MPI-FI phase=<p> msgs=<n> size=<s> same_address=<k> wrong=<bytes> us_per_msg=<t>
  * and `MPI-FI total msgs=<n> wrong=<bytes>`. Exit 0 unless MPI fails (the caller judges
  * the counts: tests/rxe/run-mpi-fi-monitor.sh).
+ *
+ * Coexistence with another patcher (libfabric's memhooks, which patches libc's entry
+ * points when libfabric's MR cache starts, i.e. in MPI_Init):
+ *   --late-regcache LIB  after MPI_Init, dlopen LIB (libregcache-fi-monitor.so) and call
+ *                        its regcache_fi_monitor_import(): regcache arrives after the
+ *                        other patcher (the preloaded library arrives before it).
+ *   --probe              at the end, each rank checks that regcache's notifier still sees
+ *                        unmaps: it subscribes to a fresh mapping, unmaps it and waits (at
+ *                        most 5 s: the uffd source delivers from its own thread) for the
+ *                        callback. Prints, per rank,
+ *   MPI-FI probe rank=<r> register=<rc> source=<s> seen=<0|1> munmap_entry=<first byte>
+ *                        (regcache's source after the probe; libc munmap's first byte:
+ *                        e9 = a jmp, someone patched it).
+ * regcache's calls are looked up with dlsym: the program does not link regcache.
  */
 #define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
 #include <malloc.h>
 #include <mpi.h>
 #include <stdint.h>
@@ -29,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef MAP_FIXED_NOREPLACE
@@ -60,6 +78,67 @@ static unsigned char *Map(void *hint, size_t len) {
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
   return p;
+}
+
+/* regcache/notifier.h's subscription calls, declared here (looked up with dlsym; the
+ * layout is the public header's regcache_notifier_ops_t). */
+typedef struct probe_ops {
+  void (*start)(void *arg, const void *addr, size_t len);
+  void (*end)(void *arg, const void *addr, size_t len);
+  void (*release)(void *arg);
+} probe_ops_t;
+typedef int (*register_range_fn)(const probe_ops_t *, void *, const void *,
+                                 size_t, void **);
+typedef int (*unregister_fn)(void *);
+typedef const char *(*source_fn)(void);
+
+static void ProbeStart(void *arg, const void *addr, size_t len) {
+  (void)addr;
+  (void)len;
+  __atomic_store_n((int *)arg, 1, __ATOMIC_RELEASE);
+}
+static void ProbeRelease(void *arg) { (void)arg; }
+
+/* Does regcache's notifier see an unmap now? See --probe above. */
+static void Probe(int rank) {
+  register_range_fn reg = (register_range_fn)dlsym(
+      RTLD_DEFAULT, "regcache_notifier_register_range");
+  unregister_fn unreg =
+      (unregister_fn)dlsym(RTLD_DEFAULT, "regcache_notifier_unregister");
+  source_fn source = (source_fn)dlsym(RTLD_DEFAULT, "regcache_notifier_source");
+  const unsigned char *entry =
+      (const unsigned char *)dlsym(RTLD_NEXT, "munmap");
+  int rc = -ENOENT, seen = 0;
+  if (reg && unreg && source) {
+    static const probe_ops_t ops = {ProbeStart, NULL, ProbeRelease};
+    static int fired;
+    const size_t len = 2 * 4096;
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *sub = NULL;
+    if (p != MAP_FAILED) {
+      memset(p, 1, len);
+      /* Registering makes the notifier verify its hooks (another patcher overwrote
+       * them: it switches sources and invalidates everything, which may fire `fired`
+       * now: reset it after). */
+      rc = reg(&ops, &fired, p, len, &sub);
+      __atomic_store_n(&fired, 0, __ATOMIC_RELEASE);
+      munmap(p, len);
+      /* Bounded wait: the uffd source delivers from its monitor thread after the
+       * unmap; 5 s is far above its latency even under TCG. */
+      for (int i = 0; i < 5000 && !__atomic_load_n(&fired, __ATOMIC_ACQUIRE);
+           ++i) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+      }
+      seen = __atomic_load_n(&fired, __ATOMIC_ACQUIRE);
+      if (rc == 0) unreg(sub);
+    }
+  }
+  printf(
+      "MPI-FI probe rank=%d register=%d source=%s seen=%d munmap_entry=%02x\n",
+      rank, rc, source ? source() : "absent", seen, entry ? entry[0] : 0);
+  fflush(stdout);
 }
 
 /* Applies the phase's change; returns 1 if the buffer kept its address. */
@@ -95,6 +174,8 @@ int main(int argc, char **argv) {
   size_t size = 256 * 1024;
   long msgs = 512;
   char phases[128] = "reuse,free,mmap,dontneed";
+  const char *late = NULL;
+  int probe = 0;
   /* Fixed before the first allocation: glibc would otherwise raise the threshold at the
    * first free of an mmap'ed chunk and serve later ones from the heap (free would unmap
    * nothing). No heap trimming either: the phases choose what changes. */
@@ -111,6 +192,20 @@ int main(int argc, char **argv) {
       msgs = strtol(argv[++i], NULL, 0);
     else if (!strcmp(argv[i], "--phases") && i + 1 < argc)
       snprintf(phases, sizeof phases, "%s", argv[++i]);
+    else if (!strcmp(argv[i], "--late-regcache") && i + 1 < argc)
+      late = argv[++i];
+    else if (!strcmp(argv[i], "--probe"))
+      probe = 1;
+  }
+  if (late) {
+    /* After MPI_Init: libfabric's MR cache exists and its monitor has started. */
+    void *h = dlopen(late, RTLD_NOW | RTLD_GLOBAL);
+    int (*import)(void) =
+        h ? (int (*)(void))dlsym(h, "regcache_fi_monitor_import") : NULL;
+    const int rc = import ? import() : -ENOENT;
+    printf("MPI-FI late-regcache rank=%d import=%d%s%s\n", rank, rc,
+           h ? "" : " dlopen: ", h ? "" : dlerror());
+    fflush(stdout);
   }
   if (np != 2 || size == 0 || msgs <= 0) {
     if (rank == 0)
@@ -176,6 +271,7 @@ int main(int argc, char **argv) {
     printf("MPI-FI total msgs=%ld wrong=%llu\n", total_msgs, total_wrong);
     fflush(stdout);
   }
+  if (probe) Probe(rank);
   MPI_Finalize();
   return 0;
 }

@@ -11,7 +11,18 @@
 #          and hits > 0; per rank, regcache's delivered count == libfabric's notify count
 #          (so the invalidations came through regcache). Then the negative control, the
 #          same program with REGCACHE_FI_MONITOR_DROP=1 (a monitor that drops every
-#          notification): must show wrong bytes.
+#          notification): must show wrong bytes. Then coexistence with libfabric's memhooks
+#          monitor (FI_MR_CACHE_MONITOR=memhooks: libfabric's MR cache uses memhooks, which
+#          patches libc's entry points when the cache starts in MPI_Init), in both orders:
+#            regcache-first  libregcache-fi-monitor.so preloaded (its patch source hooks libc
+#                            before main), memhooks patches after it;
+#            memhooks-first  memhooks patches in MPI_Init, then the program dlopens
+#                            libregcache-fi-monitor.so and imports it (--late-regcache).
+#          Each: 0 wrong bytes; libfabric notify > 0 while regcache delivered 0 on every
+#          rank, so memhooks delivered them (libfabric reads FI_MR_CACHE_MONITOR after any
+#          import: regcache's monitor is not in effect; Open MPI's import is off); and
+#          regcache's own notifier is not blind: --probe subscribes, unmaps and must see
+#          the event on every rank (the source it ends on is printed).
 #   modes  side by side, same run: time per message for a reuse-heavy and a churn-heavy
 #          (free + malloc at the same address) pattern with regcache's monitor, Open MPI's
 #          own imported monitor (its patcher; the default), libfabric's memhooks, its
@@ -101,7 +112,34 @@ if [[ $what == check ]]; then
   w=$(wrong_of "$log")
   echo "   negative control: wrong bytes ${w:-?}, dropped $(field "$log" dropped)"
   ((${w:-0} > 0)) || { echo "FAIL: the negative control found no wrong bytes (test cannot fail)"; fail=1; }
-  echo "MPI-FI-CHECK $([[ $fail == 0 ]] && echo PASS || echo FAIL) msgs=${m:-0} wrong=$(wrong_of "$out/regcache.log") notify=$notify hits=$hits negative_wrong=${w:-0}"
+  negative_wrong=${w:-0}
+
+  # Coexistence with libfabric's memhooks, both orders (header).
+  co_msgs=${REGCACHE_MPI_FI_COEXIST_MSGS:-30}
+  coexist=""
+  for order in regcache-first memhooks-first; do
+    if [[ $order == regcache-first ]]; then
+      envs=(LD_PRELOAD="$lib" REGCACHE_STATS=y FI_MR_CACHE_MONITOR=memhooks)
+      args=(--msgs "$co_msgs" --probe)
+    else
+      envs=(REGCACHE_STATS=y FI_MR_CACHE_MONITOR=memhooks OMPI_MCA_memory=^patcher)
+      args=(--msgs "$co_msgs" --probe --late-regcache "$lib")
+    fi
+    run "coexist.$order" "${envs[@]}" -- "${args[@]}" || fail=1
+    log=$out/coexist.$order.log
+    cw=$(wrong_of "$log") cm=$(msgs_of "$log") cn=$(lf_stat "$log" notify)
+    cd=$(field "$log" delivered)
+    seen=$(grep -c '^MPI-FI probe .*seen=1' "$log")
+    srcs=$(grep -o '^MPI-FI probe .*' "$log" | sed 's/.*source=\([a-z]*\).*munmap_entry=\([0-9a-f]*\)/\1(munmap \2)/' | tr '\n' ' ')
+    echo "   $order: messages ${cm:-?}, wrong bytes ${cw:-?}, libfabric notify $cn, regcache delivered $cd, probe seen on $seen of 2 ranks, regcache source: $srcs"
+    [[ ${cw:-x} == 0 ]] || { echo "FAIL: $order: wrong bytes with memhooks and regcache both loaded"; fail=1; }
+    ((${cm:-0} > 0)) || { echo "FAIL: $order: no messages"; fail=1; }
+    ((cn > 0)) || { echo "FAIL: $order: libfabric saw no notification (memhooks blind?)"; fail=1; }
+    ((cd == 0)) || { echo "FAIL: $order: regcache delivered $cd: memhooks was not the monitor in effect"; fail=1; }
+    ((seen == 2)) || { echo "FAIL: $order: regcache's notifier missed the probe's unmap (blind)"; fail=1; }
+    coexist+=" $order:wrong=${cw:-x},notify=$cn,delivered=$cd,probe=$seen/2"
+  done
+  echo "MPI-FI-CHECK $([[ $fail == 0 ]] && echo PASS || echo FAIL) msgs=${m:-0} wrong=$(wrong_of "$out/regcache.log") notify=$notify hits=$hits negative_wrong=$negative_wrong coexist:$coexist"
   exit $fail
 fi
 

@@ -105,6 +105,7 @@ struct RegCounters {
   // mlock/munlock and frame recording, or ibv_reg_mr/ibv_dereg_mr; the pin
   // driver's busy wait excluded), nanoseconds.
   double model_ns, real_ns;
+  uint64_t pages;  // 4 KiB pages registered plus pages deregistered
 };
 RegCounters ReadRegCounters();
 void ResetPeakPinned();
@@ -153,7 +154,11 @@ struct Result {
   int64_t stale_hits = -1;
   uint64_t regs = 0, deregs = 0, peak_pinned = 0;
   double reg_model_ns = 0, reg_real_ns = 0;  // RegCounters, during the run
-  double hit_ns_sum = 0, all_ns_sum = 0;     // get+put times, ns
+  uint64_t reg_pages = 0;  // pages registered + deregistered, during the run
+  // reg_real_ns replayed: regs + deregs and reg_pages priced by the line fitted
+  // to every run's measured host time (FitHostReplay, report.cc); 0: none.
+  double reg_host_replay_ns = 0;
+  double hit_ns_sum = 0, all_ns_sum = 0;  // get+put times, ns
   double wall_s = 0;
   std::string extra;
   bool ok = false;

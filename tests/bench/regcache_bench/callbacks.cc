@@ -102,11 +102,15 @@ Mode g_mode = Mode::kPin;
 RegConfig g_cfg;
 std::atomic<uint64_t> g_regs{0}, g_deregs{0}, g_failures{0}, g_pinned{0},
     g_peak{0};
-std::atomic<uint64_t> g_model_ns{0}, g_real_ticks{0};
+std::atomic<uint64_t> g_model_ns{0}, g_real_ticks{0}, g_pages{0};
 
-void AddTimes(double model_us, uint64_t t0) {
+// One registration or deregistration of len bytes: its modeled cost, the
+// driver's measured time since t0, and its pages (the host-cost replay prices
+// calls and pages with a line fitted to the measured times: report.cc).
+void AddTimes(double model_us, uint64_t t0, size_t len) {
   g_model_ns.fetch_add(uint64_t(model_us * 1000), std::memory_order_relaxed);
   g_real_ticks.fetch_add(Ticks() - t0, std::memory_order_relaxed);
+  g_pages.fetch_add(regcache::cost::Pages(len), std::memory_order_relaxed);
 }
 thread_local uint64_t tl_regs = 0;
 
@@ -355,7 +359,7 @@ int BenchReg(void * /*ctx*/, void *addr, size_t len, unsigned access,
       *handle_p = mr;
       *lkey_p = mr->lkey;
       *rkey_p = mr->rkey;
-      AddTimes(regcache::cost::RegUs(len), t0);
+      AddTimes(regcache::cost::RegUs(len), t0, len);
       break;
 #else
       (void)access;
@@ -386,7 +390,7 @@ int BenchReg(void * /*ctx*/, void *addr, size_t len, unsigned access,
       *handle_p = h;
       *lkey_p = 1;
       *rkey_p = 1;
-      AddTimes(regcache::cost::RegUs(len), t0);
+      AddTimes(regcache::cost::RegUs(len), t0, len);
       Spin(g_cfg.base_ns + g_cfg.page_ns * ((len + 4095) / 4096));
       break;
     }
@@ -408,7 +412,7 @@ int BenchDereg(void * /*ctx*/, void *handle) {
       ibv_mr *mr = static_cast<ibv_mr *>(handle);
       len = mr->length;
       ibv_dereg_mr(mr);
-      AddTimes(regcache::cost::DeregUs(len), t0);
+      AddTimes(regcache::cost::DeregUs(len), t0, len);
 #endif
       break;
     }
@@ -421,7 +425,7 @@ int BenchDereg(void * /*ctx*/, void *handle) {
       if (g_mode == Mode::kPin) munlock(h->addr, h->len);
       FreeFrames(h->frames);
       free(h);
-      AddTimes(regcache::cost::DeregUs(len), t0);
+      AddTimes(regcache::cost::DeregUs(len), t0, len);
       Spin(g_cfg.dereg_ns + g_cfg.dereg_page_ns * ((len + 4095) / 4096));
       break;
     }
@@ -438,7 +442,8 @@ RegCounters ReadRegCounters() {
                      g_pinned.load(),
                      g_peak.load(),
                      double(g_model_ns.load()),
-                     TicksToNs(double(g_real_ticks.load()))};
+                     TicksToNs(double(g_real_ticks.load())),
+                     g_pages.load()};
 }
 
 void ResetPeakPinned() { g_peak.store(g_pinned.load()); }

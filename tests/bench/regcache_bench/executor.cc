@@ -292,6 +292,7 @@ void Execute(const Workload &w, Contender *c, Result *r) {
   r->deregs = after.deregs - before.deregs;
   r->reg_model_ns = after.model_ns - before.model_ns;
   r->reg_real_ns = after.real_ns - before.real_ns;
+  r->reg_pages = after.pages - before.pages;
   r->peak_pinned = after.peak_pinned_bytes;
 }
 

@@ -427,6 +427,7 @@ int Orchestrate(int argc, char **argv) {
 
   std::vector<std::string> names;
   for (auto &w : wl) names.push_back(w.first);
+  FitHostReplay(stdout, &results);
   PrintTable(stdout, names, o.contenders, results);
   printf("(%.1f s; machine: %s)\n", progress.Elapsed(),
          MachineDescription().c_str());

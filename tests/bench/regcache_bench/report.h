@@ -14,6 +14,12 @@ namespace rcbench {
 // Per workload: one row per contender at the default capacity, each number with
 // its ratio to UCX's in the same run; then the hit-rate comparison over every
 // capacity.
+// Fits the host driver's measured registration time of every run to
+// a * (registrations + deregistrations) + b * pages, prints the fit, and sets
+// each run's reg_host_replay_ns: its calls and pages at those costs (the same
+// decisions priced at the host driver's real costs, without the run-to-run
+// noise of one measurement).
+void FitHostReplay(FILE *f, std::vector<Result> *results);
 void PrintTable(FILE *f, const std::vector<std::string> &workloads,
                 const std::vector<std::string> &contenders,
                 const std::vector<Result> &results);
