@@ -69,7 +69,10 @@ bool ReadRetry(const Subscription *sub, uint64_t seq);
 // kIntervalLogEntries (a sequence number and the span) before it delivers any
 // start callback; these calls check that log for [start, end):
 //
-//   ReadBeginInterval(start, end, &token)   counts a read in, then waits
+//   ReadBeginInterval(start, end, &token)   checks the patch sentinel
+//       (PatchIntact(); VerifySources() if it fails: the full check of every
+//       patched entry is SyncForLookup()'s, which a cache's slow path calls
+//       before its lookup), counts a read in, then waits
 //       while a range overlapping [start, end) is in flight (began before and
 //       has not ended; for ranges counted without a span, past 64 in flight,
 //       a grace period of all ranges), then returns 0 and a token. Under the
