@@ -5,14 +5,16 @@
  * subscription (issue 14).
  *
  * Two addresses, X = 0 and Y = 1; memory is one version number per address.
- * Dispatcher d runs two ranges on address d: claim its g_ranges entry, log
+ * Dispatcher d runs two ranges on address d: claim its g_ranges entry, then,
+ * if an interval read is in flight (g_log_on, read after the claim), log
  * itself as LogRange does (take a slot number s with one increment of
  * lognext; CAS the entry's tag from an older, not busy value to BUSY | s+1,
  * else write nothing; write the span; store the tag s+1), run the cache's
  * whole-space start callback under the cache lock (invalidates the published
  * registration if it overlaps), change the memory, then end. The log has
  * K = 2 entries, so four ranges wrap it.
- * The registrar (the cache's miss) on address I: read_begin_interval (token =
+ * The registrar (the cache's miss) on address I: read_begin_interval (count
+ * the read in, token =
  * lognext, then scan the table entry by entry; an overlapping entry: wait for
  * it to clear and start again), pin the memory, then under the cache lock
  * read_retry_interval (now = lognext; now - t > K: retry; each entry i in
@@ -26,7 +28,9 @@
  *     registrar works on X: the registrar must still finish (else spin
  *     reports an invalid end state).
  * Negative controls (ctest, expected to FAIL): -DNO_WAIT (begin does not wait
- * for overlapping ranges in flight), -DNO_LOG (ranges do not log), -DNO_CAS
+ * for overlapping ranges in flight), -DNO_LOG (ranges do not log),
+ * -DLATE_COUNT (the read is counted in after the token and the scan: a range
+ * that claimed after the scan and read no reader in flight is missed), -DNO_CAS
  * (writers store span and tag unconditionally: a writer of an older lap,
  * slow between its increment and its stores, overwrites a newer span after
  * the newer writer checked nothing; the first version of LogRange, which
@@ -45,6 +49,7 @@ byte lognext = 0;      /* g_log_next                                         */
 byte tag[K];           /* g_range_log[i].tag: slot number + 1 once written   */
 byte span[K];          /* g_range_log[i].span: the address                   */
 bit lock = 0;          /* the cache's lock                                   */
+byte readers = 0;      /* g_log_on: interval reads in flight                 */
 bit published = 0;     /* the cache's index holds the registration of I      */
 bit pub_valid = 0;     /* ... and it was not invalidated since               */
 byte I = X;            /* the registrar's interval                           */
@@ -56,6 +61,8 @@ proctype Dispatcher(byte a) {
   :: n < 2 ->
      entry[a] = a + 1;                      /* Claim                         */
 #ifndef NO_LOG
+     if
+     :: readers > 0 ->                      /* g_log_on, read after the claim */
      atomic { s = lognext; lognext++ };     /* fetch_add                     */
 #ifdef NO_CAS
      span[s % K] = a;
@@ -72,6 +79,8 @@ proctype Dispatcher(byte a) {
      :: else -> skip
      fi;
 #endif
+     :: else -> skip                        /* no read in flight: no log     */
+     fi;
 #endif
      /* the cache's whole-space start callback, under its lock              */
      atomic { lock == 0 -> if :: published && a == I -> pub_valid = 0 :: else -> skip fi };
@@ -90,7 +99,10 @@ end_hold: (false)
 
 proctype Registrar() {
   byte t, now, i, pin, sp, tries = 0;
-  bit retry;
+  bit retry, counted = 0;
+#ifndef LATE_COUNT
+  readers++; counted = 1                    /* counted in before the token   */
+#endif
 again:
   /* read_begin_interval: token, then the table entry by entry             */
   t = lognext;
@@ -103,6 +115,9 @@ again:
   :: entry[Y] == I + 1 -> (entry[Y] != I + 1); goto again
   :: else -> skip
   fi;
+#endif
+#ifdef LATE_COUNT
+  if :: !counted -> readers++; counted = 1 :: else -> skip fi;
 #endif
   pin = mem[I];                             /* the driver pins the pages     */
   atomic { lock == 0 -> lock = 1 };
@@ -133,7 +148,8 @@ again:
   if
   :: retry && tries < 3 -> goto again       /* deregister, register again   */
   :: else -> skip
-  fi
+  fi;
+  readers--                                 /* ReadEndInterval               */
 }
 
 init {
