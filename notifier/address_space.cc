@@ -210,6 +210,11 @@ struct alignas(64) {
   std::atomic<uint64_t> gen{0};
   std::atomic<Subscription *> whole{nullptr};
   std::atomic<Subscription *> interval{nullptr};
+  // Interval reads in flight (ReadBeginInterval .. ReadEndInterval, all
+  // threads): while non-zero, ranges log their span (RANGE LOG). Here because
+  // every range reads this line anyway: a munmap while no miss is in flight
+  // pays nothing for the log.
+  std::atomic<uint32_t> log_on{0};
 } g_hot;
 constexpr std::atomic<unsigned> &g_idx = g_hot.idx;
 constexpr std::atomic<uint64_t> &g_gen = g_hot.gen;
@@ -218,6 +223,34 @@ constexpr std::atomic<Subscription *> &g_interval = g_hot.interval;
 constexpr std::atomic<uint64_t> &g_quiesce = g_hot.quiesce;
 constexpr uint64_t kQuiesceCount = 0xffffffffu;
 constexpr std::atomic<uint32_t> &g_waiters = g_hot.waiters;
+constexpr std::atomic<uint32_t> &g_log_on = g_hot.log_on;
+
+// RANGE LOG (ReadBeginInterval / ReadRetryInterval, address_space.h). Range
+// number s (the value of g_log_next it took) owns g_range_log[s % size] for
+// lap s / size: it CASes the entry's tag from an older value to kLogBusy |
+// (s + 1), writes its span (EncodeRange, slot bit 0), then stores s + 1; it
+// does all this after claiming its g_ranges entry and before any start
+// callback. A writer that finds the tag busy or newer (a range of a later lap
+// got there first: this one was preempted between its increment and its
+// CAS) writes nothing. Invariant: while an entry's tag is s + 1 (not busy) its
+// span is range s's, and no writer touches the span (every writer first moves
+// the tag to busy, and tags only grow: no ABA). A reader checking [token, now)
+// therefore trusts entry i only if it reads tag i + 1 before and after the
+// span; anything else (not written yet, busy, overwritten by a later lap)
+// counts as overlapping. tests/notifier/interval_log.pml models this; its
+// -DNO_CAS control (unconditional stores, the first version of this code)
+// fails: a writer of an older lap, preempted between its increment and its
+// stores, overwrote a newer span. Lock-free, allocation-free; written only
+// while g_log_on != 0 (a reader in flight), so the token's window is covered:
+// the reader raises the count before its token (Dekker with BeginRange, which
+// reads the count after its claim).
+constexpr uint64_t kLogBusy = uint64_t{1} << 63;
+struct alignas(16) LogEntry {
+  std::atomic<uint64_t> tag{0};
+  std::atomic<uint64_t> span{0};
+};
+alignas(64) std::atomic<uint64_t> g_log_next{0};
+alignas(64) LogEntry g_range_log[kIntervalLogEntries];
 alignas(64) std::atomic<uint32_t> g_event{0};  // futex word
 std::atomic<Subscription *> g_pending{nullptr};
 std::atomic<bool> g_shutdown{false};
@@ -254,9 +287,10 @@ struct ThreadState {
   // quiesce resumed by another thread does not keep exempting this one).
   uint32_t quiesce_own;
   uint32_t quiesce_epoch;
-  bool installing;      // holds g_install_mu (see EnterWindow)
-  bool fork_unblocked;  // this thread's fork prepare raised g_fork_unblock
-  bool fork_skipped;    // prepare skipped (g_atfork_off_for_testing)
+  bool installing;          // holds g_install_mu (see EnterWindow)
+  bool fork_unblocked;      // this thread's fork prepare raised g_fork_unblock
+  bool fork_skipped;        // prepare skipped (g_atfork_off_for_testing)
+  uint32_t interval_reads;  // this thread's part of g_log_on
 };
 constexpr int kMaxTlsFrames = 8;
 constexpr int kNestingWarn = 32;
@@ -392,6 +426,55 @@ inline bool RangeOverlaps(uint64_t w, uintptr_t start, uintptr_t end) {
   if (n == kLenSat) return rs < end;  // open-ended
   const uintptr_t re = static_cast<uintptr_t>(first + n) << kPageShift;
   return rs < end && start < re;
+}
+
+// Logs the span of a range that is starting (RANGE LOG). The increment is
+// seq_cst: it is the range's half of the Dekker pair with a reader's
+// filter-and-fence (and is ordered after the range's claim).
+inline void LogRange(uintptr_t start, uintptr_t end) {
+  const uint64_t s = g_log_next.fetch_add(1, std::memory_order_seq_cst);
+  LogEntry &e = g_range_log[s % kIntervalLogEntries];
+  uint64_t cur = e.tag.load(std::memory_order_relaxed);
+  // One try: a busy or newer tag means another lap owns the entry (readers
+  // of lap s then see a tag other than s + 1: conservative).
+  if ((cur & kLogBusy) != 0 || cur >= s + 1 ||
+      !e.tag.compare_exchange_strong(cur, kLogBusy | (s + 1),
+                                     std::memory_order_acquire,
+                                     std::memory_order_relaxed)) [[unlikely]]
+    return;
+  // The busy tag is visible before the span changes (seqlock: paired with
+  // the reader's acquire fence between its span load and its second tag
+  // load).
+  std::atomic_thread_fence(std::memory_order_release);
+  e.span.store(EncodeRange(start, end, 0), std::memory_order_relaxed);
+  e.tag.store(s + 1, std::memory_order_release);
+}
+
+// Is a range with a g_ranges entry overlapping [start, end) in flight?
+bool TableOverlapInFlight(uintptr_t start, uintptr_t end) {
+  // The table is mostly empty: one pass that ORs the 64 words (no branch per
+  // word: about a third of the instructions of the scan below) decides that.
+  // Each word is still one seq_cst load, read once per pass.
+  // Unrolled by one line of 8 words (the compilers do not unroll it at -O2).
+  uint64_t any = 0;
+  for (unsigned i = 0; i < kRangeEntries; i += kRangesPerLine) {
+    static_assert(kRangesPerLine == 8 && kRangeEntries % 8 == 0);
+    std::atomic<uint64_t> *l = &g_ranges[i];
+    any |= l[0].load(std::memory_order_seq_cst) |
+           l[1].load(std::memory_order_seq_cst) |
+           l[2].load(std::memory_order_seq_cst) |
+           l[3].load(std::memory_order_seq_cst) |
+           l[4].load(std::memory_order_seq_cst) |
+           l[5].load(std::memory_order_seq_cst) |
+           l[6].load(std::memory_order_seq_cst) |
+           l[7].load(std::memory_order_seq_cst);
+  }
+  if (any == 0) return false;
+  for (std::atomic<uint64_t> &e : g_ranges) {
+    const uint64_t w = e.load(std::memory_order_seq_cst);
+    if (w != 0 && RangeOverlaps(w, start, end)) return true;
+  }
+  return false;
 }
 
 // Is any range in flight that overlaps [start, end)? Ranges counted in
@@ -719,6 +802,12 @@ REGCACHE_HOT void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
   if (t_state.inflight > kNestingWarn) [[unlikely]]
     WarnNesting();
   f->gen = g_gen.load(std::memory_order_seq_cst);
+  // After the claim (ReadBeginInterval's table scan either sees the claim or
+  // its token precedes this entry) and before any start callback (a reader
+  // that checks under the lock the callback takes, or behind a filter and a
+  // fence, sees this entry or is seen by the callback).
+  if (g_log_on.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+    LogRange(start, end);
   // Pass 1: sequence numbers first, so that every start callback (which may
   // take the subscriber's lock) runs after every overlapping interval's
   // sequence moved.
@@ -745,6 +834,8 @@ REGCACHE_HOT void EndRange(Frame *f) {
 
 std::atomic<uint32_t> g_async_in_flight{0};
 std::atomic<bool> g_atfork_off_for_testing{false};
+std::atomic<bool> g_interval_log_off_for_testing{false};
+std::atomic<bool> g_interval_wait_off_for_testing{false};
 
 // For the uffd source in a fork child: the intervals of the live
 // subscriptions, to watch them again. Walked inside a window, like dispatch
@@ -954,6 +1045,90 @@ bool ReadRetry(const Subscription *s, uint64_t seq) {
   return (s->seq_word.load(std::memory_order_seq_cst) >> kActiveBits) != seq;
 }
 
+int ReadBeginInterval(uintptr_t start, uintptr_t end, uint64_t *token) {
+  if (token == nullptr || start >= end) return -EINVAL;
+  if (InRange()) return -EDEADLK;
+  if (g_shutdown.load(std::memory_order_acquire)) return -ESHUTDOWN;
+  // A patch overwritten by another library: the sentinel (one load of
+  // munmap's entry, what the hit path checks); the full check of every entry
+  // is VerifySources(), which Register and SyncForLookup() (a cache's slow
+  // path, before its lookup) make.
+  if (!PatchIntact()) [[unlikely]]
+    VerifySources();
+  // Count this read in before the token (Dekker with BeginRange: a range
+  // that read g_log_on == 0 claimed its entry before our scan below reads it,
+  // so it is waited for; one that reads it non-zero logs itself). The test
+  // switch leaves the count alone (and ReadEndInterval then too).
+  const bool counted =
+      !internal::g_interval_log_off_for_testing.load(std::memory_order_relaxed);
+  if (counted) {
+    g_log_on.fetch_add(1, std::memory_order_seq_cst);
+    ++t_state.interval_reads;
+  }
+  for (;;) {
+    // Token first, then the table: a range the scan does not see claimed its
+    // entry after the scan read it, hence logs itself after the token
+    // (claim, then log) and ReadRetryInterval sees it.
+    const uint64_t t = g_log_next.load(std::memory_order_seq_cst);
+    if (TableOverlapInFlight(start, end) &&
+        !internal::g_interval_wait_off_for_testing.load(
+            std::memory_order_relaxed)) {
+      // A range on this memory is changing it now: wait for its end (bounded
+      // by that range: it ends after its callbacks; only a stream of changes
+      // of this same memory by other threads keeps this waiting, as the
+      // kernel's mmu_interval_read_begin). Then take a new token.
+      WaitUntil([start, end] { return !TableOverlapInFlight(start, end); });
+      continue;
+    }
+    if (g_inflight[0].v.load(std::memory_order_seq_cst) +
+            g_inflight[1].v.load(std::memory_order_seq_cst) !=
+        0) {
+      // Ranges without a table entry (past 64 in flight) have no known span:
+      // wait for every range in flight now to end (a grace period). Those
+      // that began before t and were in flight then have ended; those that
+      // began later logged themselves after t.
+      Synchronize();
+    }
+    if (g_active.load(std::memory_order_acquire) == Source::kUffd) {
+      // uffd reports only watched mappings: watch what is mapped now, after
+      // the token (as ReadBegin re-watches after reading the sequence), so a
+      // later change of it is logged after t. Errors as Register's.
+      int rc = sources::UffdWatch(start, end);
+      if (rc != 0) {
+        if (counted) ReadEndInterval();
+        return rc;
+      }
+    }
+    *token = t;
+    return 0;
+  }
+}
+
+void ReadEndInterval() {
+  if (internal::g_interval_log_off_for_testing.load(std::memory_order_relaxed))
+    return;
+  --t_state.interval_reads;
+  g_log_on.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+bool ReadRetryInterval(uintptr_t start, uintptr_t end, uint64_t token) {
+  const uint64_t now = g_log_next.load(std::memory_order_seq_cst);
+  if (now == token) [[likely]]
+    return false;
+  if (now - token > kIntervalLogEntries) return true;  // wrapped
+  for (uint64_t i = token; i < now; ++i) {
+    const LogEntry &e = g_range_log[i % kIntervalLogEntries];
+    // Tag i + 1 before and after the span: the span is range i's (RANGE LOG).
+    // The fence keeps the second tag load after the span load.
+    if (e.tag.load(std::memory_order_acquire) != i + 1) return true;
+    const uint64_t span = e.span.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (e.tag.load(std::memory_order_relaxed) != i + 1) return true;
+    if (RangeOverlaps(span, start, end)) return true;
+  }
+  return false;
+}
+
 void InvalidateRangeStart(uintptr_t start, uintptr_t end) {
   if (t_state.nframes >= kMaxTlsFrames) {
     internal::Logf(
@@ -1148,6 +1323,8 @@ void ResetForTesting() {
   }
   FreeList(done);
   g_nesting_logged.store(false, std::memory_order_relaxed);
+  g_log_on.store(0, std::memory_order_seq_cst);  // no reader in flight
+  t_state.interval_reads = 0;
 }
 
 // ---------------------------------------------------------------- fork
@@ -1235,6 +1412,8 @@ void AtforkChild() {
   for (unsigned k = 0; k < 2; ++k)
     g_inflight[k].v.store(over[k], std::memory_order_relaxed);
   t_state.inflight = open;
+  // Interval reads in flight: only this thread's (the others' never end here).
+  g_log_on.store(t_state.interval_reads, std::memory_order_relaxed);
   // The uffd monitor's holds (the monitor thread is not in the child; the uffd
   // source's own atfork handler restarts it on next use).
   // kAsyncProbe (uffd installed) stays: the uffd source's own child handler
