@@ -387,7 +387,8 @@ void AtforkChild() {
   internal::g_async_in_flight.store(g_installed ? internal::kAsyncProbe : 0,
                                     std::memory_order_relaxed);
   if (g_installed) g_need_restart.store(true, std::memory_order_relaxed);
-  new (&g_mu) std::mutex();  // the parent's holder does not exist here
+  new (&g_mu) std::mutex();         // the parent's holder does not exist here
+  new (&g_recent_mu) std::mutex();  // nor does a dispatcher holding this one
 }
 
 // REQUIRES g_mu.
