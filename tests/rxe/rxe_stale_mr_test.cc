@@ -5,8 +5,9 @@
 // For each event source (patch, uffd, explicit) and each way a program changes
 // the memory behind an address (munmap + mmap at the same address, free +
 // malloc of a large block with a fixed M_MMAP_THRESHOLD, realloc that moves,
-// madvise(DONTNEED), brk trim, and for a MAP_SHARED memfd fallocate
-// PUNCH_HOLE and ftruncate shrink + regrow), cycle:
+// madvise(DONTNEED), brk trim, for a MAP_SHARED memfd fallocate PUNCH_HOLE
+// and ftruncate shrink + regrow, and guard pages installed and removed: skips
+// on kernels before 6.13, such as the guest's 6.1), cycle:
 //
 //   get a region for p, RDMA WRITE a fresh pattern through its rkey, check it
 //   in memory, put it; change the memory and reuse the same address p; get
@@ -65,7 +66,8 @@ enum class Path {
   kMadviseDontneed,
   kBrkTrim,
   kMemfdPunchHole,
-  kMemfdFtruncate
+  kMemfdFtruncate,
+  kGuardPages  // MADV_GUARD_INSTALL + GUARD_REMOVE (Linux >= 6.13)
 };
 
 const char *SourceName(Source s) {
@@ -110,11 +112,15 @@ const char *PathName(Path p) {
       return "memfd_punch_hole";
     case Path::kMemfdFtruncate:
       return "memfd_ftruncate";
+    case Path::kGuardPages:
+      return "guard_pages";
   }
   return "?";
 }
 
 constexpr size_t kPage = 4096;
+constexpr int kMadvGuardInstall = 102;  // MADV_GUARD_INSTALL (Linux 6.13)
+constexpr int kMadvGuardRemove = 103;
 constexpr size_t kLen =
     64 * 1024;  // bytes registered, written and checked per get
 // malloc'ed blocks of the free/malloc and realloc paths: M_MMAP_THRESHOLD only
@@ -147,6 +153,7 @@ class PathMemory {
     switch (path_) {
       case Path::kMunmapMmap:
       case Path::kMadviseDontneed:
+      case Path::kGuardPages:
         if (p_ == nullptr) p_ = Map(nullptr, kLen, err);
         break;
       case Path::kFreeMalloc:
@@ -203,6 +210,18 @@ class PathMemory {
                       static_cast<off_t>(kLen)) != 0)
           *err = std::string("fallocate(PUNCH_HOLE): ") + strerror(errno);
         break;
+      case Path::kGuardPages:  // zaps the range; after REMOVE it refaults
+        Notify(p_, kLen);
+        if (madvise(p_, kLen, kMadvGuardInstall) != 0) {
+          unsupported_ = errno == EINVAL;
+          *err = std::string("madvise(MADV_GUARD_INSTALL): ") +
+                 strerror(errno) +
+                 (unsupported_ ? " (Linux < 6.13 has no guard pages)" : "");
+          return nullptr;
+        }
+        if (madvise(p_, kLen, kMadvGuardRemove) != 0)
+          *err = "madvise(MADV_GUARD_REMOVE) failed";
+        break;
       case Path::kMemfdFtruncate:
         Notify(p_, kLen);
         if (ftruncate(fd_, 0) != 0 ||
@@ -251,6 +270,9 @@ class PathMemory {
     return p_;
   }
 
+  // The path's call does not exist on this kernel.
+  bool unsupported() const { return unsupported_; }
+
   // Ends a cycle (the realloc path frees what it made; others keep p for the
   // next cycle).
   void End() {
@@ -272,6 +294,7 @@ class PathMemory {
     switch (path_) {
       case Path::kMunmapMmap:
       case Path::kMadviseDontneed:
+      case Path::kGuardPages:
         if (p_ != nullptr) {
           Notify(p_, kLen);
           munmap(p_, kLen);
@@ -336,7 +359,8 @@ class PathMemory {
   Path path_;
   bool explicit_;
   uint8_t *p_ = nullptr;
-  int fd_ = -1;  // the memfd paths
+  int fd_ = -1;               // the memfd paths
+  bool unsupported_ = false;  // the kernel lacks the call (guard pages)
   uint8_t *guard_ = nullptr;
   uint8_t *moved_ = nullptr;
   uint8_t *reuse_ = nullptr;
@@ -452,6 +476,7 @@ void RunCycles(Source source, Path path, int cycles, Tally *t) {
         bool same = false;
         bool changed = false;
         p = mem.ChangeAndReuse(&same, &changed, &err);
+        if (p == nullptr && mem.unsupported()) GTEST_SKIP() << err;
         ASSERT_NE(nullptr, p) << "cycle " << c << ": " << err;
         ++t->cycles;
         t->same += same;
@@ -493,6 +518,9 @@ class RxeStaleMr : public ::testing::TestWithParam<std::tuple<Source, Path>> {};
 TEST_P(RxeStaleMr, NoWrongBytes) {
   RXE_SKIP_IF_NO_DEVICE();
   const auto [source, path] = GetParam();
+  if (source == Source::kUffd && path == Path::kGuardPages)
+    GTEST_SKIP() << "uffd gets no event for MADV_GUARD_INSTALL: a documented "
+                    "miss (docs/notifier.md; UffdZap.GuardInstallIsAKnownMiss)";
   Tally t;
   RunCycles(source, path, CyclesFromEnv(700), &t);
   if (IsSkipped() || HasFatalFailure()) return;
@@ -509,7 +537,7 @@ INSTANTIATE_TEST_SUITE_P(
         ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc,
                           Path::kReallocMove, Path::kMadviseDontneed,
                           Path::kBrkTrim, Path::kMemfdPunchHole,
-                          Path::kMemfdFtruncate)),
+                          Path::kMemfdFtruncate, Path::kGuardPages)),
     [](const ::testing::TestParamInfo<std::tuple<Source, Path>> &info) {
       return std::string(SourceName(std::get<0>(info.param))) + "_" +
              PathName(std::get<1>(info.param));
@@ -535,7 +563,8 @@ INSTANTIATE_TEST_SUITE_P(
     Paths, RxeStaleMrNegativeControl,
     ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc, Path::kReallocMove,
                       Path::kMadviseDontneed, Path::kBrkTrim,
-                      Path::kMemfdPunchHole, Path::kMemfdFtruncate),
+                      Path::kMemfdPunchHole, Path::kMemfdFtruncate,
+                      Path::kGuardPages),
     [](const ::testing::TestParamInfo<Path> &info) {
       return std::string(PathName(info.param));
     });
@@ -559,7 +588,8 @@ INSTANTIATE_TEST_SUITE_P(
     Paths, RxeBlindAuto,
     ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc, Path::kReallocMove,
                       Path::kMadviseDontneed, Path::kBrkTrim,
-                      Path::kMemfdPunchHole, Path::kMemfdFtruncate),
+                      Path::kMemfdPunchHole, Path::kMemfdFtruncate,
+                      Path::kGuardPages),
     [](const ::testing::TestParamInfo<Path> &info) {
       return std::string(PathName(info.param));
     });
