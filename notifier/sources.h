@@ -52,7 +52,10 @@ void UffdUninstall();
 // before anything is watched); -EBUSY when a mapping cannot be watched
 // (another userfaultfd owns it, a type the kernel cannot watch, or a fork
 // child that cannot start a monitor): its changes would not be seen, so the
-// caller must not cache it; -ENOMEM.
+// caller must not cache it. Also -EBUSY (refused by us, although the kernel
+// could watch it) for a shared or file-backed mapping (uffd gets no event when its pages are
+// dropped through the file) and for memory a madvise REMOVE covered within the
+// last 250 ms (its zap may still be ahead). -ENOMEM.
 int UffdWatch(uintptr_t start, uintptr_t end);
 // For SyncForLookup(), outside any hook or callback: in a fork child, creates
 // the context and monitor again (and watches the live intervals again); then
@@ -62,6 +65,14 @@ int UffdWatch(uintptr_t start, uintptr_t end);
 // caller then waits for the monitor (WaitAsyncEvents).
 void UffdSyncForLookup();
 
+// Tests only (negative controls): a set bit switches one protection off.
+// kUffdTestNoRefuseUnseen: Watch accepts shared and file-backed mappings
+// (whose pages can be dropped without an event). kUffdTestNoRemoveGrace: a
+// registration racing a madvise(DONTNEED) is cached (REMOVE comes before the
+// zap).
+constexpr uint32_t kUffdTestNoRefuseUnseen = 1;
+constexpr uint32_t kUffdTestNoRemoveGrace = 2;
+extern std::atomic<uint32_t> g_uffd_test_off;
 // Tests only. false turns the probe off: lookups trust the index while an
 // UNMAP may still be unread (the window comes back; negative controls).
 void UffdSetExactForTesting(bool on);
@@ -70,6 +81,8 @@ struct UffdStats {
   uint64_t busy_probes;  // probes that found a change in progress (slow path)
   uint64_t flushes;      // whole-space invalidations after the deadline
   uint64_t restarts;     // monitors re-created in fork children
+  uint64_t refused;      // Watch calls refused: unseeable mapping or a
+                         // REMOVE of it within its grace (registered uncached)
 };
 UffdStats UffdGetStats();
 // The probe itself: 0 (nothing changing), -EAGAIN (a change's event is

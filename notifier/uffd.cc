@@ -22,6 +22,32 @@
 // (another userfaultfd owns it, or the kernel cannot watch its type) makes the
 // interval Register fail with -EBUSY; the cache registers it uncached.
 //
+// WHAT UFFD CANNOT SEE IS REFUSED, NOT CACHED. The kernel sends no event when
+// the pages of a file are dropped through the file (fallocate PUNCH_HOLE and
+// friends, truncate: from this or any other process, or a fork child's
+// MADV_REMOVE of shared anonymous memory), nor for shmdt / shmat(SHM_REMAP).
+// Those zap every mapping of the file: shared ones, and private ones too
+// (truncate zaps private copies). So Watch refuses (-EBUSY: registered
+// uncached) any mapping that is shared (MAP_SHARED file, memfd, shmem, SysV)
+// or backed by a file (MAP_PRIVATE of a file, MAP_HUGETLB): only private
+// anonymous memory is cached under uffd.
+//
+// REMOVE IS BEFORE THE ZAP, BY AN UNBOUNDED TIME. madvise(DONTNEED) queues
+// REMOVE, sleeps until our read(), decrements mmap_changing, retakes the mmap
+// lock and only then zaps. A registration made between our dispatch of REMOVE
+// and that zap pins pages about to be zapped, and nothing the kernel exposes
+// says when the zap has happened. So a REMOVE is remembered (g_recent, with
+// its time) before it is dispatched, and for kRemoveGraceNs afterwards Watch
+// refuses memory that overlaps it: a get racing the program's own madvise
+// registers uncached (correct for that one use; deregistered at its put),
+// later gets cache again. The ordering that makes this complete: the record
+// is stored before BeginRange moves the sequences. A miss reads its sequence,
+// then watches (ReadBegin), then registers, then checks the sequence: if its
+// watch missed the record, the record (and the dispatch after it) came later,
+// so the sequence moved and the miss retries, and its retry sees the record.
+// Inexact only if the madvising thread, woken by our read, waits more than
+// kRemoveGraceNs for a CPU before it zaps.
+//
 // THE MONITOR. Two threads run the same loop: poll() -> EnterHold() (the
 // in-flight window: registrations made from now on wait in ReadBegin) ->
 // non-blocking read() of up to 16 events -> start/end for each -> ExitHold().
@@ -107,6 +133,9 @@
 #endif
 
 namespace regcache::notifier::sources {
+
+std::atomic<uint32_t> g_uffd_test_off{0};
+
 namespace {
 
 constexpr int kThreads = 2;
@@ -139,6 +168,71 @@ std::atomic<uint64_t> g_events{0};
 std::atomic<uint64_t> g_busy_probes{0};
 std::atomic<uint64_t> g_flushes{0};
 std::atomic<uint64_t> g_restarts{0};
+std::atomic<uint64_t> g_refused{0};
+
+// How long after its dispatch a REMOVE keeps overlapping registrations
+// uncached (see REMOVE IS BEFORE THE ZAP). The madvising thread zaps as soon
+// as it runs after our read; the longest wait for a CPU measured for such a
+// woken thread on the 2-vCPU VM under load average 10-14 was 8-32 ms (EXACT
+// LOOKUPS, FourThreadsRecycle): 8x margin.
+constexpr long kRemoveGraceNs = 250L * 1000 * 1000;
+constexpr int kRecent = 32;
+struct RecentRemove {
+  uintptr_t lo = 0, hi = 0;  // empty when lo == hi
+  long t_ns = 0;             // dispatch time (CLOCK_MONOTONIC)
+};
+// Lock rule: g_recent_mu is a leaf lock held for one scan of the table. Taken
+// by whoever dispatches (monitor threads, a lookup draining the queue) and by
+// Watch (under g_mu). Nothing else is taken or waited for while it is held.
+std::mutex g_recent_mu;
+RecentRemove g_recent[kRecent];  // guarded by g_recent_mu
+// Where an entry still inside its grace goes when the table is full: the hull
+// of every such entry, with the newest time (conservative: never forgets).
+RecentRemove g_recent_hull;  // guarded by g_recent_mu
+
+long NowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1000000000L + ts.tv_nsec;
+}
+
+void RememberRemove(uintptr_t lo, uintptr_t hi) {
+  const long now = NowNs();
+  std::lock_guard<std::mutex> g(g_recent_mu);
+  RecentRemove *oldest = &g_recent[0];
+  for (RecentRemove &r : g_recent) {
+    if (r.lo == r.hi || now - r.t_ns > kRemoveGraceNs) {
+      r = {lo, hi, now};
+      return;
+    }
+    if (r.t_ns < oldest->t_ns) oldest = &r;
+  }
+  // Full of entries inside their grace: fold the oldest into the hull.
+  RecentRemove &h = g_recent_hull;
+  if (h.lo == h.hi || now - h.t_ns > kRemoveGraceNs) {
+    h = *oldest;
+  } else {
+    h.lo = h.lo < oldest->lo ? h.lo : oldest->lo;
+    h.hi = h.hi > oldest->hi ? h.hi : oldest->hi;
+    h.t_ns = h.t_ns > oldest->t_ns ? h.t_ns : oldest->t_ns;
+  }
+  *oldest = {lo, hi, now};
+}
+
+// True if [lo, hi) overlaps a REMOVE dispatched less than kRemoveGraceNs ago.
+bool OverlapsRecentRemove(uintptr_t lo, uintptr_t hi) {
+  if (g_uffd_test_off.load(std::memory_order_relaxed) & kUffdTestNoRemoveGrace)
+    return false;
+  const long now = NowNs();
+  std::lock_guard<std::mutex> g(g_recent_mu);
+  auto hit = [&](const RecentRemove &r) {
+    return r.lo < hi && lo < r.hi && now - r.t_ns <= kRemoveGraceNs;
+  };
+  if (hit(g_recent_hull)) return true;
+  for (const RecentRemove &r : g_recent)
+    if (hit(r)) return true;
+  return false;
+}
 
 void Dispatch(const uffd_msg &m) {
   uintptr_t lo = 0, hi = 0;
@@ -150,6 +244,8 @@ void Dispatch(const uffd_msg &m) {
     case UFFD_EVENT_REMOVE:
       lo = m.arg.remove.start;
       hi = m.arg.remove.end;
+      // Before BeginRange moves any sequence (REMOVE IS BEFORE THE ZAP).
+      RememberRemove(lo, hi);
       break;
     case UFFD_EVENT_REMAP:  // the old range moved away
       lo = m.arg.remap.from;
@@ -291,7 +387,8 @@ void AtforkChild() {
   internal::g_async_in_flight.store(g_installed ? internal::kAsyncProbe : 0,
                                     std::memory_order_relaxed);
   if (g_installed) g_need_restart.store(true, std::memory_order_relaxed);
-  new (&g_mu) std::mutex();  // the parent's holder does not exist here
+  new (&g_mu) std::mutex();         // the parent's holder does not exist here
+  new (&g_recent_mu) std::mutex();  // nor does a dispatcher holding this one
 }
 
 // REQUIRES g_mu.
@@ -346,9 +443,32 @@ int WatchError(int rc, uintptr_t s, uintptr_t e) {
   return -EBUSY;
 }
 
+// A mapping whose pages can be dropped without any event reaching us: shared
+// (file, memfd, shmem, SysV: truncate, PUNCH_HOLE, shmdt, another process) or
+// file-backed (truncate zaps private copies too; MAP_HUGETLB memory is a
+// hugetlbfs file). See WHAT UFFD CANNOT SEE.
+constexpr uint64_t kVmaShared = 8;  // PROCMAP_QUERY_VMA_SHARED
+bool Unseeable(bool shared, uint64_t inode) {
+  if (g_uffd_test_off.load(std::memory_order_relaxed) & kUffdTestNoRefuseUnseen)
+    return false;
+  return shared || inode != 0;
+}
+
+int RefuseUnseeable(uintptr_t s, uintptr_t e, bool shared) {
+  g_refused.fetch_add(1, std::memory_order_relaxed);
+  internal::Logf(internal::kLogDebug,
+                 "notifier: uffd does not watch %s mapping %#lx-%#lx (its "
+                 "pages can be dropped through the file without an event): "
+                 "registered uncached",
+                 shared ? "shared" : "file-backed",
+                 static_cast<unsigned long>(s), static_cast<unsigned long>(e));
+  return -EBUSY;
+}
+
 // /proc/self/maps fallback for kernels without PROCMAP_QUERY (may allocate: not
 // on the munmap path). Two passes: first that [start, end) is mapped without a
-// hole (else -EFAULT, nothing watched), then watch.
+// hole (else -EFAULT, nothing watched) and that every mapping may be watched
+// (else -EBUSY), then watch.
 int WatchByMaps(uintptr_t start, uintptr_t end) {
   for (int pass = 0; pass < 2; ++pass) {
     FILE *f = fopen("/proc/self/maps", "re");
@@ -356,12 +476,24 @@ int WatchByMaps(uintptr_t start, uintptr_t end) {
     char line[512];
     uintptr_t covered = start;
     int rc = 0;
+    bool unseeable = false, unseeable_shared = false;
+    uintptr_t us = 0, ue = 0;
     while (rc == 0 && covered < end &&
            fgets(line, sizeof(line), f) != nullptr) {
-      unsigned long s, e;
-      if (sscanf(line, "%lx-%lx", &s, &e) != 2) continue;
+      unsigned long s, e, off, ino;
+      char perms[8];
+      unsigned dmaj, dmin;
+      if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &s, &e, perms, &off, &dmaj,
+                 &dmin, &ino) != 7)
+        continue;
       if (e <= covered) continue;
       if (s > covered) break;  // a hole
+      if (pass == 0 && !unseeable && Unseeable(perms[3] == 's', ino)) {
+        unseeable = true;
+        unseeable_shared = perms[3] == 's';
+        us = s;
+        ue = e;
+      }
       if (pass == 1) {
         rc = RegisterRange(s, e);
         if (rc != 0) rc = WatchError(rc, s, e);
@@ -371,25 +503,35 @@ int WatchByMaps(uintptr_t start, uintptr_t end) {
     fclose(f);
     if (rc != 0) return rc;
     if (covered < end) return -EFAULT;
+    if (unseeable) return RefuseUnseeable(us, ue, unseeable_shared);
   }
   return 0;
 }
 
 // REQUIRES g_mu. Watches the whole VMAs under [start, end) if all of it is
-// mapped. 0, -EFAULT (a hole: nothing is watched), -EBUSY (a mapping cannot
-// be watched), -ENOMEM.
+// mapped and may be watched. 0, -EFAULT (a hole: nothing is watched), -EBUSY
+// (a mapping cannot be watched, or is refused: nothing is watched), -ENOMEM.
 int WatchLocked(uintptr_t start, uintptr_t end) {
   procmap::Vma v;
   int q = procmap::Query(start, true, &v);
   if (q == -EBADF || q == -ENOTTY || q == -EINVAL)
     return WatchByMaps(start, end);
-  // Pass 1: mapped without a hole. A 1 TiB request must fail here, before any
-  // of the unrelated mappings inside its span is watched.
+  // Pass 1: mapped without a hole, every mapping private anonymous. A 1 TiB
+  // request must fail here, before any of the unrelated mappings inside its
+  // span is watched.
   uintptr_t at = start;
+  bool unseeable = false;
+  procmap::Vma u{};
   while (at < end) {
     if (procmap::Query(at, true, &v) != 0 || v.start > at) return -EFAULT;
+    if (!unseeable && Unseeable((v.flags & kVmaShared) != 0, v.inode)) {
+      unseeable = true;
+      u = v;
+    }
     at = v.end;
   }
+  if (unseeable)
+    return RefuseUnseeable(u.start, u.end, (u.flags & kVmaShared) != 0);
   // Pass 2: watch.
   at = start;
   while (at < end && procmap::Query(at, true, &v) == 0 && v.start < end) {
@@ -438,12 +580,6 @@ void InvalidateEverything() {
   internal::Frame f;
   internal::BeginRange(&f, 0, UINTPTR_MAX);
   internal::EndRange(&f);
-}
-
-long NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000L + ts.tv_nsec;
 }
 
 }  // namespace
@@ -495,7 +631,14 @@ int UffdWatch(uintptr_t start, uintptr_t end) {
   // A fork child that cannot have a monitor cannot see changes: -EBUSY makes
   // the cache register uncached instead of caching blind.
   if (RestartLocked() != 0) return -EBUSY;
-  return WatchLocked(start, end);
+  int rc = WatchLocked(start, end);
+  if (rc == 0 && OverlapsRecentRemove(start, end)) {
+    // A madvise of this memory may not have zapped yet (REMOVE IS BEFORE THE
+    // ZAP): register it uncached. Watched all the same (harmless).
+    g_refused.fetch_add(1, std::memory_order_relaxed);
+    return -EBUSY;
+  }
+  return rc;
 }
 
 void UffdSyncForLookup() {
@@ -568,6 +711,7 @@ UffdStats UffdGetStats() {
   s.busy_probes = g_busy_probes.load(std::memory_order_relaxed);
   s.flushes = g_flushes.load(std::memory_order_relaxed);
   s.restarts = g_restarts.load(std::memory_order_relaxed);
+  s.refused = g_refused.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -1722,6 +1722,8 @@ int Cache::GetUncached(uintptr_t addr, size_t len, unsigned access,
   for (int retries = 0;; ++retries) {
     notifier::Subscription *sub = nullptr;
     int rc = notifier::Register(&kRangeOps, nullptr, start, plen, &sub);
+    if (rc == -EBUSY)  // the source cannot watch it: register it all the same
+      return RegisterUncached(nr, start, end, access, out);
     if (rc == 0) {
       const uint64_t seq = notifier::ReadBegin(sub);
       rc = d->Register(reinterpret_cast<void *>(start), plen, access, &nr->reg);

@@ -230,6 +230,11 @@ class HostDriver final : public Driver {
       // one (the old registration's deregistration is deferred past the unmap).
       if (mlock(addr, len) != 0) {
         int e = errno;
+        // mlock locks the mappings up to a hole before it fails: without
+        // lock_pages_ nothing here is meant to stay locked (a VM_LOCKED
+        // leftover on memory the program got back makes its
+        // madvise(DONTNEED) fail with EINVAL and splits its mapping).
+        if (!lock_pages_) munlock(addr, len);
         unsigned char vec;
         // mlock says ENOMEM both for unmapped memory and for the lock limit.
         if (e == ENOMEM && mincore(addr, PageSize(), &vec) != 0) e = EFAULT;

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <thread>
 
+#include "notifier/sources.h"
 #include "tests/notifier/test_util.h"
 
 namespace regcache::notifier {
@@ -194,11 +195,15 @@ TEST_F(EventsTest, BrkTrimThroughFreeInMainArena) {
   // Warm up: our Register allocates a Subscription; make it reuse a freed chunk
   // below the block instead of landing above it (that would pin the heap top:
   // no trim).
-  // (An interval over mapped memory: with uffd, an unmapped one is -EFAULT.)
-  static char mapped;
+  // (An interval over mapped private anonymous memory: with uffd, an unmapped
+  // one is -EFAULT, and a file-backed one, such as this program's .bss page
+  // next to its .data, is refused with -EBUSY.)
+  static void *const mapped = mmap(nullptr, PageSize(), PROT_READ | PROT_WRITE,
+                                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mapped, MAP_FAILED);
   Subscription *warm = nullptr;
-  ASSERT_EQ(Register(&Recorder::kOps, &iv_,
-                     reinterpret_cast<uintptr_t>(&mapped), 1, &warm),
+  ASSERT_EQ(Register(&Recorder::kOps, &iv_, reinterpret_cast<uintptr_t>(mapped),
+                     1, &warm),
             0);
   ASSERT_EQ(Unregister(warm), 0);
   iv_.releases = 0;
@@ -278,9 +283,19 @@ TEST_F(EventsTest, Shmdt) {
   int rc = Register(&Recorder::kOps, &iv_, reinterpret_cast<uintptr_t>(p), len,
                     &interval_sub_);
   if (kSource == Source::kUffd) {
-    // Documented miss: uffd reports nothing for shmdt (even when WP_ASYNC lets
-    // the segment be registered). The cache must not rely on uffd for SysV
-    // memory.
+    // uffd reports nothing for shmdt (even when WP_ASYNC lets the segment be
+    // registered), so the source refuses SysV memory: the cache registers it
+    // uncached.
+    EXPECT_EQ(rc, -EBUSY) << "uffd watched SysV memory";
+    // The kernel behaviour behind the refusal, with the refusal switched off.
+    regcache::notifier::sources::g_uffd_test_off.store(
+        regcache::notifier::sources::kUffdTestNoRefuseUnseen);
+    if (rc == 0) Unregister(interval_sub_);
+    interval_sub_ = nullptr;
+    rc = Register(&Recorder::kOps, &iv_, reinterpret_cast<uintptr_t>(p), len,
+                  &interval_sub_);
+    regcache::notifier::sources::g_uffd_test_off.store(0);
+    if (rc != 0) interval_sub_ = nullptr;
     if (rc == 0) {
       seq_ = ReadBegin(interval_sub_);
       ASSERT_EQ(shmdt(p), 0);
@@ -288,7 +303,7 @@ TEST_F(EventsTest, Shmdt) {
       EXPECT_EQ(iv_.hits.load(), 0u)
           << "uffd now sees shmdt: update docs/notifier.md";
     } else {
-      EXPECT_EQ(rc, -EINVAL);  // cannot even be watched without WP_ASYNC
+      EXPECT_EQ(rc, -EBUSY);  // cannot even be watched without WP_ASYNC
       shmdt(p);
     }
     return;
