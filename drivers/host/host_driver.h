@@ -30,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 
 #include "drivers/driver.h"
 
@@ -59,6 +60,12 @@ bool FramesVisible();
 size_t PinnedBytes();
 // Live host registrations (all host drivers of the process).
 size_t LiveRegistrations();
+// Tests only: the pin table's mutex (to hold it across a fork), and a switch
+// that disables its atfork child handler (negative controls: the child then
+// blocks on its first registration). A fork child starts with an empty table:
+// the parent's pins are not inherited (host_driver.cc, FORK).
+std::mutex &PinsMutexForTesting();
+void SetPinsAtforkOffForTesting(bool off);
 
 // The mappedness check Register runs (0, -EFAULT, -EACCES), allocating nothing;
 // `maps_file` forces the /proc/self/maps path used on kernels without
