@@ -91,10 +91,10 @@ int LibraryInit() {
   int idx = 0;
   rc = tunables::GetEnum("MONITOR", &idx);
   if (rc) return rc;
+  // The order of MONITOR's choices.
   static constexpr notifier::Source kSources[] = {
       notifier::Source::kAuto, notifier::Source::kPatch,
-      notifier::Source::kUffd, notifier::Source::kNone,
-      notifier::Source::kUcm};  // the order of MONITOR's choices
+      notifier::Source::kUffd, notifier::Source::kNone, notifier::Source::kUcm};
   notifier::Options opts;
   opts.source = kSources[idx];
   opts.log = NotifierLog;

@@ -151,8 +151,8 @@ std::string HostName() {
 
 struct Logger {
   std::shared_ptr<Sink> sink = std::make_shared<Sink>();
-  spdlog::logger logger{"regcache",
-                        sink};  // constructed directly: not in the registry
+  // Constructed directly: not in spdlog's registry.
+  spdlog::logger logger{"regcache", sink};
   Logger() {
     // UCX style: [seconds.micros] [host:pid:tid] regcache <level>: message. The
     // host name is fixed at start; pid and tid are read per line (%P, %t).

@@ -94,4 +94,21 @@ void SetSinkAtforkOffForTesting(bool off);
       ::regcache::log::Write(REGCACHE_LOG_##level, fmt::format(__VA_ARGS__)); \
   } while (0)
 
+// Log once: FirstTime(flag) is true for the first caller only (flag: a member,
+// when "once" is per object); REGCACHE_LOG_ONCE keeps its own static flag
+// (once per process, per call site). The flag is spent even when the level is
+// disabled, as an "error logged once, where it is first decided" should be.
+namespace regcache::log {
+inline bool FirstTime(std::atomic<bool> &flag) {
+  return !flag.exchange(true, std::memory_order_relaxed);
+}
+}  // namespace regcache::log
+
+#define REGCACHE_LOG_ONCE(level, ...)                   \
+  do {                                                  \
+    static std::atomic<bool> regcache_log_once_{false}; \
+    if (::regcache::log::FirstTime(regcache_log_once_)) \
+      REGCACHE_LOG(level, __VA_ARGS__);                 \
+  } while (0)
+
 #endif  // REGCACHE_REGCACHE_LOG_H_
