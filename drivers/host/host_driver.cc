@@ -4,7 +4,6 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <regcache/regcache.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -16,10 +15,13 @@
 #include <unordered_map>
 #include <vector>
 
+#include "notifier/procmap_query.h"
 #include "regcache/log.h"
 
 namespace regcache::host {
 namespace {
+
+namespace procmap = notifier::procmap;
 
 constexpr unsigned kWriteAccess = REGCACHE_ACCESS_LOCAL_WRITE |
                                   REGCACHE_ACCESS_REMOTE_WRITE |
@@ -84,29 +86,6 @@ __attribute__((constructor(101))) void PinsAtforkRegister() {
 
 std::atomic<uint64_t> g_next_key{1};
 
-// PROCMAP_QUERY (Linux >= 6.11; the installed uapi headers predate it): the
-// VMA covering an address, or the next one, from an fd of /proc/self/maps.
-struct ProcmapQuery {
-  uint64_t size;
-  uint64_t query_flags;
-  uint64_t query_addr;
-  uint64_t vma_start;
-  uint64_t vma_end;
-  uint64_t vma_flags;
-  uint64_t vma_page_size;
-  uint64_t vma_offset;
-  uint64_t inode;
-  uint32_t dev_major;
-  uint32_t dev_minor;
-  uint32_t vma_name_size;
-  uint32_t build_id_size;
-  uint64_t vma_name_addr;
-  uint64_t build_id_addr;
-};
-constexpr unsigned long kProcmapQuery = _IOWR('f', 17, ProcmapQuery);
-constexpr uint64_t kQueryCoveringOrNext = 0x10;
-constexpr uint64_t kVmaRead = 1, kVmaWrite = 2;
-
 // One step of the check: the VMA [lo, hi) at cur is readable (and writable if
 // `write`). 0 and cur = hi, or -EFAULT / -EACCES.
 int CheckVma(uintptr_t lo, uintptr_t hi, bool readable, bool writable,
@@ -122,14 +101,11 @@ int CheckVma(uintptr_t lo, uintptr_t hi, bool readable, bool writable,
 int CheckByQuery(int fd, uintptr_t start, uintptr_t end, bool write) {
   uintptr_t cur = start;
   while (cur < end) {
-    ProcmapQuery q{};
-    q.size = sizeof(q);
-    q.query_flags = kQueryCoveringOrNext;
-    q.query_addr = cur;
-    if (ioctl(fd, kProcmapQuery, &q) != 0)
-      return errno == ENOENT ? -EFAULT : -errno;
-    int rc = CheckVma(q.vma_start, q.vma_end, q.vma_flags & kVmaRead,
-                      q.vma_flags & kVmaWrite, write, &cur);
+    procmap::Vma v;
+    if (int rc = procmap::QueryFd(fd, cur, procmap::kCoveringOrNext, &v))
+      return rc == -ENOENT ? -EFAULT : rc;
+    int rc = CheckVma(v.start, v.end, v.flags & procmap::kVmaRead,
+                      v.flags & procmap::kVmaWrite, write, &cur);
     if (rc) return rc;
   }
   return 0;
