@@ -7,6 +7,8 @@
 //                            _exit()s with its result; the parent polls
 //                            waitpid for timeout_s + 5 s, then SIGKILLs.
 //                            Returns the wait status (-1 if fork failed).
+//   StartChild / WaitChild   the same in two steps, for a parent that acts
+//                            while the child runs.
 //   ChildOk(status)          exited with 0.
 //   ChildHung(status)        killed by SIGALRM (the child's alarm fired).
 //   Describe(status)         "exit N", "HUNG (SIGALRM)", "signal N".
@@ -32,7 +34,10 @@
 
 namespace regcache::testing {
 
-inline int RunChild(const std::function<int()> &fn, unsigned timeout_s) {
+// Forks; the child arms alarm(timeout_s), runs fn and _exit()s with its
+// result. The parent gets the pid (-1 if fork failed) and may work before
+// WaitChild.
+inline pid_t StartChild(const std::function<int()> &fn, unsigned timeout_s) {
   pid_t pid = fork();
   if (pid == 0) {
     if (getenv("REGCACHE_TEST_GDB_HUNG")) {
@@ -47,9 +52,14 @@ inline int RunChild(const std::function<int()> &fn, unsigned timeout_s) {
     alarm(timeout_s);
     _exit(fn());
   }
+  return pid;
+}
+
+// The wait status of a StartChild child (-1 for pid -1). Bounded: (timeout_s
+// + 5) s of 10 ms polls, then the child is killed.
+inline int WaitChild(pid_t pid, unsigned timeout_s) {
   if (pid < 0) return -1;
   int status = 0;
-  // Bounded: (timeout_s + 5) s of 10 ms polls, then the child is killed.
   for (unsigned i = 0; i < (timeout_s + 5) * 100; ++i) {
     if (waitpid(pid, &status, WNOHANG) == pid) return status;
     if (timeout_s > 2 && i == (timeout_s - 2) * 100 &&
@@ -63,6 +73,10 @@ inline int RunChild(const std::function<int()> &fn, unsigned timeout_s) {
   kill(pid, SIGKILL);
   waitpid(pid, &status, 0);
   return status;
+}
+
+inline int RunChild(const std::function<int()> &fn, unsigned timeout_s) {
+  return WaitChild(StartChild(fn, timeout_s), timeout_s);
 }
 
 inline bool ChildOk(int status) {
