@@ -4,18 +4,18 @@
 // CONCURRENCY SCHEME (also in docs/notifier.md)
 //
 // Two kinds of code touch this state:
-//   writers  Register, Unregister (outside a callback), ReadBegin's first-call
-//   sync,
-//            Configure, Teardown, ResetForTesting. They serialize on g_mu. They
-//            never allocate or free memory while holding g_mu (a writer that
-//            blocks in malloc while holding g_mu could close a cycle: malloc's
-//            arena lock -> munmap hook -> callback -> the cache's lock -> a
-//            cache thread in Register -> g_mu).
+//   writers  Register, Unregister (outside a callback), ReadBegin's
+//            first-call sync, Configure, Teardown, ResetForTesting. They
+//            serialize on g_mu. They never allocate or free memory while
+//            holding g_mu (a writer that blocks in malloc while holding g_mu
+//            could close a cycle: malloc's arena lock -> munmap hook ->
+//            callback -> the cache's lock -> a cache thread in Register ->
+//            g_mu).
 //   dispatch BeginRange/EndRange (munmap hooks, the uffd monitor, explicit
-//   notify). It
-//            takes no lock at all and allocates nothing: only atomics, and a
-//            futex wait in exactly one case (the address space is quiesced and
-//            this thread is not already inside a range or callback).
+//            notify). It takes no lock at all and allocates nothing: only
+//            atomics, and a futex wait in exactly one case (the address space
+//            is quiesced and this thread is not already inside a range or
+//            callback).
 //
 // Subscriptions sit on two intrusive singly-linked lists (whole-space,
 // interval), pushed at the head by writers with a release store. Readers walk
@@ -113,8 +113,8 @@ namespace regcache::notifier {
 // Flag bits of Subscription::flags.
 namespace {
 constexpr uint32_t kDead = 1u;  // no callback may start any more
-constexpr uint32_t kReleaseClaimed =
-    2u;  // a thread has taken the job of calling release
+// A thread has taken the job of calling release.
+constexpr uint32_t kReleaseClaimed = 2u;
 constexpr uint32_t kReleaseDone = 4u;   // release has returned
 constexpr uint32_t kUnregistered = 8u;  // the owner called Unregister
 constexpr int kActiveBits = 24;
@@ -761,8 +761,7 @@ void ExitHold(unsigned slot) {
 
 }  // namespace internal
 
-// ---------------------------------------------------------------- public C++
-// API
+// ------------------------------------------------------------ public C++ API
 const char *SourceName(Source s) {
   if (s == Source::kAuto) return "auto";
   if (const sources::SourceOps *ops = sources::Find(s)) return ops->name;
