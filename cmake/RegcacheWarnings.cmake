@@ -21,11 +21,73 @@ elseif(NOT REGCACHE_SANITIZE STREQUAL "")
   message(FATAL_ERROR "REGCACHE_SANITIZE must be '', asan or tsan (got '${REGCACHE_SANITIZE}')")
 endif()
 
-# Internal (non-installed) headers are included from the source root:
-#   #include "notifier/address_space.h", "regcache/cache.h", "drivers/driver.h".
+# Internal (non-installed) headers are named from the source root:
+#   #include "notifier/address_space.h", "regcache/cache.h", "regcache/driver_port.h".
+# Tests and examples see the whole source root (regcache_target_defaults). A library
+# module's targets do not (regcache_module_target): each module gets an include root of
+# its own under <build>/layering/<module>/ holding a link to its own directory and links
+# to the headers its dependencies export, as cmake/layering.txt allows; an include of
+# anything else does not compile. scripts/check_layering.sh (ctest layering_check)
+# checks the same graph over the sources.
 function(regcache_target_defaults tgt)
   target_link_libraries(${tgt} PRIVATE regcache_build_flags)
   target_include_directories(${tgt} PRIVATE ${PROJECT_SOURCE_DIR})
+endfunction()
+
+file(STRINGS ${PROJECT_SOURCE_DIR}/cmake/layering.txt REGCACHE_LAYERING
+     REGEX "^(uses|exports) ")
+set_property(DIRECTORY ${PROJECT_SOURCE_DIR} APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS
+             ${PROJECT_SOURCE_DIR}/cmake/layering.txt)
+
+# _regcache_link(<target path> <link path>): a symbolic link, made once.
+function(_regcache_link target link)
+  if(NOT IS_SYMLINK ${link})
+    get_filename_component(dir ${link} DIRECTORY)
+    file(MAKE_DIRECTORY ${dir})
+    file(CREATE_LINK ${target} ${link} SYMBOLIC)
+  endif()
+endfunction()
+
+# regcache_module_target(<target>): build flags and the include root of the module the
+# calling CMakeLists.txt belongs to (notifier, regcache, tools = regcache/tools,
+# drivers/<name>).
+function(regcache_module_target tgt)
+  target_link_libraries(${tgt} PRIVATE regcache_build_flags)
+  file(RELATIVE_PATH rel ${PROJECT_SOURCE_DIR} ${CMAKE_CURRENT_SOURCE_DIR})
+  if(rel MATCHES "^drivers/[^/]+")
+    set(mod ${CMAKE_MATCH_0})
+    set(key "drivers/*")
+  elseif(rel MATCHES "^regcache/tools")
+    set(mod tools)
+    set(key tools)
+  elseif(rel MATCHES "^(notifier|regcache)")
+    set(mod ${CMAKE_MATCH_1})
+    set(key ${mod})
+  else()
+    message(FATAL_ERROR "regcache_module_target(${tgt}): ${rel} is in no module")
+  endif()
+  set(root ${PROJECT_BINARY_DIR}/layering/${mod})
+  if(NOT mod STREQUAL "tools")
+    _regcache_link(${PROJECT_SOURCE_DIR}/${mod} ${root}/${mod})
+  endif()
+  set(deps "")
+  foreach(line IN LISTS REGCACHE_LAYERING)
+    string(REGEX REPLACE "[ \t]+" ";" words "${line}")
+    list(POP_FRONT words kw m)
+    if(kw STREQUAL "uses" AND m STREQUAL key)
+      set(deps ${words})
+    endif()
+  endforeach()
+  foreach(line IN LISTS REGCACHE_LAYERING)
+    string(REGEX REPLACE "[ \t]+" ";" words "${line}")
+    list(POP_FRONT words kw m)
+    if(kw STREQUAL "exports" AND m IN_LIST deps)
+      foreach(h IN LISTS words)
+        _regcache_link(${PROJECT_SOURCE_DIR}/${m}/${h} ${root}/${m}/${h})
+      endforeach()
+    endif()
+  endforeach()
+  target_include_directories(${tgt} PRIVATE ${root})
 endfunction()
 
 # Public headers of every module, for in-tree consumers (installed to include/regcache/).
@@ -33,7 +95,7 @@ add_library(regcache_headers INTERFACE)
 
 # regcache_library_object(<target>): an OBJECT library that goes into libregcache.
 function(regcache_library_object tgt)
-  regcache_target_defaults(${tgt})
+  regcache_module_target(${tgt})
   target_compile_definitions(${tgt} PRIVATE REGCACHE_BUILDING_LIBRARY=1)
   # Every object of the libraries sees fmt header-only (FMT_HEADER_ONLY): one that
   # included regcache/log.h without it would reference libfmt.so's vformat.

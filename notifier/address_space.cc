@@ -4,18 +4,18 @@
 // CONCURRENCY SCHEME (also in docs/notifier.md)
 //
 // Two kinds of code touch this state:
-//   writers  Register, Unregister (outside a callback), ReadBegin's first-call
-//   sync,
-//            Configure, Teardown, ResetForTesting. They serialize on g_mu. They
-//            never allocate or free memory while holding g_mu (a writer that
-//            blocks in malloc while holding g_mu could close a cycle: malloc's
-//            arena lock -> munmap hook -> callback -> the cache's lock -> a
-//            cache thread in Register -> g_mu).
+//   writers  Register, Unregister (outside a callback), ReadBegin's
+//            first-call sync, Configure, Teardown, ResetForTesting. They
+//            serialize on g_mu. They never allocate or free memory while
+//            holding g_mu (a writer that blocks in malloc while holding g_mu
+//            could close a cycle: malloc's arena lock -> munmap hook ->
+//            callback -> the cache's lock -> a cache thread in Register ->
+//            g_mu).
 //   dispatch BeginRange/EndRange (munmap hooks, the uffd monitor, explicit
-//   notify). It
-//            takes no lock at all and allocates nothing: only atomics, and a
-//            futex wait in exactly one case (the address space is quiesced and
-//            this thread is not already inside a range or callback).
+//            notify). It takes no lock at all and allocates nothing: only
+//            atomics, and a futex wait in exactly one case (the address space
+//            is quiesced and this thread is not already inside a range or
+//            callback).
 //
 // Subscriptions sit on two intrusive singly-linked lists (whole-space,
 // interval), pushed at the head by writers with a release store. Readers walk
@@ -113,8 +113,8 @@ namespace regcache::notifier {
 // Flag bits of Subscription::flags.
 namespace {
 constexpr uint32_t kDead = 1u;  // no callback may start any more
-constexpr uint32_t kReleaseClaimed =
-    2u;  // a thread has taken the job of calling release
+// A thread has taken the job of calling release.
+constexpr uint32_t kReleaseClaimed = 2u;
 constexpr uint32_t kReleaseDone = 4u;   // release has returned
 constexpr uint32_t kUnregistered = 8u;  // the owner called Unregister
 constexpr int kActiveBits = 24;
@@ -709,25 +709,12 @@ int InstallSourceLocked() {
   Source want = g_configured;
   int rc = 0;
   Source got = Source::kNone;
-  switch (want) {
-    case Source::kNone:
-      break;
-    case Source::kPatch:
-      rc = sources::PatchInstall();
-      got = Source::kPatch;
-      break;
-    case Source::kUffd:
-      rc = sources::UffdInstall();
-      got = Source::kUffd;
-      break;
-    case Source::kUcm:
-      rc = sources::UcmInstall();
-      got = Source::kUcm;
-      break;
-    case Source::kAuto:
-      // The order and the blind rule live in notifier/policy.cc.
-      got = policy::InstallAuto();
-      break;
+  if (want == Source::kAuto) {
+    // The order and the blind rule live in notifier/policy.cc.
+    got = policy::InstallAuto();
+  } else if (const sources::SourceOps *ops = sources::Find(want)) {
+    rc = ops->install();
+    got = want;
   }
   if (rc != 0) {
     internal::Logf(internal::kLogError,
@@ -750,19 +737,9 @@ int InstallSourceLocked() {
 
 void UninstallSourcesLocked() {
   if (!g_installed) return;
-  switch (g_active.load(std::memory_order_acquire)) {
-    case Source::kPatch:
-      sources::PatchUninstall();
-      break;
-    case Source::kUffd:
-      sources::UffdUninstall();
-      break;
-    case Source::kUcm:
-      sources::UcmUninstall();
-      break;
-    default:
-      break;
-  }
+  if (const sources::SourceOps *ops =
+          sources::Find(g_active.load(std::memory_order_acquire)))
+    ops->uninstall();
   g_active.store(Source::kNone, std::memory_order_release);
   g_installed = false;
 }
@@ -875,21 +852,10 @@ void ExitHold(unsigned slot) {
 
 }  // namespace internal
 
-// ---------------------------------------------------------------- public C++
-// API
+// ------------------------------------------------------------ public C++ API
 const char *SourceName(Source s) {
-  switch (s) {
-    case Source::kAuto:
-      return "auto";
-    case Source::kPatch:
-      return "patch";
-    case Source::kUffd:
-      return "uffd";
-    case Source::kNone:
-      return "none";
-    case Source::kUcm:
-      return "ucm";
-  }
+  if (s == Source::kAuto) return "auto";
+  if (const sources::SourceOps *ops = sources::Find(s)) return ops->name;
   return "none";
 }
 
@@ -926,8 +892,10 @@ int Register(const regcache_notifier_ops_t *ops, void *arg, uintptr_t start,
   s->whole = range_len == 0;
   s->start = s->whole ? 0 : start;
   s->end = s->whole ? UINTPTR_MAX : start + range_len;
-  if (!s->whole && g_active.load(std::memory_order_acquire) == Source::kUffd) {
-    int rc = sources::UffdWatch(s->start, s->end);
+  const sources::SourceOps *active =
+      sources::Find(g_active.load(std::memory_order_acquire));
+  if (!s->whole && active != nullptr && active->watch != nullptr) {
+    int rc = active->watch(s->start, s->end);
     if (rc != 0) {
       delete s;
       return rc;
@@ -1028,8 +996,10 @@ uint64_t ReadBegin(Subscription *s) {
       return (w & kActiveMask) == 0;
     });
   }
-  if (!s->whole && g_active.load(std::memory_order_acquire) == Source::kUffd &&
-      sources::UffdWatch(s->start, s->end) != 0) {
+  const sources::SourceOps *active =
+      sources::Find(g_active.load(std::memory_order_acquire));
+  if (!s->whole && active != nullptr && active->watch != nullptr &&
+      active->watch(s->start, s->end) != 0) {
     // uffd only sees mappings it watches, and Register watched what was
     // mapped then: a mapping that has replaced it since (its unmap already
     // delivered, before w was read) would be registered unwatched. Watching
@@ -1230,15 +1200,18 @@ bool InCallback() { return t_state.cb_depth > 0; }
 __attribute__((destructor)) static void NotifierFini() { Teardown(); }
 
 void VerifySources() {
-  if (g_active.load(std::memory_order_acquire) != Source::kPatch) return;
+  // Only a source that another library can overwrite (patch) has intact().
+  const sources::SourceOps *ops =
+      sources::Find(g_active.load(std::memory_order_acquire));
+  if (ops == nullptr || ops->intact == nullptr) return;
   if (t_state.cb_depth > 0 || t_state.inflight > 0) return;
   const char *which = nullptr;
   {
     InstallLock g;
-    if (g_active.load(std::memory_order_acquire) != Source::kPatch ||
-        sources::PatchIntact(&which))
+    if (g_active.load(std::memory_order_acquire) != ops->id ||
+        ops->intact(&which))
       return;
-    sources::PatchAbandon();
+    ops->abandon();
     // ucm if libucm took the entries, else uffd, else blind (policy.cc).
     Source now = policy::AfterPatchLost(which);
     g_active.store(now, std::memory_order_release);
@@ -1253,7 +1226,11 @@ void SyncForLookup() {
   VerifySources();
   // uffd: first until the kernel has no unread change of a watched mapping,
   // then until the monitor has delivered what it read (this order; uffd.cc).
-  sources::UffdSyncForLookup();
+  // Every source's (not only the active one's: uffd's is a no-op unless it is
+  // installed, and must run in a fork child that has not re-created it yet).
+  for (size_t i = 0; i < sources::kSourceCount; ++i)
+    if (sources::kSourceTable[i]->sync_for_lookup != nullptr)
+      sources::kSourceTable[i]->sync_for_lookup();
   WaitAsyncEvents();
 }
 

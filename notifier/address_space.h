@@ -30,8 +30,8 @@ using LogFn = void (*)(int level, const char *msg);
 
 struct Options {
   Source source = Source::kAuto;
-  LogFn log =
-      nullptr;  // may be called from the munmap path: must not allocate... much
+  // May be called from the munmap path: must not allocate (much).
+  LogFn log = nullptr;
 };
 
 // A subscription. Opaque outside the notifier; the C type regcache_notifier_t

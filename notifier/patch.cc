@@ -109,6 +109,7 @@
 
 #include "notifier/address_space.h"
 #include "notifier/internal.h"
+#include "notifier/procmap_query.h"
 #include "notifier/sources.h"
 
 #ifndef MADV_DONTNEED_LOCKED
@@ -375,64 +376,34 @@ extern "C" int HookRemapFilePages(void *addr, size_t size, int prot,
 // the hooks then fall back to wider ranges.
 std::atomic<int> g_maps_fd{-1};
 
-// From <linux/fs.h> of Linux 6.11 (the installed headers predate it).
-struct ProcmapQuery {
-  uint64_t size;
-  uint64_t query_flags;
-  uint64_t query_addr;
-  uint64_t vma_start;
-  uint64_t vma_end;
-  uint64_t vma_flags;
-  uint64_t vma_page_size;
-  uint64_t vma_offset;
-  uint64_t inode;
-  uint32_t dev_major;
-  uint32_t dev_minor;
-  uint32_t vma_name_size;
-  uint32_t build_id_size;
-  uint64_t vma_name_addr;
-  uint64_t build_id_addr;
-};
-constexpr unsigned long kProcmapQuery = _IOWR('f', 17, struct ProcmapQuery);
-constexpr uint64_t kCoveringOrNext = 0x10, kFileBacked = 0x20;
+// The ioctl through the raw `syscall` instruction (procmap_query.h's QueryFd).
+long RawIoctl(int fd, unsigned long request, void *arg) {
+  return RawSyscall6(SYS_ioctl, fd, static_cast<long>(request),
+                     reinterpret_cast<long>(arg), 0, 0, 0);
+}
 
 int OpenMaps() {
   long fd = RawSyscall6(SYS_openat, AT_FDCWD,
                         reinterpret_cast<long>("/proc/self/maps"),
                         O_RDONLY | O_CLOEXEC, 0, 0, 0);
   if (Failed(fd)) return -1;
-  ProcmapQuery q{};
-  q.size = sizeof(q);
-  q.query_flags = kCoveringOrNext;
-  if (RawSyscall6(SYS_ioctl, fd, static_cast<long>(kProcmapQuery),
-                  reinterpret_cast<long>(&q), 0, 0, 0) != 0) {
+  procmap::Vma probe;
+  if (procmap::QueryFd(static_cast<int>(fd), 0, procmap::kCoveringOrNext,
+                       &probe, RawIoctl) != 0) {
     RawSyscall6(SYS_close, fd, 0, 0, 0, 0, 0);
     return -1;
   }
   return static_cast<int>(fd);
 }
 
-struct Vma {
-  uintptr_t start, end;
-  uint64_t offset, inode;
-};
+using Vma = procmap::Vma;
 // The VMA containing addr (next: the first at or above it; file: file-backed
 // ones only). 0, -ENOENT (none), or another -errno (no information).
 int QueryVma(uintptr_t addr, bool next, bool file, Vma *out) {
-  int fd = g_maps_fd.load(std::memory_order_acquire);
-  if (fd < 0) return -EBADF;
-  ProcmapQuery q{};
-  q.size = sizeof(q);
-  q.query_flags = (next ? kCoveringOrNext : 0) | (file ? kFileBacked : 0);
-  q.query_addr = addr;
-  long r = RawSyscall6(SYS_ioctl, fd, static_cast<long>(kProcmapQuery),
-                       reinterpret_cast<long>(&q), 0, 0, 0);
-  if (r != 0) return static_cast<int>(r);
-  out->start = q.vma_start;
-  out->end = q.vma_end;
-  out->offset = q.vma_offset;
-  out->inode = q.inode;
-  return 0;
+  return procmap::QueryFd(
+      g_maps_fd.load(std::memory_order_acquire), addr,
+      (next ? procmap::kCoveringOrNext : 0) | (file ? procmap::kFileBacked : 0),
+      out, RawIoctl);
 }
 
 // ---- files: page-cache pages of mapped files dropped by the file's size or
@@ -1230,5 +1201,9 @@ bool PatchIntact(const char **) { return true; }
 void PatchAbandon() {}
 
 #endif
+
+const SourceOps kPatchOps = {Source::kPatch, "patch",     PatchInstall,
+                             PatchUninstall, nullptr,     nullptr,
+                             PatchIntact,    PatchAbandon};
 
 }  // namespace regcache::notifier::sources

@@ -4,7 +4,6 @@
 
 #include <fcntl.h>
 #include <pthread.h>
-#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -13,27 +12,6 @@
 
 namespace regcache::notifier::procmap {
 namespace {
-
-// From <linux/fs.h> of Linux 6.11 (not in the installed 6.1 headers).
-struct procmap_query {
-  uint64_t size;
-  uint64_t query_flags;
-  uint64_t query_addr;
-  uint64_t vma_start;
-  uint64_t vma_end;
-  uint64_t vma_flags;
-  uint64_t vma_page_size;
-  uint64_t vma_offset;
-  uint64_t inode;
-  uint32_t dev_major;
-  uint32_t dev_minor;
-  uint32_t vma_name_size;
-  uint32_t build_id_size;
-  uint64_t vma_name_addr;
-  uint64_t build_id_addr;
-};
-constexpr unsigned long kProcmapQuery = _IOWR('f', 17, struct procmap_query);
-constexpr uint64_t kCoveringOrNext = 0x10;
 
 // The /proc/self/maps fd PROCMAP_QUERY goes through. It describes the mm of
 // the process that opened it (the mm is taken at open), so a fork child must
@@ -62,43 +40,20 @@ int Init() {
   if (g_fd.load(std::memory_order_acquire) >= 0) return 0;
   int fd = OpenMaps();
   if (fd < 0) return -errno;
-  procmap_query q{};
-  q.size = sizeof(q);
-  q.query_flags = kCoveringOrNext;
-  q.query_addr = 0;
-  if (syscall(SYS_ioctl, fd, kProcmapQuery, &q) != 0) {
-    int err = errno;
+  Vma v;
+  if (int rc = QueryFd(fd, 0, kCoveringOrNext, &v); rc != 0) {
     syscall(SYS_close, fd);
-    return -err;
+    return rc;
   }
   int expected = -1;
   if (!g_fd.compare_exchange_strong(expected, fd)) syscall(SYS_close, fd);
   return 0;
 }
 
-void Reset() {
-  int fd = g_fd.exchange(-1);
-  if (fd >= 0) syscall(SYS_close, fd);
-}
-
 int Query(uintptr_t addr, bool covering_or_next, Vma *out) {
-  int fd = g_fd.load(std::memory_order_acquire);
-  if (fd < 0) return -EBADF;
-  procmap_query q{};
-  q.size = sizeof(q);
-  q.query_flags = covering_or_next ? kCoveringOrNext : 0;
-  q.query_addr = addr;
-  // Raw syscall: errno is set by syscall(), which the hooks save and restore.
-  if (syscall(SYS_ioctl, fd, kProcmapQuery, &q) != 0)
-    return errno == ENOENT ? -ENOENT : -errno;
-  out->start = q.vma_start;
-  out->end = q.vma_end;
-  out->flags = q.vma_flags;
-  out->offset = q.vma_offset;
-  out->inode = q.inode;
-  out->dev_major = q.dev_major;
-  out->dev_minor = q.dev_minor;
-  return 0;
+  // errno is set by syscall(), which the hooks save and restore.
+  return QueryFd(g_fd.load(std::memory_order_acquire), addr,
+                 covering_or_next ? kCoveringOrNext : 0, out);
 }
 
 }  // namespace regcache::notifier::procmap

@@ -12,7 +12,37 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "notifier/address_space.h"
+
 namespace regcache::notifier::sources {
+
+// ---- the ops table (as libfabric's memory monitors): one row per automatic
+// source. The core (address_space.cc) reaches a source only through it:
+// installing the configured one, uninstalling, watching an interval
+// subscription's memory, syncing a lookup, checking that it is still intact.
+// Adding a source = its own file defining its SourceOps + one entry in
+// kSourceTable (sources.cc); REGCACHE_MONITOR=auto's order is policy.cc's.
+// Every hook but install/uninstall may be null (nothing to do). All run under
+// the install mutex except sync_for_lookup (any thread, outside hooks and
+// callbacks) and watch (the Register caller).
+struct SourceOps {
+  Source id;
+  const char *name;  // as REGCACHE_MONITOR spells it
+  int (*install)();  // 0 or a negative errno (the contract of XxxInstall)
+  void (*uninstall)();
+  int (*watch)(uintptr_t start, uintptr_t end);  // see UffdWatch
+  void (*sync_for_lookup)();                     // see UffdSyncForLookup
+  bool (*intact)(const char **which);            // see PatchIntact
+  void (*abandon)();                             // see PatchAbandon
+};
+extern const SourceOps kPatchOps;  // patch.cc
+extern const SourceOps kUffdOps;   // uffd.cc
+extern const SourceOps kUcmOps;    // ucm_import.cc
+// Every automatic source, and its length.
+extern const SourceOps *const kSourceTable[];
+extern const size_t kSourceCount;
+// The row of s; nullptr for kAuto and kNone.
+const SourceOps *Find(Source s);
 
 // patch: overwrites libc's entry points (x86_64 only). 0, or -ENOSYS (not
 // x86_64 / symbol missing / unknown prologue), -EALREADY (another library

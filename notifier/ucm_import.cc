@@ -56,6 +56,7 @@
 #include "notifier/internal.h"
 #include "notifier/policy.h"
 #include "notifier/procmap.h"
+#include "notifier/sources.h"
 
 #ifndef SHM_REMAP
 #define SHM_REMAP 040000
@@ -466,5 +467,8 @@ void UcmUninstall() {
   g_unset(kUcmNative | kUcmSbrk, &PostHandler, nullptr);
   g_installed = false;
 }
+
+const SourceOps kUcmOps = {Source::kUcm, "ucm",   UcmInstall, UcmUninstall,
+                           nullptr,      nullptr, nullptr,    nullptr};
 
 }  // namespace regcache::notifier::sources

@@ -719,6 +719,10 @@ int UffdProbeForTesting() {
   return Probe(g_probe_fd.load(std::memory_order_acquire));
 }
 
+const SourceOps kUffdOps = {Source::kUffd, "uffd",    UffdInstall,
+                            UffdUninstall, UffdWatch, UffdSyncForLookup,
+                            nullptr,       nullptr};
+
 }  // namespace regcache::notifier::sources
 
 namespace regcache::notifier::internal {

@@ -11,8 +11,8 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "drivers/driver.h"
 #include "regcache/cache.h"
+#include "regcache/driver_port.h"
 #include "regcache/library.h"
 #include "regcache/log.h"
 
@@ -135,20 +135,15 @@ REGCACHE_API void regcache_put(regcache_t *cache, regcache_region_t *region) {
                  static_cast<void *>(region));
     std::abort();
 #endif
-    static std::atomic<bool> logged{false};
-    if (!logged.exchange(true))
-      REGCACHE_LOG(ERROR,
-                   "regcache_put: region {} is not held (double put); ignored",
-                   static_cast<void *>(region));
+    REGCACHE_LOG_ONCE(
+        ERROR, "regcache_put: region {} is not held (double put); ignored",
+        static_cast<void *>(region));
     return;
   }
   if (cache != nullptr && ToCache(cache) != owner) {
-    static std::atomic<bool> logged{false};
-    if (!logged.exchange(true))
-      REGCACHE_LOG(
-          ERROR,
-          "regcache_put: region {} belongs to cache {}, not the one given",
-          static_cast<void *>(region), owner->name());
+    REGCACHE_LOG_ONCE(
+        ERROR, "regcache_put: region {} belongs to cache {}, not the one given",
+        static_cast<void *>(region), owner->name());
   }
   owner->Put(r);
 }

@@ -84,7 +84,7 @@
 #include <cstdio>
 #include <string>
 
-#include "drivers/driver.h"
+#include "regcache/driver_port.h"
 #include "regcache/eviction.h"
 #include "regcache/thread_annotations.h"
 

@@ -1,15 +1,17 @@
 // SPDX-License-Identifier: BSD-3-Clause
 #include "regcache/library.h"
 
-#include <regcache/notifier.h>
 #include <regcache/regcache.h>
 
+#include <pthread.h>
+
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <mutex>
 
 #include "notifier/address_space.h"
-#include "notifier/policy.h"
+#include "notifier/c_api.h"
 #include "regcache/config_print.h"
 #include "regcache/environment.h"
 #include "regcache/log.h"
@@ -21,10 +23,65 @@ namespace {
 // Called from memory hooks too: the non-allocating path.
 void NotifierLog(int level, const char *msg) { log::WriteFromHook(level, msg); }
 
+// g_init_mu serialises LibraryInit; g_initialized (written under it) says it
+// completed. Lock rule: held across the whole of LibraryInit, which logs (the
+// sink's mutex), reads tunables (their mutex) and calls notifier::Configure
+// (the notifier's install mutex): g_init_mu is outside all three.
 std::mutex g_init_mu;
-bool g_initialized = false;
+bool g_initialized = false;  // guarded by g_init_mu
+
+// FORK. A thread may be inside LibraryInit when another forks: the child would
+// inherit g_init_mu locked by a thread it does not have, and its first
+// regcache_* call would block forever. Discipline: the child re-initialises
+// it (InitAtforkChild); prepare does not take it. Why not take it in prepare:
+// its holder may be waiting for a quiescer's resume (a free() inside
+// LibraryInit reaches the patch hook, whose range waits while another thread
+// has quiesced), and the notifier lets such ranges through a fork only from
+// its own prepare handler, which must then run first; but the notifier's
+// prepare takes its install mutex, which a LibraryInit holder also waits for
+// (Configure). Either order could deadlock a quiescer that forks.
+// The child's state is then consistent: g_initialized is set last, so a child
+// forked mid-init runs LibraryInit again, and every step of it is idempotent
+// (the log level and file are set once, Configure with the same source returns
+// 0, an unknown-variable warning is repeated at most once).
+//
+// Order of the process's atfork handlers (prepare runs in reverse order of
+// registration, parent/child in order of registration). Constructors of
+// priority 101 register, before every default-priority one, the child-only
+// handlers of this mutex, of the log sink's mutex (regcache/log.cc) and of the
+// host driver's pin table (drivers/host/host_driver.cc): none has a prepare
+// step, and their child steps run before every other child step, which may
+// log. Default-priority constructors then register, in link order, the
+// notifier's (prepare: install mutex, then g_mu), the tunables' (prepare: its
+// mu) and the caches' (prepare: the list, every cache's mu_, the slab). So
+// prepare takes: caches, tunables, notifier install mutex, g_mu; the parent
+// and child steps release them in the reverse.
+std::atomic<bool> g_init_atfork_off{false};
+
+void InitAtforkChild() {
+  if (g_init_atfork_off.load(std::memory_order_relaxed)) return;
+  // No other thread exists: no one can hold it. pthread_mutex_init (not a
+  // placement new) so that sanitizers' shadow state is reset too.
+  pthread_mutex_init(g_init_mu.native_handle(), nullptr);
+}
+
+__attribute__((constructor(101))) void InitAtforkRegister() {
+  pthread_atfork(nullptr, nullptr, InitAtforkChild);
+}
+
+// The notifier's C API (notifier/c_api.cc) runs LibraryInit before it
+// installs a source and flushes deferred log lines after: the notifier depends
+// on nothing of ours, so regcache hands it these at load.
+__attribute__((constructor)) void NotifierHostHooksRegister() {
+  notifier::SetHostHooks({&LibraryInit, &log::FlushDeferred});
+}
 
 }  // namespace
+
+std::mutex &InitMutexForTesting() { return g_init_mu; }
+void SetInitAtforkOffForTesting(bool off) {
+  g_init_atfork_off.store(off, std::memory_order_relaxed);
+}
 
 int LibraryInit() {
   std::lock_guard<std::mutex> g(g_init_mu);
@@ -34,10 +91,10 @@ int LibraryInit() {
   int idx = 0;
   rc = tunables::GetEnum("MONITOR", &idx);
   if (rc) return rc;
+  // The order of MONITOR's choices.
   static constexpr notifier::Source kSources[] = {
       notifier::Source::kAuto, notifier::Source::kPatch,
-      notifier::Source::kUffd, notifier::Source::kNone,
-      notifier::Source::kUcm};  // the order of MONITOR's choices
+      notifier::Source::kUffd, notifier::Source::kNone, notifier::Source::kUcm};
   notifier::Options opts;
   opts.source = kSources[idx];
   opts.log = NotifierLog;
@@ -127,117 +184,6 @@ REGCACHE_API int regcache_config_print(FILE *stream, unsigned flags) {
     return regcache::tunables::Print(stream,
                                      flags & REGCACHE_CONFIG_PRINT_HELP);
   return regcache::config::Print(stream, flags);
-}
-
-// ---------------------------------------------------------------- notifier C
-// API
-REGCACHE_API int regcache_notifier_register(const regcache_notifier_ops_t *ops,
-                                            void *arg,
-                                            regcache_notifier_t **notifier_p) {
-  if (ops == nullptr || notifier_p == nullptr) return -EINVAL;
-  int rc = regcache::LibraryInit();
-  if (rc) return rc;
-  regcache::notifier::Subscription *sub = nullptr;
-  rc = regcache::notifier::Register(ops, arg, 0, 0, &sub);
-  regcache::log::FlushDeferred();
-  if (rc == 0) *notifier_p = reinterpret_cast<regcache_notifier_t *>(sub);
-  return rc;
-}
-
-REGCACHE_API int regcache_notifier_register_range(
-    const regcache_notifier_ops_t *ops, void *arg, const void *addr, size_t len,
-    regcache_notifier_t **notifier_p) {
-  if (ops == nullptr || notifier_p == nullptr || len == 0) return -EINVAL;
-  uintptr_t start = reinterpret_cast<uintptr_t>(addr);
-  if (start + len < start) return -EINVAL;
-  int rc = regcache::LibraryInit();
-  if (rc) return rc;
-  regcache::notifier::Subscription *sub = nullptr;
-  rc = regcache::notifier::Register(ops, arg, start, len, &sub);
-  regcache::log::FlushDeferred();
-  if (rc == 0) *notifier_p = reinterpret_cast<regcache_notifier_t *>(sub);
-  return rc;
-}
-
-REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier) {
-  if (notifier == nullptr) return -EINVAL;
-  return regcache::notifier::Unregister(
-      reinterpret_cast<regcache::notifier::Subscription *>(notifier));
-}
-
-REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
-                                              uint64_t *seq_p) {
-  if (notifier == nullptr || seq_p == nullptr) return -EINVAL;
-  if (regcache::notifier::InRange()) return -EDEADLK;
-  *seq_p = regcache::notifier::ReadBegin(
-      reinterpret_cast<regcache::notifier::Subscription *>(notifier));
-  return 0;
-}
-
-REGCACHE_API int regcache_notifier_read_retry(
-    const regcache_notifier_t *notifier, uint64_t seq) {
-  if (notifier == nullptr) return -EINVAL;
-  return regcache::notifier::ReadRetry(
-             reinterpret_cast<const regcache::notifier::Subscription *>(
-                 notifier),
-             seq)
-             ? 1
-             : 0;
-}
-
-REGCACHE_API int regcache_notify_unmapped(const void *addr, size_t len) {
-  uintptr_t start = reinterpret_cast<uintptr_t>(addr);
-  if (start + len < start) return -EINVAL;
-  if (len == 0) return 0;
-  return regcache::notifier::NotifyUnmapped(start, len);
-}
-
-REGCACHE_API int regcache_notify_unmap_start(const void *addr, size_t len) {
-  return regcache::notifier::NotifyStart(reinterpret_cast<uintptr_t>(addr),
-                                         len);
-}
-
-REGCACHE_API int regcache_notify_unmap_end(const void *addr, size_t len) {
-  return regcache::notifier::NotifyEnd(reinterpret_cast<uintptr_t>(addr), len);
-}
-
-REGCACHE_API int regcache_notifier_quiesce(void) {
-  if (regcache::notifier::InCallback()) return -EDEADLK;
-  return regcache::notifier::Quiesce();
-}
-
-REGCACHE_API int regcache_notifier_resume(void) {
-  return regcache::notifier::Resume();
-}
-
-REGCACHE_API const char *regcache_notifier_source(void) {
-  return regcache::notifier::SourceName(regcache::notifier::ActiveSource());
-}
-
-REGCACHE_API int regcache_notifier_set_external(int on) {
-  if (on != 0 && on != 1) return -EINVAL;
-  regcache::notifier::policy::SetExternal(on == 1);
-  return 0;
-}
-
-REGCACHE_API int regcache_notifier_caching_safe(void) {
-  int rc = regcache::LibraryInit();
-  if (rc) return rc;
-  if (regcache::notifier::InCallback()) return -EDEADLK;
-  // Installing is what the first cache would do anyway; the query must not
-  // answer for a source that has not been chosen yet.
-  rc = regcache::notifier::EnsureInstalled();
-  if (rc) return rc;
-  // A patch overwritten since is settled first (the switch it may cause is
-  // the one the next cache miss would make).
-  regcache::notifier::VerifySources();
-  const bool safe = regcache::notifier::CachingSafe();
-  regcache::log::FlushDeferred();
-  return safe ? 1 : 0;
-}
-
-REGCACHE_API const char *regcache_notifier_blind_reason(void) {
-  return regcache::notifier::policy::BlindReason();
 }
 
 }  // extern "C"

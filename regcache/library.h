@@ -7,14 +7,25 @@
 // A bad value is reported once and returned (-EINVAL) to every caller until it
 // is fixed with regcache_config_set().
 //
+// Fork: a child forked while another thread runs LibraryInit gets a fresh,
+// unlocked mutex and runs it again on first use (library.cc, FORK).
+//
 // At process exit the notifier's own destructor tears the address space down:
 // every subscriber (each cache included) gets release exactly once.
 #ifndef REGCACHE_REGCACHE_LIBRARY_H_
 #define REGCACHE_REGCACHE_LIBRARY_H_
 
+#include <mutex>
+
 namespace regcache {
 
 int LibraryInit();
+
+// Tests only: the mutex LibraryInit holds, so a test can hold it across a
+// fork; and a switch that disables its atfork child handler (negative
+// controls: the child then blocks on it).
+std::mutex &InitMutexForTesting();
+void SetInitAtforkOffForTesting(bool off);
 
 }  // namespace regcache
 

@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <spdlog/logger.h>
 #include <spdlog/sinks/base_sink.h>
 #include <sys/syscall.h>
@@ -16,7 +17,6 @@
 #include <mutex>
 
 #include "notifier/address_space.h"
-#include "regcache/tunables.h"
 
 namespace regcache::log {
 
@@ -90,20 +90,42 @@ std::atomic<bool> g_ring_pending{false};
 std::atomic<size_t> g_dropped{0};
 
 // The sink: the host's handler, else the file descriptor.
+//
+// Lock rule: mutex_ (spdlog's base_sink) is held across each line, the host's
+// handler included, and across Set. The handler is kept as two slots and an
+// index (written under mutex_): Set fills the slot not in use, then flips the
+// index, so the pair (fn, arg) that any moment shows is one that was set.
+//
+// FORK: a thread may be inside a line (in the host's handler, for as long as
+// that takes) when another forks; the child would inherit mutex_ locked by a
+// thread it does not have, and its first log line would block forever. The
+// child re-initialises it (AtforkChild) instead of prepare taking it, because
+// its holder runs the host's code, which may wait for anything. What the
+// child inherits is consistent: the handler pair is whole (above); the
+// formatter's cached time is plain data at worst a second old. A fork from
+// inside a log handler is not supported. The order among all atfork handlers
+// is written in regcache/library.cc (FORK).
 class Sink final : public spdlog::sinks::base_sink<std::mutex> {
  public:
   void Set(regcache_log_func_t fn, void *arg) {
     std::lock_guard<std::mutex> g(this->mutex_);
-    fn_ = fn;
-    arg_ = arg;
+    const unsigned next = 1 - cur_.load(std::memory_order_relaxed);
+    handler_[next] = {fn, arg};
+    cur_.store(next, std::memory_order_release);
     g_has_handler.store(fn != nullptr, std::memory_order_release);
+  }
+  // Atfork child only: no other thread exists. pthread_mutex_init (not a
+  // placement new) so that sanitizers' shadow state is reset too.
+  void ReinitInChild() {
+    pthread_mutex_init(this->mutex_.native_handle(), nullptr);
   }
 
  protected:
   void sink_it_(const spdlog::details::log_msg &msg) override {
-    if (fn_) {
+    const Handler h = handler_[cur_.load(std::memory_order_acquire)];
+    if (h.fn) {
       std::string text(msg.payload.data(), msg.payload.size());
-      fn_(arg_, FromSpd(msg.level), text.c_str());
+      h.fn(h.arg, FromSpd(msg.level), text.c_str());
       return;
     }
     spdlog::memory_buf_t buf;
@@ -113,8 +135,12 @@ class Sink final : public spdlog::sinks::base_sink<std::mutex> {
   void flush_() override {}
 
  private:
-  regcache_log_func_t fn_ = nullptr;  // GUARDED_BY(mutex_)
-  void *arg_ = nullptr;               // GUARDED_BY(mutex_)
+  struct Handler {
+    regcache_log_func_t fn = nullptr;
+    void *arg = nullptr;
+  };
+  Handler handler_[2];  // GUARDED_BY(mutex_) for writes; see Set
+  std::atomic<unsigned> cur_{0};
 };
 
 std::string HostName() {
@@ -125,8 +151,8 @@ std::string HostName() {
 
 struct Logger {
   std::shared_ptr<Sink> sink = std::make_shared<Sink>();
-  spdlog::logger logger{"regcache",
-                        sink};  // constructed directly: not in the registry
+  // Constructed directly: not in spdlog's registry.
+  spdlog::logger logger{"regcache", sink};
   Logger() {
     // UCX style: [seconds.micros] [host:pid:tid] regcache <level>: message. The
     // host name is fixed at start; pid and tid are read per line (%P, %t).
@@ -140,10 +166,34 @@ struct Logger {
   }
 };
 
+// Published once constructed, for the atfork child handler (which must not
+// construct it: a child forked while another thread constructs it would wait
+// for that construction, and constructing spdlog objects from a priority-101
+// constructor would run before spdlog's own static initialisers).
+std::atomic<Logger *> g_logger{nullptr};
+
 Logger &L() {
-  static Logger *l =
-      new Logger;  // leaked on purpose: exit-time teardown still logs
+  static Logger *l = [] {
+    auto *made =
+        new Logger;  // leaked on purpose: exit-time teardown still logs
+    g_logger.store(made, std::memory_order_release);
+    return made;
+  }();
   return *l;
+}
+
+std::atomic<bool> g_sink_atfork_off{false};
+
+void AtforkChild() {
+  if (g_sink_atfork_off.load(std::memory_order_relaxed)) return;
+  if (Logger *l = g_logger.load(std::memory_order_acquire))
+    l->sink->ReinitInChild();
+}
+
+// Priority 101: before the notifier's and the caches' handlers, whose child
+// steps may log (regcache/library.cc, FORK).
+__attribute__((constructor(101))) void LogAtforkRegister() {
+  pthread_atfork(nullptr, nullptr, AtforkChild);
 }
 
 std::atomic<bool> g_level_set_by_api{false};
@@ -168,9 +218,8 @@ void DrainDeferred() {
   }
 }
 
-void OpenLogFile() {
-  std::string pattern;
-  if (tunables::GetString("LOG_FILE", &pattern) != 0 || pattern.empty()) return;
+void OpenLogFile(const std::string &pattern) {
+  if (pattern.empty()) return;
   std::string path =
       ExpandPath(pattern, HostName(), static_cast<long>(getpid()));
   int fd =
@@ -268,17 +317,15 @@ int SetLevel(int level) {
   return 0;
 }
 
-int InitFromTunables() {
-  int rc = 0;
-  if (!g_level_set_by_api.load(std::memory_order_relaxed)) {
-    int idx = 0;
-    rc = tunables::GetEnum("LOG_LEVEL", &idx);
-    if (rc == 0)
-      g_level.store(idx,
-                    std::memory_order_relaxed);  // choices are in level order
-  }
-  std::call_once(g_file_once, OpenLogFile);
-  return rc;
+bool LevelSetByApi() {
+  return g_level_set_by_api.load(std::memory_order_relaxed);
+}
+
+void ApplyConfig(const int *level, const std::string *file_pattern) {
+  if (level != nullptr && !g_level_set_by_api.load(std::memory_order_relaxed))
+    g_level.store(*level, std::memory_order_relaxed);
+  if (file_pattern != nullptr)
+    std::call_once(g_file_once, [&] { OpenLogFile(*file_pattern); });
 }
 
 std::string ExpandPath(std::string_view pattern, std::string_view host,
@@ -303,6 +350,10 @@ std::string ExpandPath(std::string_view pattern, std::string_view host,
     }
   }
   return out;
+}
+
+void SetSinkAtforkOffForTesting(bool off) {
+  g_sink_atfork_off.store(off, std::memory_order_relaxed);
 }
 
 size_t DroppedForTesting() { return g_dropped.load(std::memory_order_relaxed); }

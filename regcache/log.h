@@ -24,7 +24,8 @@
 // called inside a notifier range or callback.
 //
 // Lock rule: the sink's mutex (spdlog base_sink) is taken only on the ordinary
-// path; the hook path takes no lock (atomics on the ring slots only).
+// path; the hook path takes no lock (atomics on the ring slots only). A fork
+// child re-initialises that mutex (log.cc, FORK).
 #ifndef REGCACHE_REGCACHE_LOG_H_
 #define REGCACHE_REGCACHE_LOG_H_
 
@@ -60,8 +61,16 @@ void SetHandler(regcache_log_func_t fn, void *arg);
 int SetLevel(int level);
 // Reads REGCACHE_LOG_LEVEL (unless regcache_set_log_level() was called) and
 // REGCACHE_LOG_FILE (opened once, appending; on failure one error line and
-// stderr stays). Returns 0/-EINVAL.
+// stderr stays). Returns 0/-EINVAL. Defined in log_config.cc, the one unit
+// that sees both the logger and the tunables (the logger itself does not read
+// tunables: tunables.cc logs through it).
 int InitFromTunables();
+// What InitFromTunables applies: the level (unless regcache_set_log_level()
+// was called; nullptr: keep) and the file pattern (opened on the first call
+// only, "" = stderr; nullptr: not yet).
+void ApplyConfig(const int *level, const std::string *file_pattern);
+// True once regcache_set_log_level() was called.
+bool LevelSetByApi();
 
 // Exposed for tests.
 // Expands %h (host name), %p (pid) and %% in a REGCACHE_LOG_FILE value; any
@@ -73,6 +82,9 @@ std::string ExpandPath(std::string_view pattern, std::string_view host,
 size_t FormatPrefix(char *buf, size_t len, int level) noexcept;
 // Lines dropped because the deferred ring was full (reported once delivered).
 size_t DroppedForTesting();
+// Disables the sink's atfork child handler (negative controls: a child forked
+// while another thread is inside a line then blocks on its first line).
+void SetSinkAtforkOffForTesting(bool off);
 
 }  // namespace regcache::log
 
@@ -80,6 +92,23 @@ size_t DroppedForTesting();
   do {                                                                        \
     if (::regcache::log::Enabled(REGCACHE_LOG_##level))                       \
       ::regcache::log::Write(REGCACHE_LOG_##level, fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+// Log once: FirstTime(flag) is true for the first caller only (flag: a member,
+// when "once" is per object); REGCACHE_LOG_ONCE keeps its own static flag
+// (once per process, per call site). The flag is spent even when the level is
+// disabled, as an "error logged once, where it is first decided" should be.
+namespace regcache::log {
+inline bool FirstTime(std::atomic<bool> &flag) {
+  return !flag.exchange(true, std::memory_order_relaxed);
+}
+}  // namespace regcache::log
+
+#define REGCACHE_LOG_ONCE(level, ...)                   \
+  do {                                                  \
+    static std::atomic<bool> regcache_log_once_{false}; \
+    if (::regcache::log::FirstTime(regcache_log_once_)) \
+      REGCACHE_LOG(level, __VA_ARGS__);                 \
   } while (0)
 
 #endif  // REGCACHE_REGCACHE_LOG_H_

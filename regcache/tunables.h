@@ -44,16 +44,16 @@ struct Spec {
 
 // The whole table, for printing (regcache-info -c) and tests.
 const Spec *Table(size_t *count);
-const Spec *Find(
-    const char *name);  // accepts "MAX_REGIONS" or "REGCACHE_MAX_REGIONS"
+// Accepts "MAX_REGIONS" or "REGCACHE_MAX_REGIONS".
+const Spec *Find(const char *name);
 
 // Raw current value (override > env > default). -ENOENT for an unknown name.
 int GetString(const char *name, std::string *out);
 // Typed reads. Return 0, -ENOENT (unknown), -EINVAL (bad value; logged once per
 // value).
 int GetBool(const char *name, bool *out);
-REGCACHE_PRIVATE_API int GetEnum(
-    const char *name, int *index_out);  // index into the choices list
+// *index_out: the index into the choices list.
+REGCACHE_PRIVATE_API int GetEnum(const char *name, int *index_out);
 // kSize / kUint. "inf" -> SIZE_MAX. "auto" -> *is_auto = true and *out
 // untouched (is_auto may be nullptr when the tunable has no "auto").
 int GetSize(const char *name, size_t *out, bool *is_auto = nullptr);

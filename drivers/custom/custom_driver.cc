@@ -18,7 +18,7 @@
 #include <memory>
 #include <new>
 
-#include "drivers/driver.h"
+#include "regcache/driver_port.h"
 #include "regcache/log.h"
 
 namespace regcache {

@@ -17,7 +17,8 @@
 #include <new>
 #include <string>
 
-#include "drivers/driver.h"
+#include "regcache/driver_guard.h"
+#include "regcache/driver_port.h"
 #include "regcache/log.h"
 
 namespace regcache::fabric {
@@ -43,30 +44,17 @@ class FabricDriver final : public Driver {
         mr_cnt_(mr_cnt),
         serialize_(serialize),
         name_(std::move(name)),
-        owner_(getpid()) {}
+        guard_("fabric", "a fabric, domain and driver") {}
 
   const char *Name() const override { return "fabric"; }
 
   int Register(void *addr, size_t len, unsigned access,
                Registration *out) override {
-    if (out == nullptr || len == 0 || (access & ~REGCACHE_ACCESS_ALL) != 0) {
-      REGCACHE_LOG(
-          ERROR,
-          "fabric: bad registration request addr {} len {} access 0x{:x}", addr,
-          len, access);
-      return -EINVAL;
-    }
-    if (pid_t pid = getpid(); pid != owner_) {
-      REGCACHE_LOG(ERROR,
-                   "fabric: registration in forked child {} on a driver opened "
-                   "by {}: open "
-                   "a fabric, domain and driver in the child",
-                   pid, owner_);
-      return -EPERM;
-    }
+    if (int rc = guard_.CheckRegister(addr, len, access, out); rc != 0)
+      return rc;
     if (live_.fetch_add(1, std::memory_order_relaxed) >= mr_cnt_) {
       live_.fetch_sub(1, std::memory_order_relaxed);
-      if (!mr_cnt_logged_.exchange(true, std::memory_order_relaxed)) {
+      if (log::FirstTime(mr_cnt_logged_)) {
         REGCACHE_LOG(
             WARN,
             "fabric: {} live MRs on {} reached the domain's mr_cnt: -ENOMEM",
@@ -85,14 +73,8 @@ class FabricDriver final : public Driver {
       REGCACHE_LOG(ERROR, "fabric: deregistration of a NULL MR");
       return -EINVAL;
     }
-    if (getpid() != owner_) {
-      // The parent's MR (a verbs-based provider shares the uverbs file): leave
-      // it alone.
-      REGCACHE_LOG(DEBUG,
-                   "fabric: forked child leaves the parent's MR {} alone",
-                   reg.handle);
-      return 0;
-    }
+    // The parent's MR (shared uverbs file / domain): leave it alone.
+    if (guard_.LeaveParentsRegistration(reg.handle)) return 0;
     int rc;
     {
       std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
@@ -196,7 +178,7 @@ class FabricDriver final : public Driver {
   const uint64_t mr_cnt_;
   const bool serialize_;
   const std::string name_;
-  const pid_t owner_;
+  const DriverGuard guard_;  // Register's prologue, the fork rule
   std::mutex
       mu_;  // serialises libfabric calls unless the domain is FI_THREAD_SAFE
   std::atomic<uint64_t> next_key_{0};

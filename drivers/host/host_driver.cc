@@ -2,8 +2,8 @@
 #include "drivers/host/host_driver.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <regcache/regcache.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -15,10 +15,13 @@
 #include <unordered_map>
 #include <vector>
 
+#include "notifier/procmap_query.h"
 #include "regcache/log.h"
 
 namespace regcache::host {
 namespace {
+
+namespace procmap = notifier::procmap;
 
 constexpr unsigned kWriteAccess = REGCACHE_ACCESS_LOCAL_WRITE |
                                   REGCACHE_ACCESS_REMOTE_WRITE |
@@ -36,47 +39,52 @@ struct Record {
   size_t len;
   unsigned access;
   uint64_t key;
+  uint64_t fork_gen;  // g_fork_gen when registered (see Pins, FORK)
   bool frames_known;
   std::vector<uint64_t> frames;  // pagemap PFN per page (0: not present)
 };
 
 // Process-wide pin counts: mlock is a per-page flag, not a counter.
+// Lock rule: count and live only under mu. Holders mlock, allocate (the map)
+// and log; they take no other lock of ours except the log sink's.
+//
+// FORK: a thread may hold mu (registering or deregistering) when another
+// forks; the child would inherit it locked by a thread it does not have, and
+// its first registration would block forever. The child starts a fresh table
+// (AtforkChild) instead of prepare taking mu, because a holder may wait for a
+// quiescer's resume (its free() can reach the patch hook, whose range waits
+// while another thread has quiesced), which a quiescer that forks would never
+// give. A fresh table is also the child's truth: mlock is not inherited by a
+// child (its copies of the pages are not locked), and the parent's table may
+// be half-way through an update. The old table is leaked, never touched.
+// Records registered before the fork (an older fork_gen) leave the child
+// without touching the new table (Deregister). The order among all atfork
+// handlers is written in regcache/library.cc (FORK).
 struct Pins {
   std::mutex mu;
   std::unordered_map<uintptr_t, uint32_t>
       count;  // page address -> registrations
   size_t live = 0;
 };
-Pins &ThePins() {
-  static Pins *p =
-      new Pins;  // leaked: deregistration may run during exit teardown
-  return *p;
+// Leaked: deregistration may run during exit teardown.
+std::atomic<Pins *> g_pins{new Pins};
+Pins &ThePins() { return *g_pins.load(std::memory_order_acquire); }
+std::atomic<uint64_t> g_fork_gen{0};
+std::atomic<bool> g_pins_atfork_off{false};
+
+void AtforkChild() {
+  if (g_pins_atfork_off.load(std::memory_order_relaxed)) return;
+  // malloc works in atfork child handlers (glibc resets its locks first).
+  g_pins.store(new Pins, std::memory_order_release);
+  g_fork_gen.fetch_add(1, std::memory_order_relaxed);
+}
+
+// Priority 101: before the default-priority handlers (regcache/library.cc).
+__attribute__((constructor(101))) void PinsAtforkRegister() {
+  pthread_atfork(nullptr, nullptr, AtforkChild);
 }
 
 std::atomic<uint64_t> g_next_key{1};
-
-// PROCMAP_QUERY (Linux >= 6.11; the installed uapi headers predate it): the
-// VMA covering an address, or the next one, from an fd of /proc/self/maps.
-struct ProcmapQuery {
-  uint64_t size;
-  uint64_t query_flags;
-  uint64_t query_addr;
-  uint64_t vma_start;
-  uint64_t vma_end;
-  uint64_t vma_flags;
-  uint64_t vma_page_size;
-  uint64_t vma_offset;
-  uint64_t inode;
-  uint32_t dev_major;
-  uint32_t dev_minor;
-  uint32_t vma_name_size;
-  uint32_t build_id_size;
-  uint64_t vma_name_addr;
-  uint64_t build_id_addr;
-};
-constexpr unsigned long kProcmapQuery = _IOWR('f', 17, ProcmapQuery);
-constexpr uint64_t kQueryCoveringOrNext = 0x10;
-constexpr uint64_t kVmaRead = 1, kVmaWrite = 2;
 
 // One step of the check: the VMA [lo, hi) at cur is readable (and writable if
 // `write`). 0 and cur = hi, or -EFAULT / -EACCES.
@@ -93,14 +101,11 @@ int CheckVma(uintptr_t lo, uintptr_t hi, bool readable, bool writable,
 int CheckByQuery(int fd, uintptr_t start, uintptr_t end, bool write) {
   uintptr_t cur = start;
   while (cur < end) {
-    ProcmapQuery q{};
-    q.size = sizeof(q);
-    q.query_flags = kQueryCoveringOrNext;
-    q.query_addr = cur;
-    if (ioctl(fd, kProcmapQuery, &q) != 0)
-      return errno == ENOENT ? -EFAULT : -errno;
-    int rc = CheckVma(q.vma_start, q.vma_end, q.vma_flags & kVmaRead,
-                      q.vma_flags & kVmaWrite, write, &cur);
+    procmap::Vma v;
+    if (int rc = procmap::QueryFd(fd, cur, procmap::kCoveringOrNext, &v))
+      return rc == -ENOENT ? -EFAULT : rc;
+    int rc = CheckVma(v.start, v.end, v.flags & procmap::kVmaRead,
+                      v.flags & procmap::kVmaWrite, write, &cur);
     if (rc) return rc;
   }
   return 0;
@@ -208,6 +213,7 @@ class HostDriver final : public Driver {
     rec->len = len;
     rec->access = access;
     rec->key = g_next_key.fetch_add(1, std::memory_order_relaxed);
+    rec->fork_gen = g_fork_gen.load(std::memory_order_relaxed);
     const size_t pages = len / PageSize();
     {
       Pins &pins = ThePins();
@@ -261,6 +267,12 @@ class HostDriver final : public Driver {
     auto *rec = static_cast<Record *>(reg.handle);
     if (rec == nullptr) return -EINVAL;
     const size_t pages = rec->len / PageSize();
+    if (rec->fork_gen != g_fork_gen.load(std::memory_order_relaxed)) {
+      // Registered by the parent before a fork: its pins are not this
+      // process's (Pins, FORK).
+      delete rec;
+      return 0;
+    }
     {
       Pins &pins = ThePins();
       std::lock_guard<std::mutex> g(pins.mu);
@@ -351,6 +363,11 @@ size_t PinnedBytes() {
 int CheckMapped(const void *addr, size_t len, bool write, bool maps_file) {
   const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
   return CheckMapped(start, start + len, write, maps_file);
+}
+
+std::mutex &PinsMutexForTesting() { return ThePins().mu; }
+void SetPinsAtforkOffForTesting(bool off) {
+  g_pins_atfork_off.store(off, std::memory_order_relaxed);
 }
 
 size_t LiveRegistrations() {

@@ -3,25 +3,21 @@
 // (internal).
 //
 // For machines without an HCA, and for the core's tests. Register:
-//   1. checks against /proc/self/maps that every page of the range is mapped
-//   and readable
-//      (-EFAULT otherwise) and, when any write access is asked for
-//      (LOCAL_WRITE, REMOTE_WRITE, REMOTE_ATOMIC), writable (-EACCES otherwise)
-//      - what ibv_reg_mr's get_user_pages would refuse;
+//   1. checks that every page of the range is mapped and readable (-EFAULT
+//      otherwise; PROCMAP_QUERY, else /proc/self/maps) and, when any write
+//      access is asked for (LOCAL_WRITE, REMOTE_WRITE, REMOTE_ATOMIC),
+//      writable (-EACCES otherwise): what ibv_reg_mr's get_user_pages would
+//      refuse;
 //   2. enforces RLIMIT_MEMLOCK (soft) on the bytes this process pinned through
-//   host
-//      drivers, even for root (-ENOMEM past it), as ib_umem_get does for
+//      host drivers, even for root (-ENOMEM past it), as ib_umem_get does for
 //      unprivileged users, so tests see the limit bite whoever runs them;
 //   3. mlock()s the range (faulting every page in), keeping a per-page pin
-//   count
-//      process-wide: mlock is not counted by the kernel, so two overlapping
-//      registrations must not unlock each other's pages;
+//      count process-wide: mlock is not counted by the kernel, so two
+//      overlapping registrations must not unlock each other's pages;
 //   4. records each page's frame from /proc/self/pagemap (needs CAP_SYS_ADMIN
-//   to see
-//      frame numbers; otherwise the record says "unknown");
+//      to see frame numbers; otherwise the record says "unknown");
 //   5. issues unique keys (lkey = low 32 bits of a process-wide counter, rkey =
-//   the
-//      counter with a tag in the high bits).
+//      the counter with a tag in the high bits).
 // Deregister unpins pages whose count drops to zero; it succeeds for unmapped
 // memory.
 #ifndef REGCACHE_DRIVERS_HOST_HOST_DRIVER_H_
@@ -30,8 +26,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 
-#include "drivers/driver.h"
+#include "regcache/driver_port.h"
 
 namespace regcache::host {
 
@@ -43,11 +40,12 @@ std::unique_ptr<Driver> NewHostDriver(bool lock_pages = true);
 
 // Test helpers: the software stand-in for "the NIC writes to the old pages".
 enum class FrameCheck {
-  kFresh,  // every page of the registration still maps the frame recorded at
-           // register
-  kStale,  // some page now maps another frame (or none): a NIC would DMA to old
-           // pages
-  kUnknown,  // frame numbers are not visible to this process (no CAP_SYS_ADMIN)
+  // Every page of the registration still maps the frame recorded at register.
+  kFresh,
+  // Some page now maps another frame (or none): a NIC would DMA to old pages.
+  kStale,
+  // Frame numbers are not visible to this process (no CAP_SYS_ADMIN).
+  kUnknown,
 };
 // `handle` is Registration::handle of a host registration
 // (regcache_region_handle()).
@@ -59,6 +57,12 @@ bool FramesVisible();
 size_t PinnedBytes();
 // Live host registrations (all host drivers of the process).
 size_t LiveRegistrations();
+// Tests only: the pin table's mutex (to hold it across a fork), and a switch
+// that disables its atfork child handler (negative controls: the child then
+// blocks on its first registration). A fork child starts with an empty table:
+// the parent's pins are not inherited (host_driver.cc, FORK).
+std::mutex &PinsMutexForTesting();
+void SetPinsAtforkOffForTesting(bool off);
 
 // The mappedness check Register runs (0, -EFAULT, -EACCES), allocating nothing;
 // `maps_file` forces the /proc/self/maps path used on kernels without

@@ -17,7 +17,8 @@
 #include <new>
 #include <string>
 
-#include "drivers/driver.h"
+#include "regcache/driver_guard.h"
+#include "regcache/driver_port.h"
 #include "regcache/log.h"
 #include "regcache/tunables.h"
 
@@ -64,7 +65,7 @@ class VerbsDriver final : public Driver {
         max_mr_size_(max_mr_size),
         max_mr_(max_mr),
         odp_(odp),
-        owner_(getpid()) {}
+        guard_("verbs", "the device, a PD and a driver") {}
 
   const char *Name() const override { return "verbs"; }
   bool OnDemand() const override { return odp_; }
@@ -75,20 +76,8 @@ class VerbsDriver final : public Driver {
 
   int Register(void *addr, size_t len, unsigned access,
                Registration *out) override {
-    if (out == nullptr || len == 0 || (access & ~REGCACHE_ACCESS_ALL) != 0) {
-      REGCACHE_LOG(
-          ERROR, "verbs: bad registration request addr {} len {} access 0x{:x}",
-          addr, len, access);
-      return -EINVAL;
-    }
-    if (pid_t pid = getpid(); pid != owner_) {
-      REGCACHE_LOG(ERROR,
-                   "verbs: registration in forked child {} on a driver opened "
-                   "by {}: open "
-                   "the device, a PD and a driver in the child",
-                   pid, owner_);
-      return -EPERM;
-    }
+    if (int rc = guard_.CheckRegister(addr, len, access, out); rc != 0)
+      return rc;
     if (len > max_mr_size_) {
       REGCACHE_LOG(ERROR,
                    "verbs: region {} len {} exceeds max_mr_size {} of {}", addr,
@@ -100,7 +89,7 @@ class VerbsDriver final : public Driver {
     if (live_.fetch_add(1, std::memory_order_relaxed) >= max_mr_) {
       live_.fetch_sub(1, std::memory_order_relaxed);
       // The cache evicts unused regions and retries: warn the first time only.
-      if (!max_mr_logged_.exchange(true, std::memory_order_relaxed)) {
+      if (log::FirstTime(max_mr_logged_)) {
         REGCACHE_LOG(
             WARN,
             "verbs: {} live MRs on {} reached the device's max_mr: -ENOMEM",
@@ -142,12 +131,8 @@ class VerbsDriver final : public Driver {
       REGCACHE_LOG(ERROR, "verbs: deregistration of a NULL MR");
       return -EINVAL;
     }
-    if (getpid() != owner_) {
-      // The MR is the parent's (shared uverbs file): leave it alone.
-      REGCACHE_LOG(DEBUG, "verbs: forked child leaves the parent's MR {} alone",
-                   mr->addr);
-      return 0;
-    }
+    // The parent's MR (shared uverbs file / domain): leave it alone.
+    if (guard_.LeaveParentsRegistration(reg.handle)) return 0;
     void *addr = mr->addr;
     size_t len = mr->length;
     if (int rc = ibv_dereg_mr(mr); rc != 0) {
@@ -169,7 +154,7 @@ class VerbsDriver final : public Driver {
   const uint64_t max_mr_size_;
   const uint64_t max_mr_;
   const bool odp_;
-  const pid_t owner_;
+  const DriverGuard guard_;  // Register's prologue, the fork rule
   std::atomic<uint64_t> live_{0};
   std::atomic<bool> max_mr_logged_{false};
 };

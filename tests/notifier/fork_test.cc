@@ -14,7 +14,6 @@
 // Negative controls: internal::g_atfork_off_for_testing turns the fork
 // handlers off; the same children then hang (a range in flight in the parent
 // never ends in the child) or get stale or foreign registrations.
-#include <execinfo.h>
 #include <gtest/gtest.h>
 #include <regcache/notifier.h>
 #include <regcache/regcache.h>
@@ -33,6 +32,7 @@
 #include <vector>
 
 #include "notifier/address_space.h"
+#include "tests/common/fork_child.h"
 #include "tests/common/stale_oracle.h"
 
 namespace regcache::notifier {
@@ -77,53 +77,9 @@ char *MapFilled(int byte, void *at = nullptr) {
   return static_cast<char *>(p);
 }
 
-// Runs fn in a child under alarm(timeout_s); returns the wait status. The
-// parent waits at most timeout_s + 5 s more, then kills the child.
-int RunChild(const std::function<int()> &fn, unsigned timeout_s) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    if (getenv("REGCACHE_TEST_GDB_HUNG")) {
-      signal(SIGALRM, [](int) {
-        void *bt[64];
-        int n = backtrace(bt, 64);
-        backtrace_symbols_fd(bt, n, 2);
-        signal(SIGALRM, SIG_DFL);
-        raise(SIGALRM);
-      });
-    }
-    alarm(timeout_s);
-    int rc = fn();
-    _exit(rc);
-  }
-  if (pid < 0) return -1;
-  int status = 0;
-  for (unsigned i = 0; i < (timeout_s + 5) * 100; ++i) {
-    pid_t r = waitpid(pid, &status, WNOHANG);
-    if (r == pid) return status;
-    if (i == (timeout_s - 2) * 100 && getenv("REGCACHE_TEST_GDB_HUNG")) {
-      std::string cmd = "gdb -p " + std::to_string(pid) +
-                        " -batch -ex 'thread apply all bt' >&2 2>/dev/null";
-      (void)!system(cmd.c_str());
-    }
-    std::this_thread::sleep_for(10ms);
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  return status;
-}
-
-std::string Describe(int status) {
-  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) {
-    int sig = WTERMSIG(status);
-    return sig == SIGALRM ? "HUNG (SIGALRM)" : "signal " + std::to_string(sig);
-  }
-  return "status " + std::to_string(status);
-}
-
-bool ChildOk(int status) {
-  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
-}
+using regcache::testing::ChildOk;
+using regcache::testing::Describe;
+using regcache::testing::RunChild;
 
 // What every child does with a brand-new cache: register, unmap, map anew at
 // the same address, register again: completes, never stale. Also gets

@@ -30,6 +30,7 @@
 
 #include "notifier/address_space.h"
 #include "notifier/internal.h"
+#include "tests/common/fork_child.h"
 #include "tests/common/stale_oracle.h"
 
 namespace regcache::notifier {
@@ -66,31 +67,8 @@ int Unmap(void *p, size_t len) {
   return munmap(p, len);
 }
 
-int RunChild(const std::function<int()> &fn, unsigned timeout_s) {
-  pid_t pid = fork();
-  if (pid == 0) {
-    alarm(timeout_s);
-    _exit(fn());
-  }
-  if (pid < 0) return -1;
-  int status = 0;
-  for (unsigned i = 0; i < (timeout_s + 5) * 100; ++i) {
-    if (waitpid(pid, &status, WNOHANG) == pid) return status;
-    std::this_thread::sleep_for(10ms);
-  }
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
-  return status;
-}
-
-std::string Describe(int status) {
-  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status))
-    return WTERMSIG(status) == SIGALRM
-               ? "HUNG (SIGALRM)"
-               : "signal " + std::to_string(WTERMSIG(status));
-  return "status " + std::to_string(status);
-}
+using regcache::testing::Describe;
+using regcache::testing::RunChild;
 
 class Lifecycle : public ::testing::Test {
  protected:

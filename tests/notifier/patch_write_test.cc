@@ -23,6 +23,8 @@
 #include <cstring>
 #include <thread>
 
+#include "tests/common/fork_child.h"
+#include "tests/common/maps_scan.h"
 #include "tests/notifier/test_util.h"
 
 namespace regcache::notifier {
@@ -42,37 +44,11 @@ Subscription *InstallPatch(Recorder *rec) {
   return s;
 }
 
-// Scans /proc/self/maps; returns how many lines have both 'w' and 'x' in their
-// permissions, copying the first into `first`.
-int CountWx(char *buf, size_t cap, char *first, size_t first_cap) {
-  int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  size_t n = 0;
-  for (;;) {
-    ssize_t r = read(fd, buf + n, cap - 1 - n);
-    if (r <= 0) break;
-    n += static_cast<size_t>(r);
-    if (n == cap - 1) break;
-  }
-  close(fd);
-  buf[n] = '\0';
-  int found = 0;
-  for (char *line = buf; line && *line;) {
-    char *nl = strchr(line, '\n');
-    char *sp = strchr(line, ' ');  // "start-end perms ..."
-    if (sp != nullptr && (nl == nullptr || sp < nl) && sp[1] && sp[2] &&
-        sp[3] && sp[2] == 'w' && sp[3] == 'x') {
-      if (found++ == 0) {
-        size_t len = nl ? static_cast<size_t>(nl - line) : strlen(line);
-        if (len >= first_cap) len = first_cap - 1;
-        memcpy(first, line, len);
-        first[len] = '\0';
-      }
-    }
-    line = nl ? nl + 1 : nullptr;
-  }
-  return found;
-}
+using regcache::testing::ChildOk;
+using regcache::testing::CountWx;
+using regcache::testing::Describe;
+using regcache::testing::StartChild;
+using regcache::testing::WaitChild;
 
 TEST(PatchWriteTest, NoWritableExecutableMappingWhileInstalling) {
   Recorder probe_rec;
@@ -155,26 +131,23 @@ TEST(PatchWriteTest, CallersRunWhileInstallingAndUninstalling) {
   // a fork child gets private pages back and replaces them again on its first
   // install: 8 children each install under fire from their own threads.
   for (int i = 0; i < 8; ++i) {
-    pid_t pid = fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      alarm(20);
-      std::thread a(churn), b(churn);
-      Recorder rec;
-      Subscription *s = InstallPatch(&rec);
-      if (s == nullptr) _exit(2);
-      for (int k = 0; k < 100; ++k) sched_yield();
-      Unregister(s);
-      ResetForTesting();
-      stop = true;
-      a.join();
-      b.join();
-      _exit(wrong.load() == 0 ? 0 : 1);
-    }
-    int status = 0;
-    ASSERT_EQ(waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFEXITED(status)) << "child " << i << " died: " << status;
-    ASSERT_EQ(WEXITSTATUS(status), 0) << "child " << i;
+    int status = WaitChild(StartChild(
+                               [&] {
+                                 std::thread a(churn), b(churn);
+                                 Recorder rec;
+                                 Subscription *s = InstallPatch(&rec);
+                                 if (s == nullptr) _exit(2);
+                                 for (int k = 0; k < 100; ++k) sched_yield();
+                                 Unregister(s);
+                                 ResetForTesting();
+                                 stop = true;
+                                 a.join();
+                                 b.join();
+                                 return wrong.load() == 0 ? 0 : 1;
+                               },
+                               20),
+                           20);
+    ASSERT_TRUE(ChildOk(status)) << "child " << i << ": " << Describe(status);
   }
   std::thread a(churn), b(churn);
   int cycles = 0;
@@ -211,31 +184,30 @@ TEST(PatchWriteTest, ForkChildKeepsItsOwnPatchedLibc) {
   const uint64_t patched = *entry;
   int go[2];
   ASSERT_EQ(pipe(go), 0);
-  pid_t pid = fork();
+  pid_t pid = StartChild(
+      [&] {
+        char c;
+        if (read(go[0], &c, 1) != 1) return 2;  // the parent has restored libc
+        if (*entry != patched) return 3;        // ... and that reached us
+        // Our hook still runs: a subscriber here sees this munmap.
+        void *p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        rec.Watch(p, 4096);
+        uint64_t before = rec.hits.load();
+        munmap(p, 4096);
+        return rec.hits.load() > before ? 0 : 4;
+      },
+      20);
   ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    alarm(20);
-    char c;
-    if (read(go[0], &c, 1) != 1) _exit(2);  // the parent has restored libc
-    if (*entry != patched) _exit(3);        // ... and that reached us
-    // Our hook still runs: a subscriber here sees this munmap.
-    void *p = mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    rec.Watch(p, 4096);
-    uint64_t before = rec.hits.load();
-    munmap(p, 4096);
-    _exit(rec.hits.load() > before ? 0 : 4);
-  }
   Unregister(s);
   ResetForTesting();  // restores the parent's libc
   EXPECT_NE(*entry, patched);
   ASSERT_EQ(write(go[1], "x", 1), 1);
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  ASSERT_TRUE(WIFEXITED(status)) << "child died: " << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0)
-      << "3: the parent's restore changed the child's libc; 4: the child's "
-         "hook did not run";
+  int status = WaitChild(pid, 20);
+  EXPECT_TRUE(ChildOk(status))
+      << Describe(status)
+      << " (3: the parent's restore changed the child's libc; 4: the child's "
+         "hook did not run)";
   close(go[0]);
   close(go[1]);
 }

@@ -18,7 +18,7 @@
 #include <set>
 #include <vector>
 
-#include "drivers/driver.h"
+#include "regcache/driver_port.h"
 
 namespace regcache::testing {
 

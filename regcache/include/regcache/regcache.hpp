@@ -6,12 +6,11 @@
 // library exports only regcache_* C symbols; everything here is inline, so C++
 // consumers need no C++ ABI compatibility with the library's build.
 //
-//   auto drv = regcache::DriverHandle::Host();          // or
-//   Custom(std::make_unique<MyDrv>()) auto cache =
-//   regcache::Cache::Create(*drv);          // Result<Cache> auto region =
-//   cache->Get(buf, len, REGCACHE_ACCESS_LOCAL_WRITE);   // Result<Region>
-//   post_send(region->lkey(), ...);                      // region puts itself
-//   back when destroyed
+//   auto drv = regcache::DriverHandle::Host();  // or Custom(make_shared<D>())
+//   auto cache = regcache::Cache::Create(*drv);  // Result<Cache>
+//   auto region = cache->Get(buf, len, REGCACHE_ACCESS_LOCAL_WRITE);
+//   post_send(region->lkey(), ...);  // Result<Region>: ok() checked first
+//   // the region puts itself back when destroyed
 //
 // Thread safety and semantics: as <regcache/regcache.h>. A Cache must be
 // destroyed before the DriverHandle it was created on... or not: Cache keeps
@@ -273,8 +272,8 @@ class Cache {
     int rc = regcache_create(driver.get(), params ? params->get() : nullptr,
                              &c.cache_);
     if (rc) return Status(rc);
-    c.keep_ =
-        driver.impl();  // a custom Driver object outlives every cache using it
+    // A custom Driver object outlives every cache using it.
+    c.keep_ = driver.impl();
     return c;
   }
 

@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-#include "drivers/driver.h"
+#include "regcache/driver_port.h"
 
 namespace regcache {
 namespace {

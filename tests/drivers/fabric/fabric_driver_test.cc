@@ -19,8 +19,8 @@
 #include <thread>
 #include <vector>
 
-#include "drivers/driver.h"
 #include "drivers/fabric/fabric_driver.h"
+#include "regcache/driver_port.h"
 #include "tests/drivers/fabric/fabric_test_util.h"
 
 namespace regcache {

@@ -13,8 +13,8 @@
 #include <cstring>
 #include <string>
 
-#include "drivers/driver.h"
 #include "drivers/verbs/verbs_driver.h"
+#include "regcache/driver_port.h"
 #include "regcache/tunables.h"
 
 namespace regcache {

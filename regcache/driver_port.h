@@ -1,6 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-// drivers/driver.h - the interface between the cache and a registration
-// back-end.
+// regcache/driver_port.h - the driver port: the interface between the cache
+// and a registration back-end. It belongs to its consumer, the cache (as UCX's
+// ucs_rcache_ops_t and libfabric's ofi_mr.h do); drivers/<name>/ implement it
+// and see only it, the services regcache exports to them (log.h, tunables.h,
+// thread_annotations.h) and public headers (cmake/layering.txt).
 //
 // A Driver pins and maps memory for one protection domain / fabric domain /
 // host context. The cache (regcache/) owns no back-end knowledge; every
@@ -13,8 +16,8 @@
 //
 // Errors: 0 or a negative errno. A driver logs a failure once, naming the
 // library call and strerror; the cache does not log it again.
-#ifndef REGCACHE_DRIVERS_DRIVER_H_
-#define REGCACHE_DRIVERS_DRIVER_H_
+#ifndef REGCACHE_REGCACHE_DRIVER_PORT_H_
+#define REGCACHE_REGCACHE_DRIVER_PORT_H_
 
 #include <atomic>
 #include <cstddef>
@@ -25,8 +28,8 @@ namespace regcache {
 
 // What a registration hands back; copied into the cached region.
 struct Registration {
-  void *handle =
-      nullptr;  // driver object: ibv_mr*, fid_mr*, host record, custom handle
+  // The driver's object: ibv_mr*, fid_mr*, host record, custom handle.
+  void *handle = nullptr;
   uint32_t lkey = 0;
   uint64_t rkey = 0;
   void *desc = nullptr;  // libfabric fi_mr_desc, else nullptr
@@ -69,4 +72,4 @@ struct regcache_driver {
   }
 };
 
-#endif  // REGCACHE_DRIVERS_DRIVER_H_
+#endif  // REGCACHE_REGCACHE_DRIVER_PORT_H_
