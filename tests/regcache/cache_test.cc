@@ -21,6 +21,7 @@
 #include "drivers/host/host_driver.h"
 #include "notifier/address_space.h"
 #include "regcache/cache.h"
+#include "regcache/page.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -28,7 +29,7 @@ namespace {
 using regcache::testing::NewTestDriver;
 using regcache::testing::TestDriver;
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 
 class CacheTest : public ::testing::Test {
  protected:

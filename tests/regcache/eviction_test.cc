@@ -7,6 +7,7 @@
 // concurrent gets, puts and invalidations (TSan); lru mode makes exactly the
 // decisions of an exact LRU cache (UCX's) where the sample covers the cache.
 #include "regcache/eviction.h"
+#include "regcache/page.h"
 
 #include <gtest/gtest.h>
 #include <regcache/regcache.h>
@@ -32,7 +33,7 @@ using regcache::core::Region;
 using regcache::testing::NewTestDriver;
 using regcache::testing::TestDriver;
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 
 class EvictionTest : public ::testing::Test {
  protected:
