@@ -27,33 +27,34 @@ thread_local int t_invalidating = 0;
 
 // Notifier thunks of the whole-space subscription.
 void WholeStart(void *arg, const void *addr, size_t len) {
-  static_cast<Cache *>(arg)->OnInvalidateStart(
+  static_cast<CacheCore *>(arg)->OnInvalidateStart(
       reinterpret_cast<uintptr_t>(addr), len);
 }
-void WholeRelease(void *arg) { static_cast<Cache *>(arg)->OnRelease(); }
+void WholeRelease(void *arg) { static_cast<CacheCore *>(arg)->OnRelease(); }
 const regcache_notifier_ops_t kWholeOps = {WholeStart, nullptr, WholeRelease};
 
 }  // namespace
 
 // ---------------------------------------------------------------- life cycle
-Cache::Cache(regcache_driver *drv, const Params &params)
+CacheCore::CacheCore(regcache_driver *drv, const CacheConfig &params)
     : id_(g_next_cache_id.fetch_add(1, std::memory_order_relaxed)),
       touch_slack_(params.max_regions / 16),
       evict_(params.eviction, params.max_regions, params.max_bytes),
       drv_(drv),
       params_(params) {}
 
-Cache::~Cache() = default;
+CacheCore::~CacheCore() = default;
 
-int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
-  Params p = params;
-  auto *c = new (std::nothrow) Cache(drv, p);
+int CacheCore::Create(regcache_driver *drv, const CacheConfig &params,
+                      CacheCore **out) {
+  CacheConfig p = params;
+  auto *c = new (std::nothrow) CacheCore(drv, p);
   if (c == nullptr) return -ENOMEM;
   if (c->params_.name.empty()) {
     // Name is const after construction; build the default before publishing.
     p.name = "cache" + std::to_string(c->id_);
     delete c;
-    c = new (std::nothrow) Cache(drv, p);
+    c = new (std::nothrow) CacheCore(drv, p);
     if (c == nullptr) return -ENOMEM;
   }
   bool policy_ready;
@@ -89,7 +90,7 @@ int Cache::Create(regcache_driver *drv, const Params &params, Cache **out) {
   return 0;
 }
 
-void Cache::Destroy() {
+void CacheCore::Destroy() {
   // Unregister runs OnRelease unless teardown already did: everything unused
   // goes.
   if (sub_) notifier::Unregister(sub_);
@@ -98,7 +99,7 @@ void Cache::Destroy() {
   RegionBatch held, dead, forked;
   LockAndDrain();
   InvalidateLocked(0, UINTPTR_MAX);
-  while (Region *r = orphans_.head()) {
+  while (CachedRegion *r = orphans_.head()) {
     const bool parents = r->forked;
     OrphanUnlinkLocked(r);
     (parents ? forked : held).Push(r);
@@ -115,12 +116,12 @@ void Cache::Destroy() {
     // A later put of these is a caller bug; zero the count (and bump the
     // generation) so that it is reported as a double put rather than corrupting
     // a recycled region.
-    for (Region *r = held.head; r; r = r->next) r->ResetWord();
+    for (CachedRegion *r = held.head; r; r = r->next) r->ResetWord();
   }
   DeregisterList(&held);
   DeregisterList(&dead);
   // The parent's registrations still held in this forked child: no driver.
-  while (Region *r = forked.Pop()) {
+  while (CachedRegion *r = forked.Pop()) {
     r->ResetWord();
     DropForked(r);
   }
@@ -131,7 +132,7 @@ void Cache::Destroy() {
 }
 
 // ---------------------------------------------------------------- locking
-void Cache::LockAndDrain() {
+void CacheCore::LockAndDrain() {
   mu_.Lock();
   DrainPendingLocked();
 }
@@ -141,7 +142,7 @@ void Cache::LockAndDrain() {
 // taking the lock again if nobody else holds it. If somebody does, they will
 // (or the next get will: the pending bit keeps hits off the fast path until it
 // is applied). Bounded: each round either applies ranges or returns.
-void Cache::DrainAndUnlock() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+void CacheCore::DrainAndUnlock() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   for (;;) {
     DrainPendingLocked();
     DebugCheckLocked();
@@ -152,7 +153,7 @@ void Cache::DrainAndUnlock() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   }
 }
 
-void Cache::DrainPendingLocked() {
+void CacheCore::DrainPendingLocked() {
   mu_.AssertHeld();
   if (!(attention_.load(std::memory_order_acquire) & kPending)) return;
   PendingSet::Range ranges[PendingSet::kMax];
@@ -161,13 +162,13 @@ void Cache::DrainPendingLocked() {
   pending_.FinishDrain(&attention_, kPending);
 }
 
-void Cache::InvalidateLocked(uintptr_t start, uintptr_t end) {
+void CacheCore::InvalidateLocked(uintptr_t start, uintptr_t end) {
   mu_.AssertHeld();
   // munmap and madvise work on whole pages: a region sharing a page with the
   // range is affected even if it does not share a byte.
   const page::Span s = page::Cover(start, end);
   size_t n = 0;
-  while (Region *r = index_.FirstOverlap(s.start, s.end)) {
+  while (CachedRegion *r = index_.FirstOverlap(s.start, s.end)) {
     RetireLocked(r, &dead_);
     ++n;
   }
@@ -177,19 +178,19 @@ void Cache::InvalidateLocked(uintptr_t start, uintptr_t end) {
 }
 
 // ---------------------------------------------------------------- index glue
-void Cache::IndexLocked(Region *r) {
+void CacheCore::IndexLocked(CachedRegion *r) {
   mu_.AssertHeld();
   index_.Insert(r);
   clock_.PushBack(r);
 }
 
-void Cache::UnindexLocked(Region *r) {
+void CacheCore::UnindexLocked(CachedRegion *r) {
   index_.Erase(r);
   clock_.Unlink(r);
   evict_.Removed(r);
 }
 
-void Cache::ResetBoundsIfEmptyLocked() {
+void CacheCore::ResetBoundsIfEmptyLocked() {
   // Only when the index is empty: the insert path folds regions after it
   // widened [lo_, hi_) for its new region, and a reset there would let the
   // callback skip invalidations of that region (a stale registration;
@@ -199,29 +200,29 @@ void Cache::ResetBoundsIfEmptyLocked() {
   hi_.store(0, std::memory_order_relaxed);
 }
 
-void Cache::OrphanLinkLocked(Region *r) { orphans_.PushFront(r); }
+void CacheCore::OrphanLinkLocked(CachedRegion *r) { orphans_.PushFront(r); }
 
-void Cache::OrphanUnlinkLocked(Region *r) { orphans_.Unlink(r); }
+void CacheCore::OrphanUnlinkLocked(CachedRegion *r) { orphans_.Unlink(r); }
 
-bool Cache::TryRefLocked(Region *r, uint64_t *word_out) {
+bool CacheCore::TryRefLocked(CachedRegion *r, uint64_t *word_out) {
   const uint64_t nw = r->TryRef(-1);
   if (nw == 0) return false;
   *word_out = nw;
   return true;
 }
 
-void Cache::RetireLocked(Region *r, RegionBatch *unused) {
+void CacheCore::RetireLocked(CachedRegion *r, RegionBatch *unused) {
   UnindexLocked(r);
   // No filter-bounds reset here (ResetBoundsIfEmptyLocked says why).
   const uint64_t w = r->Retire();
-  if (Region::Refs(w) == 0) {
+  if (CachedRegion::Refs(w) == 0) {
     unused->Push(r);
   } else {
     OrphanLinkLocked(r);  // its last put deregisters it
   }
 }
 
-std::string Cache::CheckLocked() const {
+std::string CacheCore::CheckLocked() const {
   std::string err = index_.Check(this);
   if (!err.empty()) return err;
   if (clock_.size() != index_.count())
@@ -234,7 +235,7 @@ std::string Cache::CheckLocked() const {
   return "";
 }
 
-void Cache::DebugCheckLocked() const {
+void CacheCore::DebugCheckLocked() const {
 #if REGCACHE_DCHECK_IS_ON
   // Cheap only while small: O(n) per unlock.
   if (index_.count() < 64) {
@@ -244,14 +245,14 @@ void Cache::DebugCheckLocked() const {
 #endif
 }
 
-std::string Cache::CheckInvariants() {
+std::string CacheCore::CheckInvariants() {
   MutexLock l(&mu_);
   return CheckLocked();
 }
 
 // ---------------------------------------------------------------- eviction
-void Cache::EvictLocked(RegionBatch *victims, bool all, size_t room_regions,
-                        size_t room_bytes) {
+void CacheCore::EvictLocked(RegionBatch *victims, bool all, size_t room_regions,
+                            size_t room_bytes) {
   mu_.AssertHeld();
   // Every CAS below fails only when a hit raced us, and each pass either
   // evicts or rotates a sample to the tail: the budget bounds the work when
@@ -267,15 +268,15 @@ void Cache::EvictLocked(RegionBatch *victims, bool all, size_t room_regions,
     // and put for it) in a cache of at most kEvictSample regions, and an
     // approximation beyond, where the head of the list holds regions not
     // used since they were last sampled.
-    Region *sample[kEvictSample];
+    CachedRegion *sample[kEvictSample];
     int n = 0;
-    Region *victim = nullptr;
+    CachedRegion *victim = nullptr;
     uint64_t vw = 0;
-    for (Region *r = clock_.head(); r && n < kEvictSample; r = r->next) {
+    for (CachedRegion *r = clock_.head(); r && n < kEvictSample; r = r->next) {
       sample[n++] = r;
       const uint64_t w = r->word.load(std::memory_order_acquire);
       evict_.Sample(r, w);
-      if (Region::Refs(w) != 0) continue;
+      if (CachedRegion::Refs(w) != 0) continue;
       if (all) {  // everything unused goes: no need to compare
         victim = r;
         vw = w;
@@ -291,19 +292,20 @@ void Cache::EvictLocked(RegionBatch *victims, bool all, size_t room_regions,
     // last looked at go behind the rest, so that the next sample starts with
     // regions that have not been.
     for (int i = 0; i < n; ++i) {
-      Region *r = sample[i];
+      CachedRegion *r = sample[i];
       if (r == victim) continue;
       const uint64_t w = r->word.load(std::memory_order_relaxed);
-      if (Region::Refs(w) == 0 && !(w & Region::kAccessed)) continue;
-      if (w & Region::kAccessed)
-        r->word.fetch_and(~Region::kAccessed, std::memory_order_relaxed);
+      if (CachedRegion::Refs(w) == 0 && !(w & CachedRegion::kAccessed))
+        continue;
+      if (w & CachedRegion::kAccessed)
+        r->word.fetch_and(~CachedRegion::kAccessed, std::memory_order_relaxed);
       clock_.Unlink(r);
       clock_.PushBack(r);
     }
     if (victim == nullptr) continue;  // all in use: look at the next ones
     // Unused and valid: the word must still be exactly vw (no reference
     // taken since), else a hit raced us; look again.
-    const uint64_t nw = Region::Word(Region::Gen(vw) + 1, 0, 0);
+    const uint64_t nw = CachedRegion::Word(CachedRegion::Gen(vw) + 1, 0, 0);
     if (!victim->word.compare_exchange_strong(vw, nw, std::memory_order_acq_rel,
                                               std::memory_order_relaxed))
       continue;
@@ -317,7 +319,7 @@ void Cache::EvictLocked(RegionBatch *victims, bool all, size_t room_regions,
   UpdateOverLimitLocked();
 }
 
-void Cache::UpdateOverLimitLocked() {
+void CacheCore::UpdateOverLimitLocked() {
   // Lazy byte limit: a miss makes room before registering, so a region larger
   // than max_bytes may stay cached alone until the next miss needs room (as
   // UCX does); evicting it at its put made every reuse a miss (growing
@@ -330,7 +332,7 @@ void Cache::UpdateOverLimitLocked() {
   }
 }
 
-int Cache::Flush() {
+int CacheCore::Flush() {
   RegionBatch victims;
   LockAndDrain();
   EvictLocked(&victims, true);
@@ -342,7 +344,7 @@ int Cache::Flush() {
 
 // ---------------------------------------------------------------- deferred
 // deregistration (outside the lock)
-void Cache::ReapDead() {
+void CacheCore::ReapDead() {
   if (!(attention_.load(std::memory_order_acquire) & kDead)) return;
   LockAndDrain();
   RegionBatch l = dead_.Take();
@@ -352,11 +354,11 @@ void Cache::ReapDead() {
   DeregisterList(&l);
 }
 
-void Cache::DeregisterList(RegionBatch *l) {
-  while (Region *r = l->Pop()) DeregisterOne(r);
+void CacheCore::DeregisterList(RegionBatch *l) {
+  while (CachedRegion *r = l->Pop()) DeregisterOne(r);
 }
 
-void Cache::DeregisterOne(Region *r) {
+void CacheCore::DeregisterOne(CachedRegion *r) {
   const size_t len = r->end - r->start;
   driver()->Deregister(r->reg);  // the driver logs its own failures
   Count(stats_.deregistrations);
@@ -366,8 +368,8 @@ void Cache::DeregisterOne(Region *r) {
   FreeRegion(r);
 }
 
-Region *Cache::AllocRegion() {
-  Region *r = Slab::Get().Alloc();
+CachedRegion *CacheCore::AllocRegion() {
+  CachedRegion *r = Slab::Get().Alloc();
   if (r == nullptr || params_.host_data_bytes == 0) return r;
   // Outside mu_ (allocation may unmap and re-enter the notifier). Zeroed: a
   // recycled region must not show the previous host's keys.
@@ -381,7 +383,7 @@ Region *Cache::AllocRegion() {
   return r;
 }
 
-void Cache::FreeRegion(Region *r) {
+void CacheCore::FreeRegion(CachedRegion *r) {
   void *h = r->host;
   r->host = nullptr;
   Slab::Get().Free(r);
@@ -390,7 +392,7 @@ void Cache::FreeRegion(Region *r) {
 
 // ---------------------------------------------------------------- notifier
 // callbacks
-void Cache::OnInvalidateStart(uintptr_t start, size_t len) {
+void CacheCore::OnInvalidateStart(uintptr_t start, size_t len) {
   if (len == 0) return;
   uintptr_t end = start + len;
   if (end < start) end = UINTPTR_MAX;
@@ -416,7 +418,7 @@ void Cache::OnInvalidateStart(uintptr_t start, size_t len) {
   if (mu_.TryLock()) DrainAndUnlock();
 }
 
-void Cache::OnRelease() {
+void CacheCore::OnRelease() {
   shutdown_.store(true, std::memory_order_seq_cst);
   if (mu_.TryLock()) {
     DrainPendingLocked();
@@ -435,7 +437,8 @@ void Cache::OnRelease() {
 // ---------------------------------------------------------------- transport
 // calls (issue 18): find and invalidate. They reuse the index, the orphan list
 // and the insert protocol but change none of them.
-int Cache::Find(uintptr_t addr, size_t len, unsigned access, Region **out) {
+int CacheCore::Find(uintptr_t addr, size_t len, unsigned access,
+                    CachedRegion **out) {
   // As GetSlow: inside a bracket or callback the lookup could wait for the
   // range the thread itself is delivering.
   if (notifier::InRange()) return -EDEADLK;
@@ -450,7 +453,7 @@ int Cache::Find(uintptr_t addr, size_t len, unsigned access, Region **out) {
     return -ESHUTDOWN;
   }
   uint64_t w;
-  Region *r = index_.FindCovering(addr, end, access);
+  CachedRegion *r = index_.FindCovering(addr, end, access);
   if (r == nullptr || !TryRefLocked(r, &w)) {
     DrainAndUnlock();
     return -ENOENT;
@@ -463,7 +466,7 @@ int Cache::Find(uintptr_t addr, size_t len, unsigned access, Region **out) {
   return 0;
 }
 
-int Cache::Invalidate(uintptr_t addr, size_t len) {
+int CacheCore::Invalidate(uintptr_t addr, size_t len) {
   LockAndDrain();
   const size_t before = index_.count();
   InvalidateLocked(addr, addr + len);  // page-aligns; bumps generations

@@ -58,7 +58,7 @@ namespace regcache::core {
 struct Miss;
 
 // Resolved cache parameters (params, else REGCACHE_* tunables, else defaults).
-struct Params {
+struct CacheConfig {
   size_t max_regions = 0;
   size_t max_bytes = 0;
   size_t merge_max_bytes = 0;
@@ -73,22 +73,23 @@ struct Params {
 };
 
 // Fills *out from p (may be NULL) and the tunables. 0 or -EINVAL.
-int ResolveParams(const regcache_params_t *p, Params *out);
+int ResolveParams(const regcache_params_t *p, CacheConfig *out);
 // MAX_BYTES=auto: 3/4 of RLIMIT_MEMLOCK when finite, else 1/4 of physical RAM.
 size_t AutoMaxBytes();
 
-class Cache {
+class CacheCore {
  public:
   // Takes a reference on drv (dropped by Destroy). 0, -ENOMEM or the notifier's
   // error.
-  static int Create(regcache_driver *drv, const Params &params, Cache **out);
+  static int Create(regcache_driver *drv, const CacheConfig &params,
+                    CacheCore **out);
   // Unsubscribes, deregisters everything (held regions too) and deletes this.
   void Destroy();
 
   // REQUIRES: validated input (len > 0, no wrap after page alignment, known
   // access bits).
-  int Get(uintptr_t addr, size_t len, unsigned access, Region **out);
-  void Put(Region *r);
+  int Get(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
+  void Put(CachedRegion *r);
   int Flush();
   void GetStats(regcache_stats_t *s);
   int PrintStats(FILE *f);
@@ -101,8 +102,9 @@ class Cache {
   // Same input rules as Get. Find: a covering valid region, referenced, or
   // -ENOENT. GetUncached: a private registration, deregistered at its put.
   // Invalidate: revokes overlapping regions; returns how many.
-  int Find(uintptr_t addr, size_t len, unsigned access, Region **out);
-  int GetUncached(uintptr_t addr, size_t len, unsigned access, Region **out);
+  int Find(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
+  int GetUncached(uintptr_t addr, size_t len, unsigned access,
+                  CachedRegion **out);
   int Invalidate(uintptr_t addr, size_t len);
 
   // Tests: "" if the index and the lists hold their invariants, else what is
@@ -113,8 +115,8 @@ class Cache {
   void OnInvalidateStart(uintptr_t start, size_t len);
   void OnRelease();
 
-  Cache(const Cache &) = delete;
-  Cache &operator=(const Cache &) = delete;
+  CacheCore(const CacheCore &) = delete;
+  CacheCore &operator=(const CacheCore &) = delete;
 
   // fork() handlers (pthread_atfork; cache_fork.cc). Public for the C thunks.
   static void AtforkPrepare();
@@ -136,21 +138,21 @@ class Cache {
   // Per-thread hit counters; slot kSlots is shared by threads beyond.
   static constexpr int kSlots = 64;
 
-  Cache(regcache_driver *drv, const Params &params);
-  ~Cache();
+  CacheCore(regcache_driver *drv, const CacheConfig &params);
+  ~CacheCore();
 
   // ---- hit path (hit_path.cc)
   void CountHit();
-  void Remember(Region *r, uint64_t word);
-  void DoublePut(Region *r);
+  void Remember(CachedRegion *r, uint64_t word);
+  void DoublePut(CachedRegion *r);
   void PutSlow();
-  void ReleaseOrphan(Region *r);
+  void ReleaseOrphan(CachedRegion *r);
   // LRU stamps (see hit_path.cc).
-  void Touch(Region *r);
-  void Stamp(Region *r);  // a new stamp, always
+  void Touch(CachedRegion *r);
+  void Stamp(CachedRegion *r);  // a new stamp, always
 
   // ---- miss pipeline (miss.cc)
-  int GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out);
+  int GetSlow(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
   // The prologue every registering call shares: not inside a range, not shut
   // down, within the driver's size. Fills the page-aligned request.
   int CheckRequest(uintptr_t addr, size_t len, bool sync, uintptr_t *start,
@@ -166,7 +168,7 @@ class Cache {
   // Hands out a registered region without indexing it: not valid, one
   // reference, on the orphan list (Destroy finds it); its last put
   // deregisters it (ReleaseOrphan).
-  void HandOutUncached(Region *r) REGCACHE_EXCLUDES(mu_);
+  void HandOutUncached(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
 
   // ---- locking (cache.cc): lock / unlock that apply pending invalidations.
   void LockAndDrain() REGCACHE_ACQUIRE(mu_);
@@ -176,16 +178,17 @@ class Cache {
 
   // ---- index and lists (cache.cc)
   // Enters the index and the CLOCK list. REQUIRES: r valid (published).
-  void IndexLocked(Region *r) REGCACHE_REQUIRES(mu_);
+  void IndexLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
   // Takes r out of the index: generation bump; unused -> *unused, held ->
   // orphan list.
-  void RetireLocked(Region *r, RegionBatch *unused) REGCACHE_REQUIRES(mu_);
+  void RetireLocked(CachedRegion *r, RegionBatch *unused)
+      REGCACHE_REQUIRES(mu_);
   // Out of the index and the CLOCK list (the word is the caller's business).
-  void UnindexLocked(Region *r) REGCACHE_REQUIRES(mu_);
+  void UnindexLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
   void ResetBoundsIfEmptyLocked() REGCACHE_REQUIRES(mu_);
-  void OrphanLinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
-  void OrphanUnlinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
-  bool TryRefLocked(Region *r, uint64_t *word_out) REGCACHE_REQUIRES(mu_);
+  void OrphanLinkLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
+  void OrphanUnlinkLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
+  bool TryRefLocked(CachedRegion *r, uint64_t *word_out) REGCACHE_REQUIRES(mu_);
   // Debug builds: the invariants above, where cheap (small caches).
   void DebugCheckLocked() const REGCACHE_REQUIRES(mu_);
   std::string CheckLocked() const REGCACHE_REQUIRES(mu_);
@@ -202,16 +205,16 @@ class Cache {
   // ---- outside the lock (cache.cc)
   void ReapDead() REGCACHE_EXCLUDES(mu_);
   void DeregisterList(RegionBatch *l) REGCACHE_EXCLUDES(mu_);
-  void DeregisterOne(Region *r) REGCACHE_EXCLUDES(mu_);
+  void DeregisterOne(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
   // A slab region plus its host storage (params_.host_data_bytes), and back.
-  Region *AllocRegion();
-  static void FreeRegion(Region *r);
+  CachedRegion *AllocRegion();
+  static void FreeRegion(CachedRegion *r);
 
   // ---- fork (cache_fork.cc)
   void ListLink();
   void ListUnlink();
   // Frees r to the slab without the driver (a registration of the parent).
-  static void DropForked(Region *r);
+  static void DropForked(CachedRegion *r);
   // Fork child, mu_ held since prepare: forgets the parent's registrations and
   // misses in flight; returns the regions to free (outside every lock).
   void ForkChildLocked(RegionBatch *drop) REGCACHE_REQUIRES(mu_);
@@ -275,7 +278,7 @@ class Cache {
   std::atomic<bool> stats_printed_{false};
 
   regcache_driver *const drv_;
-  const Params params_;
+  const CacheConfig params_;
   notifier::Subscription *sub_ = nullptr;
 
   // Slow-path counters (relaxed): one per REGCACHE_STATS_COUNTERS field.
@@ -296,8 +299,8 @@ class Cache {
 
   // The process-wide list of live caches (fork handlers); guarded by the
   // list's mutex in cache_fork.cc. Last: off every line the hit path reads.
-  Cache *list_prev_ = nullptr;
-  Cache *list_next_ = nullptr;
+  CacheCore *list_prev_ = nullptr;
+  CacheCore *list_next_ = nullptr;
 };
 
 // Front-table size per thread (entries are scanned linearly).

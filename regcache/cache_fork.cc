@@ -26,7 +26,7 @@ namespace {
 // held, except the prepare handler, which takes the caches' mutexes in list
 // order while holding it.
 Mutex g_caches_mu;
-Cache *g_caches REGCACHE_GUARDED_BY(g_caches_mu) = nullptr;
+CacheCore *g_caches REGCACHE_GUARDED_BY(g_caches_mu) = nullptr;
 
 // Set by prepare when the handlers are off for a test (negative controls);
 // read by the parent/child handler of the same fork. Tests fork from one
@@ -35,14 +35,14 @@ bool g_fork_skipped = false;
 
 }  // namespace
 
-void Cache::ListLink() {
+void CacheCore::ListLink() {
   MutexLock l(&g_caches_mu);
   list_next_ = g_caches;
   if (g_caches) g_caches->list_prev_ = this;
   g_caches = this;
 }
 
-void Cache::ListUnlink() {
+void CacheCore::ListUnlink() {
   MutexLock l(&g_caches_mu);
   if (list_prev_) {
     list_prev_->list_next_ = list_next_;
@@ -53,12 +53,12 @@ void Cache::ListUnlink() {
   list_prev_ = list_next_ = nullptr;
 }
 
-void Cache::DropForked(Region *r) {
+void CacheCore::DropForked(CachedRegion *r) {
   r->reg = Registration();
   FreeRegion(r);  // the child's copy of the host storage is its own
 }
 
-void Cache::ForkChildLocked(RegionBatch *drop) {
+void CacheCore::ForkChildLocked(RegionBatch *drop) {
   mu_.AssertHeld();
   // Ranges that arrived while mu_ was busy concern regions that go now; the
   // ranges themselves belonged to the parent's threads.
@@ -66,7 +66,7 @@ void Cache::ForkChildLocked(RegionBatch *drop) {
   attention_.fetch_and(~uint32_t{kPending}, std::memory_order_relaxed);
   const size_t indexed = index_.count();
   RegionBatch gone;
-  while (Region *r = index_.root()) RetireLocked(r, &gone);
+  while (CachedRegion *r = index_.root()) RetireLocked(r, &gone);
   Count(stats_.invalidations, indexed);
   // Retired unused ones, the parent's dead list, and orphans nobody holds (a
   // parent thread was between its last put and ReleaseOrphan) leave; held
@@ -75,7 +75,7 @@ void Cache::ForkChildLocked(RegionBatch *drop) {
   // marked by an earlier fork already did).
   uint64_t n = 0, bytes = 0;
   auto take = [&](RegionBatch *l) {
-    while (Region *r = l->Pop()) {
+    while (CachedRegion *r = l->Pop()) {
       ++n;
       bytes += r->end - r->start;
       drop->Push(r);
@@ -83,13 +83,13 @@ void Cache::ForkChildLocked(RegionBatch *drop) {
   };
   take(&gone);
   take(&dead_);
-  for (Region *r = orphans_.head(), *next; r != nullptr; r = next) {
+  for (CachedRegion *r = orphans_.head(), *next; r != nullptr; r = next) {
     next = r->next;
     if (!r->forked) {
       ++n;
       bytes += r->end - r->start;
     }
-    if (Region::Refs(r->word.load(std::memory_order_relaxed)) == 0) {
+    if (CachedRegion::Refs(r->word.load(std::memory_order_relaxed)) == 0) {
       OrphanUnlinkLocked(r);
       drop->Push(r);
     } else {
@@ -111,37 +111,40 @@ void Cache::ForkChildLocked(RegionBatch *drop) {
   UpdateOverLimitLocked();
 }
 
-void Cache::AtforkPrepare() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+void CacheCore::AtforkPrepare() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   g_fork_skipped = notifier::internal::g_atfork_off_for_testing.load(
       std::memory_order_relaxed);
   if (g_fork_skipped) return;
   g_caches_mu.Lock();
-  for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Lock();
+  for (CacheCore *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Lock();
   Slab::Get().ForkLock();
 }
 
-void Cache::AtforkParent() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+void CacheCore::AtforkParent() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   if (g_fork_skipped) return;
   Slab::Get().ForkUnlock();
-  for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Unlock();
+  for (CacheCore *c = g_caches; c != nullptr; c = c->list_next_)
+    c->mu_.Unlock();
   g_caches_mu.Unlock();
 }
 
-void Cache::AtforkChild() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+void CacheCore::AtforkChild() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   if (g_fork_skipped) return;
   HitSlotsAfterFork();
   RegionBatch drop;
-  for (Cache *c = g_caches; c != nullptr; c = c->list_next_)
+  for (CacheCore *c = g_caches; c != nullptr; c = c->list_next_)
     c->ForkChildLocked(&drop);
   Slab::Get().ForkUnlock();
-  for (Cache *c = g_caches; c != nullptr; c = c->list_next_) c->mu_.Unlock();
+  for (CacheCore *c = g_caches; c != nullptr; c = c->list_next_)
+    c->mu_.Unlock();
   g_caches_mu.Unlock();
-  while (Region *r = drop.Pop()) DropForked(r);
+  while (CachedRegion *r = drop.Pop()) DropForked(r);
 }
 
 namespace {
 __attribute__((constructor)) void CacheAtforkInit() {
-  pthread_atfork(Cache::AtforkPrepare, Cache::AtforkParent, Cache::AtforkChild);
+  pthread_atfork(CacheCore::AtforkPrepare, CacheCore::AtforkParent,
+                 CacheCore::AtforkChild);
 }
 }  // namespace
 

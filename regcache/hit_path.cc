@@ -17,7 +17,7 @@ namespace {
 struct FrontEntry {
   uint64_t cache_id;  // 0: empty. Cache ids are never reused.
   uintptr_t start, end;
-  Region *region;
+  CachedRegion *region;
   uint32_t gen;
   uint32_t access;
 };
@@ -86,7 +86,7 @@ void HitSlotsAfterFork() {
                     std::memory_order_relaxed);
 }
 
-void Cache::CountHit() {
+void CacheCore::CountHit() {
   static_assert(kSlots == kSlotsForThreads);
   ThreadState *ts = t_state;
   const int slot = ts ? ts->slot : kSlotsForThreads;
@@ -106,7 +106,7 @@ void Cache::CountHit() {
 // 15/16 of the cache (a byte limit can); in exchange a thread reusing its
 // regions does not write the shared clock on every hit (the 2-thread hit loop
 // never writes it).
-void Cache::Touch(Region *r) {
+void CacheCore::Touch(CachedRegion *r) {
   if (r->evict_saved.load(std::memory_order_relaxed) &&
       r->evict_saved.exchange(0, std::memory_order_relaxed))
     evict_saved_hits_.fetch_add(1, std::memory_order_relaxed);
@@ -115,12 +115,12 @@ void Cache::Touch(Region *r) {
   Stamp(r);
 }
 
-void Cache::Stamp(Region *r) {
+void CacheCore::Stamp(CachedRegion *r) {
   r->last_use.store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
                     std::memory_order_relaxed);
 }
 
-void Cache::Remember(Region *r, uint64_t word) {
+void CacheCore::Remember(CachedRegion *r, uint64_t word) {
   ThreadState *ts = GetThreadState();
   if (ts == nullptr) return;
   FrontEntry *slot = nullptr;
@@ -131,10 +131,11 @@ void Cache::Remember(Region *r, uint64_t word) {
     }
   }
   if (slot == nullptr) slot = &ts->e[ts->next++ % kFrontEntries];
-  *slot = {id_, r->start, r->end, r, Region::Gen(word), r->access};
+  *slot = {id_, r->start, r->end, r, CachedRegion::Gen(word), r->access};
 }
 
-int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
+int CacheCore::Get(uintptr_t addr, size_t len, unsigned access,
+                   CachedRegion **out) {
   ThreadState *ts = t_state;
   // FastPathOk: false while the uffd source is still delivering a munmap that
   // has already returned, or when another library overwrote the patch source's
@@ -147,13 +148,15 @@ int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
       if (e.cache_id != id_ || addr < e.start || end > e.end ||
           (access & ~e.access))
         continue;
-      Region *r = e.region;
+      CachedRegion *r = e.region;
       const uint64_t want =
-          (static_cast<uint64_t>(e.gen) << Region::kGenShift) | Region::kValid;
+          (static_cast<uint64_t>(e.gen) << CachedRegion::kGenShift) |
+          CachedRegion::kValid;
       uint64_t w = r->word.load(std::memory_order_relaxed);
-      while ((w & ~(Region::kRefMask | Region::kAccessed)) == want &&
-             Region::Refs(w) < Region::kRefMask) {
-        if (r->word.compare_exchange_weak(w, (w + 1) | Region::kAccessed,
+      while ((w & ~(CachedRegion::kRefMask | CachedRegion::kAccessed)) ==
+                 want &&
+             CachedRegion::Refs(w) < CachedRegion::kRefMask) {
+        if (r->word.compare_exchange_weak(w, (w + 1) | CachedRegion::kAccessed,
                                           std::memory_order_acquire,
                                           std::memory_order_relaxed)) {
           // The generation is 32 bits: after 2^32 reuses of this slot a stale
@@ -176,10 +179,10 @@ int Cache::Get(uintptr_t addr, size_t len, unsigned access, Region **out) {
   return GetSlow(addr, len, access, out);
 }
 
-void Cache::Put(Region *r) {
+void CacheCore::Put(CachedRegion *r) {
   uint64_t w = r->word.load(std::memory_order_relaxed);
   do {
-    if (Region::Refs(w) == 0) {
+    if (CachedRegion::Refs(w) == 0) {
       DoublePut(r);
       return;
     }
@@ -188,8 +191,8 @@ void Cache::Put(Region *r) {
   // From here r may be evicted and recycled by another thread unless we hold
   // the last reference of an invalidated region (then it is ours to
   // deregister).
-  const bool last = Region::Refs(w) == 1;
-  if (last && !(w & Region::kValid)) {
+  const bool last = CachedRegion::Refs(w) == 1;
+  if (last && !(w & CachedRegion::kValid)) {
     ReleaseOrphan(r);
     return;
   }
@@ -197,7 +200,7 @@ void Cache::Put(Region *r) {
   if ((a & kDead) || (last && (a & kOverLimit))) PutSlow();
 }
 
-void Cache::PutSlow() {
+void CacheCore::PutSlow() {
   RegionBatch victims;
   LockAndDrain();
   if (attention_.load(std::memory_order_relaxed) & kOverLimit)
@@ -207,7 +210,7 @@ void Cache::PutSlow() {
   ReapDead();
 }
 
-void Cache::ReleaseOrphan(Region *r) {
+void CacheCore::ReleaseOrphan(CachedRegion *r) {
   LockAndDrain();
   const bool parents = r->forked;
   OrphanUnlinkLocked(r);
@@ -220,7 +223,7 @@ void Cache::ReleaseOrphan(Region *r) {
   ReapDead();
 }
 
-void Cache::DoublePut(Region *r) {
+void CacheCore::DoublePut(CachedRegion *r) {
 #ifndef NDEBUG
   std::fprintf(stderr,
                "[regcache] fatal: regcache_put: region %p of cache %s put more "

@@ -25,7 +25,7 @@ struct Miss {
   static constexpr int kRetry = 1;    // Publish: register again
   static constexpr int kPlanned = 1;  // LookupOrPlan: go on and register
 
-  Miss(Cache *cache, uintptr_t a, size_t len, unsigned acc, uintptr_t rs,
+  Miss(CacheCore *cache, uintptr_t a, size_t len, unsigned acc, uintptr_t rs,
        uintptr_t re, bool index_it)
       : c(cache),
         addr(a),
@@ -36,32 +36,32 @@ struct Miss {
         cached(index_it),
         plan{rs, re, acc, 0} {}
 
-  int Run(Region **out);
+  int Run(CachedRegion **out);
   // Under mu_: a covering region (0, *out referenced), a covering miss in
   // flight (wait outside the lock, look again), or a plan (kPlanned) with
   // room made for it. -ESHUTDOWN.
-  int LookupOrPlan(Region **out);
+  int LookupOrPlan(CachedRegion **out);
   // Outside the lock: subscribe, read the sequence, register, down the
   // fallback ladder until it succeeds or runs out. 0 (nr filled and counted)
   // or the error.
   int Register();
   // The sequence check, then index / hand out / use a covering region: 0
   // (*out), kRetry or an error.
-  int Publish(Region **out);
-  int PublishIndexed(Region **out);
+  int Publish(CachedRegion **out);
+  int PublishIndexed(CachedRegion **out);
   // The memory changed while we registered: undo; kRetry or -EAGAIN.
   int Retry();
   // The one failure tail: the unpublished region goes back, counted.
   int Fail(int rc);
 
-  Cache *const c;
+  CacheCore *const c;
   const uintptr_t addr, end;  // the request
   const unsigned access;
   const uintptr_t req_start, req_end;  // page-aligned
   // Index the registration (false: blind notifier, no-cache get, or memory
   // the source cannot watch: handed out uncached, deregistered at its put).
   bool cached;
-  Cache::Plan plan;
+  CacheCore::Plan plan;
   unsigned needed_access = 0;  // what the plan needs before widening
   // Subscribe to the plan (false only for memory the source cannot watch).
   bool watch = true;
@@ -69,14 +69,14 @@ struct Miss {
   uint64_t revokes_at_plan = 0;  // c->revokes_ when the plan was made
   Eviction::Verdict verdict{true, true};
   RegionBatch early;  // unused regions to deregister before registering
-  Region *nr = nullptr;
+  CachedRegion *nr = nullptr;
   MissSubscription sub;
   bool evicted_all = false;
   bool unmerged = true;
   int retries = 0;
 };
 
-int Miss::LookupOrPlan(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   for (;;) {
     c->LockAndDrain();
     if (c->shutdown_.load(std::memory_order_relaxed)) {
@@ -84,7 +84,7 @@ int Miss::LookupOrPlan(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
       return -ESHUTDOWN;
     }
     uint64_t w;
-    Region *r = c->index_.FindCovering(addr, end, access);
+    CachedRegion *r = c->index_.FindCovering(addr, end, access);
     if (r && c->TryRefLocked(r, &w)) {
       c->Touch(r);
       ++c->slow_hits_;
@@ -97,7 +97,7 @@ int Miss::LookupOrPlan(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     // the lock, then look again (its region, or a miss of our own if it
     // failed or was invalidated).
     bool covered = false;
-    for (const Cache::InFlight &f : c->inflight_)
+    for (const CacheCore::InFlight &f : c->inflight_)
       covered |= f.used && f.start <= req_start && req_end <= f.end &&
                  (access & ~f.access) == 0;
     if (covered) {
@@ -110,7 +110,7 @@ int Miss::LookupOrPlan(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     }
     plan = c->PlanLocked(req_start, req_end, access);
     revokes_at_plan = c->revokes_;
-    for (int i = 0; i < Cache::kInFlight; ++i) {
+    for (int i = 0; i < CacheCore::kInFlight; ++i) {
       if (!c->inflight_[i].used) {
         c->inflight_[i] = {plan.start, plan.end, plan.access, true, false};
         slot = i;
@@ -124,10 +124,10 @@ int Miss::LookupOrPlan(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     const bool overlaps =
         c->index_.FirstOverlap(plan.start, plan.end) != nullptr;
     size_t folded_early = 0;
-    for (Region *o = c->index_.FirstOverlap(plan.start, plan.end);
+    for (CachedRegion *o = c->index_.FirstOverlap(plan.start, plan.end);
          o && o->start < plan.end;) {
-      Region *next = c->index_.LowerBound(o->start + 1);
-      if (Region::Refs(o->word.load(std::memory_order_relaxed)) == 0) {
+      CachedRegion *next = c->index_.LowerBound(o->start + 1);
+      if (CachedRegion::Refs(o->word.load(std::memory_order_relaxed)) == 0) {
         c->RetireLocked(o, &early);
         ++folded_early;
       }
@@ -221,13 +221,13 @@ int Miss::Retry() {
 }
 
 int Miss::Fail(int rc) {
-  if (nr != nullptr) Cache::FreeRegion(nr);
+  if (nr != nullptr) CacheCore::FreeRegion(nr);
   nr = nullptr;
   c->Count(c->stats_.failures);
   return rc;
 }
 
-int Miss::Publish(Region **out) {
+int Miss::Publish(CachedRegion **out) {
   if (cached) return PublishIndexed(out);
   const bool changed = sub.Changed();
   sub.End();
@@ -237,7 +237,8 @@ int Miss::Publish(Region **out) {
   return 0;
 }
 
-int Miss::PublishIndexed(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+int Miss::PublishIndexed(CachedRegion **out)
+    REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   RegionBatch victims;
   c->LockAndDrain();
   if (c->shutdown_.load(std::memory_order_relaxed)) {
@@ -280,7 +281,7 @@ int Miss::PublishIndexed(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     return 0;
   }
   uint64_t w;
-  if (Region *other = c->index_.FindCovering(addr, end, access);
+  if (CachedRegion *other = c->index_.FindCovering(addr, end, access);
       other && c->TryRefLocked(other, &w)) {
     c->Touch(other);
     // A concurrent miss on the same memory won: use its region, drop ours
@@ -293,7 +294,7 @@ int Miss::PublishIndexed(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     *out = other;
     return 0;
   }
-  Region *const r = nr;
+  CachedRegion *const r = nr;
   nr = nullptr;  // published: no longer ours to free
   if (!verdict.admit) {
     // The policy does not cache it (eviction.h): handed out as a held
@@ -307,7 +308,7 @@ int Miss::PublishIndexed(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     return 0;
   }
   size_t folded = 0;
-  while (Region *o = c->index_.FirstOverlap(plan.start, plan.end)) {
+  while (CachedRegion *o = c->index_.FirstOverlap(plan.start, plan.end)) {
     c->RetireLocked(o, &victims);
     ++folded;
   }
@@ -325,13 +326,13 @@ int Miss::PublishIndexed(Region **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   return 0;
 }
 
-int Miss::Run(Region **out) {
+int Miss::Run(CachedRegion **out) {
   if (cached) {
     const int rc = LookupOrPlan(out);
     if (rc != kPlanned) return rc;
   }
   struct EndGuard {
-    Cache *c;
+    CacheCore *c;
     int slot;
     ~EndGuard() {
       if (slot >= 0) c->EndInFlight(slot);
@@ -362,9 +363,9 @@ int Miss::Run(Region **out) {
   }
 }
 
-// ---------------------------------------------------------------- Cache side
-int Cache::CheckRequest(uintptr_t addr, size_t len, bool sync, uintptr_t *start,
-                        uintptr_t *end) {
+// ---------------------------------------------------------------- CacheCore side
+int CacheCore::CheckRequest(uintptr_t addr, size_t len, bool sync,
+                            uintptr_t *start, uintptr_t *end) {
   // Between its own regcache_notify_unmap_start/end (or inside a callback) a
   // thread's registration would wait for itself.
   if (notifier::InRange()) return -EDEADLK;
@@ -385,7 +386,8 @@ int Cache::CheckRequest(uintptr_t addr, size_t len, bool sync, uintptr_t *start,
   return 0;
 }
 
-int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
+int CacheCore::GetSlow(uintptr_t addr, size_t len, unsigned access,
+                       CachedRegion **out) {
   uintptr_t start, end;
   if (int rc = CheckRequest(addr, len, /*sync=*/true, &start, &end)) return rc;
   // NO BLIND CACHING (notifier/policy.h): while no source sees every unmap
@@ -397,16 +399,16 @@ int Cache::GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out) {
   return m.Run(out);
 }
 
-int Cache::GetUncached(uintptr_t addr, size_t len, unsigned access,
-                       Region **out) {
+int CacheCore::GetUncached(uintptr_t addr, size_t len, unsigned access,
+                           CachedRegion **out) {
   uintptr_t start, end;
   if (int rc = CheckRequest(addr, len, /*sync=*/false, &start, &end)) return rc;
   Miss m(this, addr, len, access, start, end, /*index_it=*/false);
   return m.Run(out);
 }
 
-Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
-                              unsigned access) const {
+CacheCore::Plan CacheCore::PlanLocked(uintptr_t start, uintptr_t end,
+                                      unsigned access) const {
   mu_.AssertHeld();
   Plan p{start, end, access, 0};
   const size_t bound =
@@ -414,7 +416,7 @@ Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
   bool grew = true;
   while (grew) {
     grew = false;
-    Region *r = index_.Floor(p.start);
+    CachedRegion *r = index_.Floor(p.start);
     if (r == nullptr || r->end < p.start) r = index_.LowerBound(p.start);
     for (; r && r->start <= p.end; r = index_.LowerBound(r->start + 1)) {
       const bool overlaps = r->start < p.end && r->end > p.start;
@@ -441,7 +443,7 @@ Cache::Plan Cache::PlanLocked(uintptr_t start, uintptr_t end,
   return p;
 }
 
-Eviction::Verdict Cache::AdmitLocked(const Plan &plan, bool overlaps) {
+Eviction::Verdict CacheCore::AdmitLocked(const Plan &plan, bool overlaps) {
   if (evict_.mode() == EvictionMode::kLru) return {true, true};
   const size_t len = plan.end - plan.start;
   const size_t count = index_.count(), bytes = index_.bytes();
@@ -450,16 +452,17 @@ Eviction::Verdict Cache::AdmitLocked(const Plan &plan, bool overlaps) {
   const bool need_room =
       (count + 1 > params_.max_regions || bytes + len > params_.max_bytes) &&
       bytes + len <= params_.max_bytes;
-  Region *victim = need_room && !overlaps
-                       ? evict_.PeekVictim(clock_.head(), kEvictSample, count)
-                       : nullptr;
+  CachedRegion *victim =
+      need_room && !overlaps
+          ? evict_.PeekVictim(clock_.head(), kEvictSample, count)
+          : nullptr;
   return evict_.Admit(plan.start, plan.end,
                       use_clock_.load(std::memory_order_relaxed), overlaps,
                       need_room, victim,
                       evict_saved_hits_.load(std::memory_order_relaxed));
 }
 
-void Cache::EndInFlight(int slot) {
+void CacheCore::EndInFlight(int slot) {
   LockAndDrain();
   inflight_[slot].used = false;
   DrainAndUnlock();
@@ -467,7 +470,7 @@ void Cache::EndInFlight(int slot) {
   inflight_done_.notify_all();
 }
 
-void Cache::CountRegistered(uint64_t len) {
+void CacheCore::CountRegistered(uint64_t len) {
   Count(stats_.registrations);
   Count(stats_.regions);
   const uint64_t now =
@@ -477,7 +480,7 @@ void Cache::CountRegistered(uint64_t len) {
   }
 }
 
-void Cache::HandOutUncached(Region *r) {
+void CacheCore::HandOutUncached(CachedRegion *r) {
   LockAndDrain();
   OrphanLinkLocked(r);
   r->HandOutOrphan();

@@ -38,7 +38,7 @@ size_t AutoMaxBytes() {
   return static_cast<size_t>(pages) * page::Size() / 4;
 }
 
-int ResolveParams(const regcache_params_t *p, Params *out) {
+int ResolveParams(const regcache_params_t *p, CacheConfig *out) {
   constexpr uint64_t kKnown =
       REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
       REGCACHE_PARAM_MERGE_MAX_BYTES | REGCACHE_PARAM_FLAGS |

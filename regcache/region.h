@@ -27,11 +27,11 @@
 
 namespace regcache::core {
 
-class Cache;
+class CacheCore;
 
-struct alignas(64) Region {
+struct alignas(64) CachedRegion {
   std::atomic<uint64_t> word{0};
-  Cache *cache = nullptr;
+  CacheCore *cache = nullptr;
   uintptr_t start = 0;  // page-aligned
   uintptr_t end = 0;    // page-aligned, exclusive
   unsigned access = 0;
@@ -47,12 +47,12 @@ struct alignas(64) Region {
   Registration reg;
   // Index links (regcache/region_index.h) and the treap priority, drawn once
   // when the region enters the index.
-  Region *left = nullptr;
-  Region *right = nullptr;
+  CachedRegion *left = nullptr;
+  CachedRegion *right = nullptr;
   // CLOCK list / orphan list (prev, next); dead list / slab free list (next).
-  Region *prev = nullptr;
-  Region *next = nullptr;
-  // When it was last handed out (Cache::Touch): eviction takes the least
+  CachedRegion *prev = nullptr;
+  CachedRegion *next = nullptr;
+  // When it was last handed out (CacheCore::Touch): eviction takes the least
   // recently used. Written by every get, also on the lock-free hit path, so
   // atomic; only eviction reads it.
   std::atomic<uint64_t> last_use{0};
@@ -126,7 +126,7 @@ struct alignas(64) Region {
     return 0;
   }
 };
-static_assert(sizeof(Region) <= 128,
+static_assert(sizeof(CachedRegion) <= 128,
               "a cached region must cost at most 128 bytes");
 
 }  // namespace regcache::core

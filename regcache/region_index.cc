@@ -7,7 +7,7 @@
 
 namespace regcache::core {
 
-uint64_t RegionIndex::Priority(const Region *r) {
+uint64_t RegionIndex::Priority(const CachedRegion *r) {
   uint64_t x = reinterpret_cast<uintptr_t>(r);
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;
@@ -17,7 +17,8 @@ uint64_t RegionIndex::Priority(const Region *r) {
   return x;
 }
 
-void RegionIndex::Split(Region *t, uintptr_t key, Region **l, Region **r) {
+void RegionIndex::Split(CachedRegion *t, uintptr_t key, CachedRegion **l,
+                        CachedRegion **r) {
   if (t == nullptr) {
     *l = *r = nullptr;
   } else if (t->start < key) {
@@ -29,7 +30,7 @@ void RegionIndex::Split(Region *t, uintptr_t key, Region **l, Region **r) {
   }
 }
 
-Region *RegionIndex::Merge(Region *a, Region *b) {
+CachedRegion *RegionIndex::Merge(CachedRegion *a, CachedRegion *b) {
   if (a == nullptr) return b;
   if (b == nullptr) return a;
   if (Priority(a) > Priority(b)) {
@@ -40,12 +41,12 @@ Region *RegionIndex::Merge(Region *a, Region *b) {
   return b;
 }
 
-void RegionIndex::Insert(Region *r) {
+void RegionIndex::Insert(CachedRegion *r) {
   REGCACHE_DCHECK(
       r->start < r->end && FirstOverlap(r->start, r->end) == nullptr,
       "indexed regions are non-empty and do not overlap");
   r->left = r->right = nullptr;
-  Region *l, *g;
+  CachedRegion *l, *g;
   Split(root_, r->start, &l, &g);
   root_ = Merge(Merge(l, r), g);
   ++count_;
@@ -53,8 +54,8 @@ void RegionIndex::Insert(Region *r) {
   DebugCheck();
 }
 
-void RegionIndex::Erase(Region *r) {
-  Region *l, *m, *g;
+void RegionIndex::Erase(CachedRegion *r) {
+  CachedRegion *l, *m, *g;
   Split(root_, r->start, &l, &m);
   Split(m, r->start + 1, &m, &g);
   // Starts are unique (regions do not overlap), so m is r.
@@ -67,9 +68,9 @@ void RegionIndex::Erase(Region *r) {
   DebugCheck();
 }
 
-Region *RegionIndex::Floor(uintptr_t key) const {
-  Region *best = nullptr;
-  for (Region *t = root_; t;) {
+CachedRegion *RegionIndex::Floor(uintptr_t key) const {
+  CachedRegion *best = nullptr;
+  for (CachedRegion *t = root_; t;) {
     if (t->start <= key) {
       best = t;
       t = t->right;
@@ -80,9 +81,9 @@ Region *RegionIndex::Floor(uintptr_t key) const {
   return best;
 }
 
-Region *RegionIndex::LowerBound(uintptr_t key) const {
-  Region *best = nullptr;
-  for (Region *t = root_; t;) {
+CachedRegion *RegionIndex::LowerBound(uintptr_t key) const {
+  CachedRegion *best = nullptr;
+  for (CachedRegion *t = root_; t;) {
     if (t->start >= key) {
       best = t;
       t = t->left;
@@ -93,17 +94,17 @@ Region *RegionIndex::LowerBound(uintptr_t key) const {
   return best;
 }
 
-Region *RegionIndex::FirstOverlap(uintptr_t start, uintptr_t end) const {
-  Region *r = Floor(start);
+CachedRegion *RegionIndex::FirstOverlap(uintptr_t start, uintptr_t end) const {
+  CachedRegion *r = Floor(start);
   if (r && r->end > start) return r;
   r = LowerBound(start);
   if (r && r->start < end) return r;
   return nullptr;
 }
 
-Region *RegionIndex::FindCovering(uintptr_t start, uintptr_t end,
-                                  unsigned access) const {
-  Region *r = Floor(start);
+CachedRegion *RegionIndex::FindCovering(uintptr_t start, uintptr_t end,
+                                        unsigned access) const {
+  CachedRegion *r = Floor(start);
   if (r && r->end >= end && (access & ~r->access) == 0) return r;
   return nullptr;
 }
@@ -114,10 +115,10 @@ namespace {
 struct Walk {
   const void *owner;
   size_t n = 0, bytes = 0;
-  const Region *prev = nullptr;  // in-order predecessor
+  const CachedRegion *prev = nullptr;  // in-order predecessor
   std::string err;
 
-  void Visit(const Region *t, uint64_t parent_prio, int depth) {
+  void Visit(const CachedRegion *t, uint64_t parent_prio, int depth) {
     if (t == nullptr || !err.empty()) return;
     if (depth > 4096) {
       err = "depth over 4096: a cycle or a degenerate tree";
@@ -139,7 +140,7 @@ struct Walk {
     else if (prev && prev->end > t->start)
       err = fmt::format("order/overlap: [0x{:x}, 0x{:x}) then [0x{:x}, 0x{:x})",
                         prev->start, prev->end, t->start, t->end);
-    else if (!(w & Region::kValid))
+    else if (!(w & CachedRegion::kValid))
       err = fmt::format("indexed region 0x{:x} is not valid", t->start);
     else if (owner && static_cast<const void *>(t->cache) != owner)
       err = fmt::format("indexed region 0x{:x} of another cache", t->start);

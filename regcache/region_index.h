@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/region_index.h - the ordered index of a cache's regions.
 //
-// INVARIANT: an intrusive treap (Region::left/right) of non-overlapping,
+// INVARIANT: an intrusive treap (CachedRegion::left/right) of non-overlapping,
 // page-aligned, non-empty regions, ordered by start; heap-ordered by
 // Priority(region) (a hash of its address: expected O(log n) depth without
 // allocation or rebalancing state). Every indexed region is valid (region.h)
@@ -9,7 +9,7 @@
 // total length of indexed regions. Check() walks the whole tree and verifies
 // all of this (tests; debug builds after each change while the tree is small).
 // LOCK RULE: not thread-safe; the owning cache's mutex guards every call
-// (Cache::index_ is GUARDED_BY(mu_)). Nothing here allocates, frees or calls
+// (CacheCore::index_ is GUARDED_BY(mu_)). Nothing here allocates, frees or calls
 // out: it runs inside munmap callbacks.
 #ifndef REGCACHE_REGCACHE_REGION_INDEX_H_
 #define REGCACHE_REGCACHE_REGION_INDEX_H_
@@ -25,21 +25,22 @@ namespace regcache::core {
 class RegionIndex {
  public:
   // REQUIRES: r does not overlap an indexed region; r is owned by the caller.
-  void Insert(Region *r);
+  void Insert(CachedRegion *r);
   // REQUIRES: r is indexed.
-  void Erase(Region *r);
+  void Erase(CachedRegion *r);
 
   // The indexed region with the greatest start <= key, or nullptr.
-  Region *Floor(uintptr_t key) const;
+  CachedRegion *Floor(uintptr_t key) const;
   // The indexed region with the least start >= key, or nullptr.
-  Region *LowerBound(uintptr_t key) const;
+  CachedRegion *LowerBound(uintptr_t key) const;
   // The lowest indexed region overlapping [start, end), or nullptr.
-  Region *FirstOverlap(uintptr_t start, uintptr_t end) const;
+  CachedRegion *FirstOverlap(uintptr_t start, uintptr_t end) const;
   // The indexed region covering [start, end) with at least `access`, or
   // nullptr (regions do not overlap: only Floor(start) can).
-  Region *FindCovering(uintptr_t start, uintptr_t end, unsigned access) const;
+  CachedRegion *FindCovering(uintptr_t start, uintptr_t end,
+                             unsigned access) const;
 
-  Region *root() const { return root_; }
+  CachedRegion *root() const { return root_; }
   bool empty() const { return root_ == nullptr; }
   size_t count() const { return count_; }
   size_t bytes() const { return bytes_; }
@@ -49,16 +50,17 @@ class RegionIndex {
   std::string Check(const void *owner = nullptr) const;
 
   // The heap key of r (parents >= children).
-  static uint64_t Priority(const Region *r);
+  static uint64_t Priority(const CachedRegion *r);
 
  private:
-  static void Split(Region *t, uintptr_t key, Region **l, Region **r);
-  static Region *Merge(Region *a, Region *b);
+  static void Split(CachedRegion *t, uintptr_t key, CachedRegion **l,
+                    CachedRegion **r);
+  static CachedRegion *Merge(CachedRegion *a, CachedRegion *b);
   // Debug builds: Check() after a change while the tree is this small.
   static constexpr size_t kCheckBelow = 64;
   void DebugCheck() const;
 
-  Region *root_ = nullptr;
+  CachedRegion *root_ = nullptr;
   size_t count_ = 0;
   size_t bytes_ = 0;
 };

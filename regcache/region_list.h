@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/region_list.h - the intrusive lists a region can be on.
 //
-// RegionList: doubly linked through Region::prev/next, with a count (a
+// RegionList: doubly linked through CachedRegion::prev/next, with a count (a
 // cache's CLOCK list of indexed regions, its orphan list of regions that left
-// the index while held). RegionBatch: singly linked through Region::next
+// the index while held). RegionBatch: singly linked through CachedRegion::next
 // (regions built up under the cache's mutex and deregistered after it: dead
 // regions, eviction victims).
 // INVARIANT: a region is on at most one of them at a time (they share the
@@ -22,11 +22,11 @@ namespace regcache::core {
 
 class RegionList {
  public:
-  Region *head() const { return head_; }  // oldest for PushBack users
+  CachedRegion *head() const { return head_; }  // oldest for PushBack users
   size_t size() const { return n_; }
   bool empty() const { return head_ == nullptr; }
 
-  void PushBack(Region *r) {
+  void PushBack(CachedRegion *r) {
     r->next = nullptr;
     r->prev = tail_;
     if (tail_) {
@@ -37,7 +37,7 @@ class RegionList {
     tail_ = r;
     ++n_;
   }
-  void PushFront(Region *r) {
+  void PushFront(CachedRegion *r) {
     r->prev = nullptr;
     r->next = head_;
     if (head_) {
@@ -49,7 +49,7 @@ class RegionList {
     ++n_;
   }
   // REQUIRES: r is on this list.
-  void Unlink(Region *r) {
+  void Unlink(CachedRegion *r) {
     REGCACHE_DCHECK(n_ > 0 && (r->prev ? r->prev->next == r : head_ == r) &&
                         (r->next ? r->next->prev == r : tail_ == r),
                     "an unlinked region is on the list");
@@ -70,21 +70,21 @@ class RegionList {
   void Clear() { *this = RegionList(); }
 
  private:
-  Region *head_ = nullptr;
-  Region *tail_ = nullptr;
+  CachedRegion *head_ = nullptr;
+  CachedRegion *tail_ = nullptr;
   size_t n_ = 0;
 };
 
 struct RegionBatch {
-  Region *head = nullptr;
+  CachedRegion *head = nullptr;
   size_t n = 0;
-  void Push(Region *r) {
+  void Push(CachedRegion *r) {
     r->next = head;
     head = r;
     ++n;
   }
-  Region *Pop() {
-    Region *r = head;
+  CachedRegion *Pop() {
+    CachedRegion *r = head;
     if (r) {
       head = r->next;
       r->next = nullptr;

@@ -12,26 +12,26 @@ Slab &Slab::Get() {
   return *s;
 }
 
-Region *Slab::Alloc() {
+CachedRegion *Slab::Alloc() {
   MutexLock l(&mu_);
   if (free_ == nullptr && !GrowLocked()) return nullptr;
-  Region *r = free_;
+  CachedRegion *r = free_;
   free_ = r->next;
   r->next = nullptr;
   --nfree_;
   REGCACHE_DCHECK(
       r->cache == nullptr && r->left == nullptr && r->right == nullptr &&
           r->prev == nullptr &&
-          Region::Refs(r->word.load(std::memory_order_relaxed)) == 0 &&
-          !(r->word.load(std::memory_order_relaxed) & Region::kValid),
+          CachedRegion::Refs(r->word.load(std::memory_order_relaxed)) == 0 &&
+          !(r->word.load(std::memory_order_relaxed) & CachedRegion::kValid),
       "a free slab region is unlinked and unreferenced");
   return r;
 }
 
-void Slab::Free(Region *r) {
+void Slab::Free(CachedRegion *r) {
   REGCACHE_DCHECK(
-      Region::Refs(r->word.load(std::memory_order_relaxed)) == 0 &&
-          !(r->word.load(std::memory_order_relaxed) & Region::kValid),
+      CachedRegion::Refs(r->word.load(std::memory_order_relaxed)) == 0 &&
+          !(r->word.load(std::memory_order_relaxed) & CachedRegion::kValid),
       "only an unreferenced region that left the index is freed");
   r->left = r->right = r->prev = nullptr;
   r->cache = nullptr;
@@ -56,10 +56,10 @@ bool Slab::GrowLocked() {
   void *p = mmap(nullptr, kChunk, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return false;
-  auto *regions = static_cast<Region *>(p);
-  const size_t n = kChunk / sizeof(Region);
+  auto *regions = static_cast<CachedRegion *>(p);
+  const size_t n = kChunk / sizeof(CachedRegion);
   for (size_t i = 0; i < n; ++i) {
-    Region *r = new (&regions[i]) Region;
+    CachedRegion *r = new (&regions[i]) CachedRegion;
     r->next = free_;
     free_ = r;
   }

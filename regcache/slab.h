@@ -2,7 +2,7 @@
 // regcache/slab.h - the process-wide type-stable slab of regions.
 //
 // INVARIANT: regions are carved from 64 KiB mmap'ed chunks that are never
-// unmapped, so a stale Region pointer held by some thread's front table stays
+// unmapped, so a stale CachedRegion pointer held by some thread's front table stays
 // dereferenceable forever; the generation in the region word tells
 // incarnations apart (region.h). mmap rather than malloc: the memory must never
 // go back to any allocator. A free region is on the free list only, with no
@@ -26,9 +26,9 @@ class Slab {
   static Slab &Get();
 
   // A region owned by the caller, or nullptr (mmap failed).
-  Region *Alloc() REGCACHE_EXCLUDES(mu_);
+  CachedRegion *Alloc() REGCACHE_EXCLUDES(mu_);
   // Back to the free list. REQUIRES: no references, in no index or list.
-  void Free(Region *r) REGCACHE_EXCLUDES(mu_);
+  void Free(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
   size_t Total() REGCACHE_EXCLUDES(mu_);
   size_t FreeCount() REGCACHE_EXCLUDES(mu_);
 
@@ -42,7 +42,7 @@ class Slab {
   bool GrowLocked() REGCACHE_REQUIRES(mu_);
 
   Mutex mu_;
-  Region *free_ REGCACHE_GUARDED_BY(mu_) = nullptr;
+  CachedRegion *free_ REGCACHE_GUARDED_BY(mu_) = nullptr;
   size_t total_ REGCACHE_GUARDED_BY(mu_) = 0;
   size_t nfree_ REGCACHE_GUARDED_BY(mu_) = 0;
 };

@@ -11,7 +11,7 @@
 
 namespace regcache::core {
 
-void Cache::GetStats(regcache_stats_t *s) {
+void CacheCore::GetStats(regcache_stats_t *s) {
   std::memset(s, 0, sizeof(*s));
   uint64_t hits = 0;
   for (const auto &slot : hit_slots_)
@@ -28,7 +28,7 @@ void Cache::GetStats(regcache_stats_t *s) {
 #undef REGCACHE_STATS_COPY
 }
 
-int Cache::PrintStats(FILE *f) {
+int CacheCore::PrintStats(FILE *f) {
   regcache_stats_t s;
   GetStats(&s);
 #define REGCACHE_STATS_ROW(field)                                 \
@@ -40,7 +40,7 @@ int Cache::PrintStats(FILE *f) {
   return 0;
 }
 
-void Cache::MaybePrintStatsOnce() {
+void CacheCore::MaybePrintStatsOnce() {
   if (!params_.print_stats || stats_printed_.exchange(true)) return;
   regcache_stats_t s;
   GetStats(&s);

@@ -93,7 +93,7 @@ class CacheTest : public ::testing::Test {
 };
 
 TEST_F(CacheTest, RegionFitsTheMemoryBudget) {
-  EXPECT_LE(sizeof(regcache::core::Region), 128u);
+  EXPECT_LE(sizeof(regcache::core::CachedRegion), 128u);
 }
 
 TEST_F(CacheTest, MissThenHit) {

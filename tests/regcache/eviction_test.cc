@@ -27,9 +27,9 @@
 
 namespace {
 
+using regcache::core::CachedRegion;
 using regcache::core::Eviction;
 using regcache::core::EvictionMode;
-using regcache::core::Region;
 using regcache::testing::NewTestDriver;
 using regcache::testing::TestDriver;
 
@@ -153,7 +153,7 @@ TEST_F(EvictionTest, ImmediateReuseStillHits) {
 // limit counts against it.
 TEST(EvictionPolicy, CostlierRegionsAreKeptLonger) {
   ASSERT_GT(regcache::cost::MissUs(16 << 20), 5 * regcache::cost::MissUs(4096));
-  Region big, small;
+  CachedRegion big, small;
   big.start = 0;
   big.end = 16 << 20;
   big.last_use = 10;
@@ -183,7 +183,7 @@ TEST(EvictionPolicy, CostlierRegionsAreKeptLonger) {
 TEST(EvictionPolicy, UnlimitedCapacityIsSafe) {
   Eviction e(EvictionMode::kAdaptive, SIZE_MAX, SIZE_MAX);
   ASSERT_TRUE(e.ready());
-  Region victim;
+  CachedRegion victim;
   victim.start = 0;
   victim.end = 4096;
   victim.last_use = 1;

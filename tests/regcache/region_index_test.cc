@@ -23,8 +23,8 @@
 
 namespace {
 
-using regcache::core::Cache;
-using regcache::core::Region;
+using regcache::core::CacheCore;
+using regcache::core::CachedRegion;
 using regcache::core::RegionIndex;
 namespace page = regcache::page;
 
@@ -33,32 +33,33 @@ class RegionIndexTest : public ::testing::Test {
   static constexpr int kPool = 512;
   static constexpr uintptr_t kBase = uintptr_t{1} << 40;
 
-  void SetUp() override { pool_ = std::make_unique<Region[]>(kPool); }
+  void SetUp() override { pool_ = std::make_unique<CachedRegion[]>(kPool); }
 
   // A free pool slot published as valid with [start, end).
-  Region *Make(uintptr_t start, uintptr_t end, unsigned access = 0) {
+  CachedRegion *Make(uintptr_t start, uintptr_t end, unsigned access = 0) {
     for (int i = 0; i < kPool; ++i) {
-      Region *r = &pool_[i];
+      CachedRegion *r = &pool_[i];
       if (in_.count(r)) continue;
       r->start = start;
       r->end = end;
       r->access = access;
-      r->word.store(Region::Word(static_cast<uint32_t>(i), Region::kValid, 0));
+      r->word.store(CachedRegion::Word(static_cast<uint32_t>(i),
+                                       CachedRegion::kValid, 0));
       return r;
     }
     return nullptr;
   }
-  void Insert(Region *r) {
+  void Insert(CachedRegion *r) {
     idx_.Insert(r);
     in_.insert(r);
     model_[r->start] = r;
   }
-  void Erase(Region *r) {
+  void Erase(CachedRegion *r) {
     idx_.Erase(r);
     in_.erase(r);
     model_.erase(r->start);
   }
-  Region *ModelFirstOverlap(uintptr_t s, uintptr_t e) {
+  CachedRegion *ModelFirstOverlap(uintptr_t s, uintptr_t e) {
     for (auto &[k, r] : model_)
       if (r->start < e && s < r->end) return r;
     return nullptr;
@@ -71,21 +72,22 @@ class RegionIndexTest : public ::testing::Test {
       const uintptr_t s = kBase + rng_() % 600 * page::Size();
       const uintptr_t e = s + (1 + rng_() % 6) * page::Size();
       auto it = model_.upper_bound(s);
-      Region *floor = it == model_.begin() ? nullptr : std::prev(it)->second;
+      CachedRegion *floor =
+          it == model_.begin() ? nullptr : std::prev(it)->second;
       auto lb = model_.lower_bound(s);
       ASSERT_EQ(idx_.Floor(s), floor) << step;
       ASSERT_EQ(idx_.LowerBound(s), lb == model_.end() ? nullptr : lb->second)
           << step;
       ASSERT_EQ(idx_.FirstOverlap(s, e), ModelFirstOverlap(s, e)) << step;
-      Region *cover = floor && floor->end >= e ? floor : nullptr;
+      CachedRegion *cover = floor && floor->end >= e ? floor : nullptr;
       ASSERT_EQ(idx_.FindCovering(s, e, 0), cover) << step;
     }
   }
 
-  std::unique_ptr<Region[]> pool_;
+  std::unique_ptr<CachedRegion[]> pool_;
   RegionIndex idx_;
-  std::set<Region *> in_;
-  std::map<uintptr_t, Region *> model_;
+  std::set<CachedRegion *> in_;
+  std::map<uintptr_t, CachedRegion *> model_;
   std::mt19937_64 rng_{20261130};
 };
 
@@ -96,7 +98,7 @@ TEST_F(RegionIndexTest, RandomInsertEraseInvalidateKeepsTheInvariant) {
     const int op = static_cast<int>(rng_() % 10);
     if (op < 5) {  // insert where free
       if (ModelFirstOverlap(s, e) == nullptr)
-        if (Region *r = Make(s, e)) Insert(r);
+        if (CachedRegion *r = Make(s, e)) Insert(r);
     } else if (op < 8) {  // erase one
       if (!model_.empty()) {
         auto it = model_.begin();
@@ -105,7 +107,7 @@ TEST_F(RegionIndexTest, RandomInsertEraseInvalidateKeepsTheInvariant) {
       }
     } else {  // invalidate a range: everything overlapping leaves
       const uintptr_t ie = s + (1 + rng_() % 64) * page::Size();
-      while (Region *r = idx_.FirstOverlap(s, ie)) Erase(r);
+      while (CachedRegion *r = idx_.FirstOverlap(s, ie)) Erase(r);
       ASSERT_EQ(ModelFirstOverlap(s, ie), nullptr);
     }
     Verify("step " + std::to_string(step));
@@ -119,13 +121,13 @@ TEST_F(RegionIndexTest, RandomInsertEraseInvalidateKeepsTheInvariant) {
 // Negative control: the walker reports each kind of corruption.
 TEST_F(RegionIndexTest, CheckReportsACorruptedIndex) {
   for (int i = 0; i < 32; ++i) {
-    Region *r =
+    CachedRegion *r =
         Make(kBase + 4 * i * page::Size(), kBase + (4 * i + 2) * page::Size());
     Insert(r);
   }
   ASSERT_EQ(idx_.Check(), "");
-  Region *a = model_.begin()->second;
-  Region *b = std::next(model_.begin())->second;
+  CachedRegion *a = model_.begin()->second;
+  CachedRegion *b = std::next(model_.begin())->second;
   // Overlap: a grows into b.
   const uintptr_t a_end = a->end;
   a->end = b->start + page::Size();
@@ -134,7 +136,7 @@ TEST_F(RegionIndexTest, CheckReportsACorruptedIndex) {
   ASSERT_EQ(idx_.Check(), "");
   // Not valid while indexed.
   const uint64_t w = b->word.load();
-  b->word.store(w & ~Region::kValid);
+  b->word.store(w & ~CachedRegion::kValid);
   EXPECT_NE(idx_.Check(), "");
   b->word.store(w);
   // Not page-aligned.
@@ -148,10 +150,10 @@ TEST_F(RegionIndexTest, CheckReportsACorruptedIndex) {
   std::swap(a->start, b->start);
   std::swap(a->end, b->end);
   // A node lost from the tree (count says otherwise).
-  Region *root = idx_.root();
-  Region *child = root->left ? root->left : root->right;
+  CachedRegion *root = idx_.root();
+  CachedRegion *child = root->left ? root->left : root->right;
   ASSERT_NE(child, nullptr);
-  Region *saved_l = root->left, *saved_r = root->right;
+  CachedRegion *saved_l = root->left, *saved_r = root->right;
   if (root->left)
     root->left = nullptr;
   else
@@ -175,7 +177,7 @@ TEST(CacheInvariantTest, RandomGetsPutsUnmapsAndInvalidations) {
   p.merge_max_bytes = 16 * page::Size();
   regcache_t *c = nullptr;
   ASSERT_EQ(regcache_create(drv, &p, &c), 0);
-  Cache *core = reinterpret_cast<Cache *>(c);
+  CacheCore *core = reinterpret_cast<CacheCore *>(c);
   const size_t kPages = 512;
   char *arena = static_cast<char *>(mmap(nullptr, kPages * page::Size(),
                                          PROT_READ | PROT_WRITE,
