@@ -134,6 +134,40 @@ void PrintPolicyGoals(FILE *f, const std::vector<std::string> &workloads,
             cut >= 3 && higher == 0 ? "met" : "NOT MET");
 }
 
+// Issue 14's churn goal lines: ns per hit and ns per op <= UCX's in every
+// workload at the default capacity (single runs: noisy on a loaded machine;
+// each line names the worst workload).
+void PrintTimeGoals(FILE *f, const std::vector<std::string> &workloads,
+                    const std::vector<Result> &results) {
+  auto goal = [&](const char *what, double (Result::*ns)() const,
+                  bool hits_only) {
+    int have = 0, above = 0;
+    double worst = 0;
+    std::string worst_w, list;
+    for (const std::string &w : workloads) {
+      const Result *r = Find(results, w, "regcache", kDefaultLevel);
+      const Result *u = Find(results, w, "ucx", kDefaultLevel);
+      if (!r || !u || (hits_only && (!r->hits || !u->hits))) continue;
+      if ((u->*ns)() <= 0) continue;
+      const double x = (r->*ns)() / (u->*ns)();
+      have++;
+      above += x > 1.0;
+      char b[96];
+      snprintf(b, sizeof b, " %s %.2f", w.c_str(), x);
+      list += b;
+      if (x > worst) worst = x, worst_w = w;
+    }
+    if (have)
+      fprintf(f,
+              "Goal (issue 14): %s <= 1.0x UCX's in every workload at %s:%s; "
+              "worst %s %.2fx, above at %d of %d: %s\n",
+              what, CapText(kDefaultLevel).c_str(), list.c_str(),
+              worst_w.c_str(), worst, above, have, above ? "NOT MET" : "met");
+  };
+  goal("ns/hit", &Result::HitNs, true);
+  goal("ns/op", &Result::AllNs, false);
+}
+
 }  // namespace
 
 void PrintTable(FILE *f, const std::vector<std::string> &workloads,
@@ -218,6 +252,7 @@ void PrintTable(FILE *f, const std::vector<std::string> &workloads,
             worse ? "NOT MET" : "met");
   }
   PrintPolicyGoals(f, workloads, results);
+  PrintTimeGoals(f, workloads, results);
 }
 
 void PrintCostModel(FILE *f) {
