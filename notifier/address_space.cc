@@ -210,6 +210,9 @@ struct alignas(64) {
   std::atomic<uint64_t> gen{0};
   std::atomic<Subscription *> whole{nullptr};
   std::atomic<Subscription *> interval{nullptr};
+  // Non-zero once ReadBeginInterval was called: ranges log their span (see
+  // RANGE LOG). Here because every range reads this line anyway.
+  std::atomic<uint32_t> log_on{0};
 } g_hot;
 constexpr std::atomic<unsigned> &g_idx = g_hot.idx;
 constexpr std::atomic<uint64_t> &g_gen = g_hot.gen;
@@ -218,6 +221,24 @@ constexpr std::atomic<Subscription *> &g_interval = g_hot.interval;
 constexpr std::atomic<uint64_t> &g_quiesce = g_hot.quiesce;
 constexpr uint64_t kQuiesceCount = 0xffffffffu;
 constexpr std::atomic<uint32_t> &g_waiters = g_hot.waiters;
+constexpr std::atomic<uint32_t> &g_log_on = g_hot.log_on;
+
+// RANGE LOG (ReadBeginInterval / ReadRetryInterval, address_space.h). Range
+// number s (g_log_next's value it took) writes its span (EncodeRange, slot bit
+// 0) to g_range_log[s % size].span and then s + 1 to .tag, after claiming its
+// g_ranges entry and before any start callback. A reader checking [token, now)
+// trusts entry i only if its tag is i + 1 (else the range has not written it
+// yet: count it as overlapping), and, having read the spans, that g_log_next
+// has not moved kIntervalLogEntries past the token (else a later range may
+// have overwritten a span it read: count it as overlapping). Invariant: tag
+// == i + 1 implies span is range i's or a later range's (release/acquire).
+// Lock-free, allocation-free; written only while g_log_on != 0.
+struct alignas(16) LogEntry {
+  std::atomic<uint64_t> tag{0};
+  std::atomic<uint64_t> span{0};
+};
+alignas(64) std::atomic<uint64_t> g_log_next{0};
+alignas(64) LogEntry g_range_log[kIntervalLogEntries];
 alignas(64) std::atomic<uint32_t> g_event{0};  // futex word
 std::atomic<Subscription *> g_pending{nullptr};
 std::atomic<bool> g_shutdown{false};
@@ -392,6 +413,25 @@ inline bool RangeOverlaps(uint64_t w, uintptr_t start, uintptr_t end) {
   if (n == kLenSat) return rs < end;  // open-ended
   const uintptr_t re = static_cast<uintptr_t>(first + n) << kPageShift;
   return rs < end && start < re;
+}
+
+// Logs the span of a range that is starting (RANGE LOG). The increment is
+// seq_cst: it is the range's half of the Dekker pair with a reader's
+// filter-and-fence (and is ordered after the range's claim).
+inline void LogRange(uintptr_t start, uintptr_t end) {
+  const uint64_t s = g_log_next.fetch_add(1, std::memory_order_seq_cst);
+  LogEntry &e = g_range_log[s % kIntervalLogEntries];
+  e.span.store(EncodeRange(start, end, 0), std::memory_order_release);
+  e.tag.store(s + 1, std::memory_order_release);
+}
+
+// Is a range with a g_ranges entry overlapping [start, end) in flight?
+bool TableOverlapInFlight(uintptr_t start, uintptr_t end) {
+  for (std::atomic<uint64_t> &e : g_ranges) {
+    const uint64_t w = e.load(std::memory_order_seq_cst);
+    if (w != 0 && RangeOverlaps(w, start, end)) return true;
+  }
+  return false;
 }
 
 // Is any range in flight that overlaps [start, end)? Ranges counted in
@@ -719,6 +759,12 @@ REGCACHE_HOT void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
   if (t_state.inflight > kNestingWarn) [[unlikely]]
     WarnNesting();
   f->gen = g_gen.load(std::memory_order_seq_cst);
+  // After the claim (ReadBeginInterval's table scan either sees the claim or
+  // its token precedes this entry) and before any start callback (a reader
+  // that checks under the lock the callback takes, or behind a filter and a
+  // fence, sees this entry or is seen by the callback).
+  if (g_log_on.load(std::memory_order_seq_cst) != 0) [[unlikely]]
+    LogRange(start, end);
   // Pass 1: sequence numbers first, so that every start callback (which may
   // take the subscriber's lock) runs after every overlapping interval's
   // sequence moved.
@@ -745,6 +791,8 @@ REGCACHE_HOT void EndRange(Frame *f) {
 
 std::atomic<uint32_t> g_async_in_flight{0};
 std::atomic<bool> g_atfork_off_for_testing{false};
+std::atomic<bool> g_interval_log_off_for_testing{false};
+std::atomic<bool> g_interval_wait_off_for_testing{false};
 
 // For the uffd source in a fork child: the intervals of the live
 // subscriptions, to watch them again. Walked inside a window, like dispatch
@@ -954,6 +1002,72 @@ bool ReadRetry(const Subscription *s, uint64_t seq) {
   return (s->seq_word.load(std::memory_order_seq_cst) >> kActiveBits) != seq;
 }
 
+int ReadBeginInterval(uintptr_t start, uintptr_t end, uint64_t *token) {
+  if (token == nullptr || start >= end) return -EINVAL;
+  if (InRange()) return -EDEADLK;
+  if (g_shutdown.load(std::memory_order_acquire)) return -ESHUTDOWN;
+  // As Register: a patch overwritten by another library is noticed here.
+  VerifySources();
+  // Turn logging on before the first token (Dekker with BeginRange: a range
+  // that read g_log_on == 0 claimed its entry before our scan below reads it,
+  // so it is waited for; one that reads 1 logs itself).
+  if (g_log_on.load(std::memory_order_relaxed) == 0 &&
+      !internal::g_interval_log_off_for_testing.load(std::memory_order_relaxed))
+    g_log_on.store(1, std::memory_order_seq_cst);
+  for (;;) {
+    // Token first, then the table: a range the scan does not see claimed its
+    // entry after the scan read it, hence logs itself after the token
+    // (claim, then log) and ReadRetryInterval sees it.
+    const uint64_t t = g_log_next.load(std::memory_order_seq_cst);
+    if (TableOverlapInFlight(start, end) &&
+        !internal::g_interval_wait_off_for_testing.load(
+            std::memory_order_relaxed)) {
+      // A range on this memory is changing it now: wait for its end (bounded
+      // by that range: it ends after its callbacks; only a stream of changes
+      // of this same memory by other threads keeps this waiting, as the
+      // kernel's mmu_interval_read_begin). Then take a new token.
+      WaitUntil([start, end] { return !TableOverlapInFlight(start, end); });
+      continue;
+    }
+    if (g_inflight[0].v.load(std::memory_order_seq_cst) +
+            g_inflight[1].v.load(std::memory_order_seq_cst) !=
+        0) {
+      // Ranges without a table entry (past 64 in flight) have no known span:
+      // wait for every range in flight now to end (a grace period). Those
+      // that began before t and were in flight then have ended; those that
+      // began later logged themselves after t.
+      Synchronize();
+    }
+    if (g_active.load(std::memory_order_acquire) == Source::kUffd) {
+      // uffd reports only watched mappings: watch what is mapped now, after
+      // the token (as ReadBegin re-watches after reading the sequence), so a
+      // later change of it is logged after t. Errors as Register's.
+      int rc = sources::UffdWatch(start, end);
+      if (rc != 0) return rc;
+    }
+    *token = t;
+    return 0;
+  }
+}
+
+bool ReadRetryInterval(uintptr_t start, uintptr_t end, uint64_t token) {
+  const uint64_t now = g_log_next.load(std::memory_order_seq_cst);
+  if (now == token) [[likely]]
+    return false;
+  if (now - token > kIntervalLogEntries) return true;  // wrapped
+  for (uint64_t i = token; i < now; ++i) {
+    const LogEntry &e = g_range_log[i % kIntervalLogEntries];
+    if (e.tag.load(std::memory_order_acquire) != i + 1)
+      return true;  // slot taken, span not written yet
+    if (RangeOverlaps(e.span.load(std::memory_order_acquire), start, end))
+      return true;
+  }
+  // A span read above may be a later range's (range i + size overwrote it
+  // after we read the tag): then g_log_next has moved past token + size.
+  return g_log_next.load(std::memory_order_seq_cst) - token >
+         kIntervalLogEntries;
+}
+
 void InvalidateRangeStart(uintptr_t start, uintptr_t end) {
   if (t_state.nframes >= kMaxTlsFrames) {
     internal::Logf(
@@ -1148,6 +1262,7 @@ void ResetForTesting() {
   }
   FreeList(done);
   g_nesting_logged.store(false, std::memory_order_relaxed);
+  g_log_on.store(0, std::memory_order_seq_cst);  // until the next begin
 }
 
 // ---------------------------------------------------------------- fork

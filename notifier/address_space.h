@@ -62,6 +62,54 @@ int Unregister(Subscription *sub);
 uint64_t ReadBegin(Subscription *sub);
 bool ReadRetry(const Subscription *sub, uint64_t seq);
 
+// Interval read protocol WITHOUT a subscription (issue 14: a cache's miss
+// need not Register and Unregister an interval subscription per miss). Every
+// range logs its page span in a ring of kIntervalLogEntries (a sequence number
+// and the span) before it delivers any start callback; these two calls check
+// that log for [start, end):
+//
+//   ReadBeginInterval(start, end, &token)   waits while a range overlapping
+//       [start, end) is in flight (began before and has not ended; for ranges
+//       counted without a span, past 64 in flight, a grace period of all
+//       ranges), then returns 0 and a token. Under the uffd source it also
+//       watches the mappings of [start, end) (as an interval Register does):
+//       -EFAULT when part of it is not mapped, -EBUSY when a mapping cannot be
+//       watched (register uncached). Also -EINVAL (empty or wrapping interval,
+//       null token), -EDEADLK (inside a callback or a range of this thread:
+//       the wait could be for itself), -ESHUTDOWN.
+//   ReadRetryInterval(start, end, token)    true when a range overlapping
+//       [start, end) began since the token was taken (its start callbacks may
+//       have run before what the caller is publishing was visible to them).
+//       Never waits, never allocates: one load when nothing began since.
+//
+// Contract, exactly as the cache's miss uses it: the caller owns a whole-space
+// subscription (registered before ReadBeginInterval) whose start callback
+// takes lock L (or, as the cache does, first tests a filter the caller widens
+// before a seq_cst fence); the caller takes the token, registers with the
+// driver, then under L (after widening the filter and the fence) calls
+// ReadRetryInterval and publishes only if it is false. Either a range's
+// start callback runs after the publish (and finds it), or the range logged
+// itself before the check (retry is true). A range that began before the
+// token is waited for by ReadBeginInterval. Same rules as ReadBegin: not with
+// a lock any subscription's callback takes.
+//
+// False positives (retry true although no range overlapped), all bounded:
+//   * spans are kept at page granularity, rounded outwards, and a span of
+//     2^18 pages or more (1 GiB) counts as reaching the end of the address
+//     space;
+//   * more than kIntervalLogEntries ranges began anywhere in the process
+//     since the token (the log wrapped);
+//   * a range took its log slot but had not written its span yet when the
+//     check read it (a window of two stores).
+// No false negatives: a range overlapping [start, end) that begins after the
+// token always makes retry true.
+// Cost to every range: nothing until the first ReadBeginInterval of the
+// process; after it, one atomic increment and two stores (before the start
+// callbacks).
+constexpr unsigned kIntervalLogEntries = 256;
+int ReadBeginInterval(uintptr_t start, uintptr_t end, uint64_t *token);
+bool ReadRetryInterval(uintptr_t start, uintptr_t end, uint64_t token);
+
 // Explicit source: delivers start then end for [start, start+len) to
 // overlapping subscribers. Also what the patch/uffd sources call (with the
 // syscall in between).
@@ -111,6 +159,12 @@ extern uint64_t g_patch_guard_word;
 // and of the cache do nothing, so a child inherits the parent's in-flight
 // state and registrations as they were.
 extern std::atomic<bool> g_atfork_off_for_testing;
+// Tests only (negative control): when true, ranges are not logged for
+// ReadRetryInterval, which then misses every range.
+extern std::atomic<bool> g_interval_log_off_for_testing;
+// Tests only (negative control): when true, ReadBeginInterval does not wait
+// for overlapping ranges in flight.
+extern std::atomic<bool> g_interval_wait_off_for_testing;
 }  // namespace internal
 inline bool AsyncEventsInFlight() {
   // seq_cst: ordered after the caller's earlier munmap/free (a plain load on

@@ -33,8 +33,11 @@
 
 namespace {
 
+// Registrations made: printed, so that a run shows one per miss.
+uint64_t g_regs = 0;
 int NoopReg(void *, void *, size_t, unsigned, void **handle, uint32_t *,
             uint64_t *, void **) {
+  ++g_regs;
   *handle = nullptr;
   return 0;
 }
@@ -90,19 +93,20 @@ class Regcache {
 int Child(int argc, char **argv) {
   Regcache c;
   if (argc == 2 && strcmp(argv[0], "insert") == 0) {
-    printf("RESULT insert_ns=%.1f\n",
-           missbench::InsertNsPerGet(c, atoi(argv[1])));
+    const double ns = missbench::InsertNsPerGet(c, atoi(argv[1]));
+    printf("RESULT insert_ns=%.1f regs=%llu\n", ns, (unsigned long long)g_regs);
     return 0;
   }
   if (argc == 2 && strcmp(argv[0], "evict") == 0) {
-    printf("RESULT evict_ns=%.1f\n",
-           missbench::EvictNsPerGet(c, atoi(argv[1])));
+    const double ns = missbench::EvictNsPerGet(c, atoi(argv[1]));
+    printf("RESULT evict_ns=%.1f regs=%llu\n", ns, (unsigned long long)g_regs);
     return 0;
   }
   if (argc == 3 && strcmp(argv[0], "inval") == 0) {
     double plain, cached;
     missbench::Inval(c, atoi(argv[1]), atoi(argv[2]), &plain, &cached);
-    printf("RESULT plain_ns=%.1f cache_ns=%.1f\n", plain, cached);
+    printf("RESULT plain_ns=%.1f cache_ns=%.1f regs=%llu\n", plain, cached,
+           (unsigned long long)g_regs);
     return 0;
   }
   fprintf(stderr, "bad --child arguments\n");

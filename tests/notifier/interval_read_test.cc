@@ -1,0 +1,250 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// tests/notifier/interval_read_test.cc - ReadBeginInterval / ReadRetryInterval
+// (notifier/address_space.h): the subscription-free interval check a cache's
+// miss uses with its whole-space subscription (issue 14). Explicit source, so
+// every range is the test's own.
+//
+// Negative control: internal::g_interval_log_off_for_testing stops ranges from
+// being logged; the overlap and race cases must then see the missed ranges.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "notifier/address_space.h"
+
+namespace regcache::notifier {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr uintptr_t kX = 0x10000000;  // the interval the "cache" registers
+constexpr uintptr_t kXLen = 0x10000;
+constexpr uintptr_t kY = 0x20000000;  // unrelated memory
+
+class IntervalRead : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    alarm(120);  // never hang: every case is bounded well below this
+    ResetForTesting();
+    Options o;
+    o.source = Source::kNone;
+    ASSERT_EQ(Configure(o), 0);
+    ASSERT_EQ(EnsureInstalled(), 0);
+  }
+  void TearDown() override {
+    internal::g_interval_log_off_for_testing.store(false);
+    internal::g_interval_wait_off_for_testing.store(false);
+    ResetForTesting();
+    alarm(0);
+  }
+};
+
+TEST_F(IntervalRead, BadInput) {
+  uint64_t t;
+  EXPECT_EQ(ReadBeginInterval(kX, kX, &t), -EINVAL);      // empty
+  EXPECT_EQ(ReadBeginInterval(kX + 1, kX, &t), -EINVAL);  // reversed
+  EXPECT_EQ(ReadBeginInterval(kX, kX + kXLen, nullptr), -EINVAL);
+  // Inside a range of this thread: it would wait for itself.
+  ASSERT_EQ(NotifyStart(kX, kXLen), 0);
+  EXPECT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), -EDEADLK);
+  ASSERT_EQ(NotifyEnd(kX, kXLen), 0);
+}
+
+TEST_F(IntervalRead, NothingHappenedNoRetry) {
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+  EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));
+}
+
+// A range overlapping the interval that begins (and here also ends) between
+// begin and retry makes retry true; partial overlaps at either edge count.
+TEST_F(IntervalRead, OverlappingRangeSinceBeginRetries) {
+  const uintptr_t cases[][2] = {{kX, kXLen},
+                                {kX - 4096, 8192},
+                                {kX + kXLen - 1, 1},
+                                {0, UINTPTR_MAX / 2}};
+  for (auto &c : cases) {
+    uint64_t t;
+    ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+    ASSERT_EQ(NotifyUnmapped(c[0], c[1]), 0);
+    EXPECT_TRUE(ReadRetryInterval(kX, kX + kXLen, t))
+        << "range " << std::hex << c[0] << " len " << c[1];
+  }
+}
+
+TEST_F(IntervalRead, NegativeControlWithoutLogMissesOverlap) {
+  internal::g_interval_log_off_for_testing.store(true);
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+  ASSERT_EQ(NotifyUnmapped(kX, kXLen), 0);
+  EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t))
+      << "the switch must make the check blind (else this control shows "
+         "nothing)";
+}
+
+// Ranges that do not overlap (other memory, or touching the interval's edges
+// from outside at page granularity) do not make retry true.
+TEST_F(IntervalRead, UnrelatedRangesDoNotRetry) {
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+  for (int i = 0; i < 100; ++i)
+    ASSERT_EQ(NotifyUnmapped(kY, 4096 * (i + 1)), 0);
+  ASSERT_EQ(NotifyUnmapped(kX - 4096, 4096), 0);   // the page before
+  ASSERT_EQ(NotifyUnmapped(kX + kXLen, 4096), 0);  // the page after
+  EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));
+}
+
+// The documented bounded false positive: more ranges anywhere in the process
+// than the log holds since the token.
+TEST_F(IntervalRead, LogOverflowIsConservative) {
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+  for (unsigned i = 0; i < kIntervalLogEntries - 1; ++i)
+    ASSERT_EQ(NotifyUnmapped(kY, 4096), 0);
+  EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));
+  ASSERT_EQ(NotifyUnmapped(kY, 4096), 0);
+  EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));  // exactly full
+  ASSERT_EQ(NotifyUnmapped(kY, 4096), 0);
+  EXPECT_TRUE(ReadRetryInterval(kX, kX + kXLen, t));  // wrapped: cannot tell
+}
+
+// A range on the interval in flight when begin is called (began before it):
+// begin waits for its end; a range in flight on other memory never delays it.
+TEST_F(IntervalRead, BeginWaitsOnlyForOverlappingRangesInFlight) {
+  std::atomic<int> phase{0};
+  std::thread holder([&] {
+    ASSERT_EQ(NotifyStart(kY, kXLen), 0);  // unrelated, held all along
+    ASSERT_EQ(NotifyStart(kX, kXLen), 0);
+    phase.store(1);
+    while (phase.load() < 2) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(50ms);  // begin must still be waiting
+    phase.store(3);
+    ASSERT_EQ(NotifyEnd(kX, kXLen), 0);
+    while (phase.load() < 4) std::this_thread::sleep_for(1ms);
+    ASSERT_EQ(NotifyEnd(kY, kXLen), 0);
+  });
+  while (phase.load() < 1) std::this_thread::sleep_for(1ms);
+  phase.store(2);
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+  EXPECT_EQ(phase.load(), 3) << "begin returned while an overlapping range "
+                                "was in flight";
+  EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));
+  // The range on Y is still open: a begin on other memory returns at once.
+  uint64_t t2;
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(ReadBeginInterval(kX + 0x100000, kX + 0x100000 + kXLen, &t2), 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  phase.store(4);
+  holder.join();
+}
+
+// The cache's protocol under races. A whole-space subscriber counts the start
+// callbacks of ranges overlapping X. A reader: begin; read the count; (the
+// "registration"); read the count again; retry. If an overlapping range's
+// start callback ran in between, that range began after begin returned (begin
+// waited for the overlapping ones in flight), so retry must say so. Ranges
+// on Y at the same time must not make retry true once the writers settle.
+struct Counter {
+  std::atomic<uint64_t> overlapping{0};
+  static void Start(void *arg, const void *addr, size_t len) {
+    auto a = reinterpret_cast<uintptr_t>(addr);
+    if (a < kX + kXLen && kX < a + len)
+      static_cast<Counter *>(arg)->overlapping.fetch_add(1);
+  }
+};
+const regcache_notifier_ops_t kCounterOps = {Counter::Start, nullptr, nullptr};
+
+// Returns the number of retries that were false although an overlapping range
+// began between begin and retry.
+uint64_t RaceMissed(std::chrono::milliseconds how_long, uint64_t *retries,
+                    uint64_t *checks) {
+  Counter c;
+  Subscription *sub;
+  EXPECT_EQ(Register(&kCounterOps, &c, 0, 0, &sub), 0);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> writers;
+  for (int w = 0; w < 2; ++w) {
+    writers.emplace_back([&, w] {
+      uint64_t i = 0;
+      while (!stop.load(std::memory_order_relaxed)) {
+        // Mostly unrelated ranges, every 8th over a part of X.
+        if (++i % 8 == 0)
+          NotifyUnmapped(kX + 4096 * (i % 16), 4096);
+        else
+          NotifyUnmapped(kY + 4096 * w, 4096);
+      }
+    });
+  }
+  uint64_t missed = 0;
+  const auto end = std::chrono::steady_clock::now() + how_long;
+  while (std::chrono::steady_clock::now() < end) {
+    uint64_t t;
+    if (ReadBeginInterval(kX, kX + kXLen, &t) != 0) {
+      ADD_FAILURE() << "ReadBeginInterval failed";
+      break;
+    }
+    const uint64_t c0 = c.overlapping.load(std::memory_order_seq_cst);
+    for (int spin = 0; spin < 200; ++spin) asm volatile("" ::: "memory");
+    const uint64_t c1 = c.overlapping.load(std::memory_order_seq_cst);
+    const bool retry = ReadRetryInterval(kX, kX + kXLen, t);
+    ++*checks;
+    *retries += retry;
+    missed += c1 != c0 && !retry;
+  }
+  stop.store(true);
+  for (auto &t : writers) t.join();
+  EXPECT_EQ(Unregister(sub), 0);
+  return missed;
+}
+
+TEST_F(IntervalRead, RaceOverlappingBeginAlwaysRetries) {
+  uint64_t retries = 0, checks = 0;
+  EXPECT_EQ(RaceMissed(1500ms, &retries, &checks), 0u);
+  EXPECT_GT(checks, 100u);
+  EXPECT_GT(retries, 0u) << "the writers never overlapped a check";
+}
+
+TEST_F(IntervalRead, RaceNegativeControlWithoutLogMisses) {
+  internal::g_interval_log_off_for_testing.store(true);
+  uint64_t retries = 0, checks = 0;
+  EXPECT_GT(RaceMissed(1500ms, &retries, &checks), 0u)
+      << "without the log the check must miss overlapping ranges";
+}
+
+TEST_F(IntervalRead, RaceNegativeControlWithoutBeginWaitMisses) {
+  internal::g_interval_wait_off_for_testing.store(true);
+  uint64_t retries = 0, checks = 0;
+  EXPECT_GT(RaceMissed(1500ms, &retries, &checks), 0u)
+      << "without begin's wait a range in flight at begin goes unseen";
+}
+
+// Non-overlapping ranges alone, from two threads, while a reader checks: no
+// retry unless more than the log's capacity began during one check.
+TEST_F(IntervalRead, RaceUnrelatedOnlyRarelyRetries) {
+  std::atomic<bool> stop{false};
+  std::thread w([&] {
+    while (!stop.load(std::memory_order_relaxed)) NotifyUnmapped(kY, 4096);
+  });
+  uint64_t retries = 0, checks = 0;
+  const auto end = std::chrono::steady_clock::now() + 500ms;
+  while (std::chrono::steady_clock::now() < end) {
+    uint64_t t;
+    ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+    retries += ReadRetryInterval(kX, kX + kXLen, t);
+    ++checks;
+  }
+  stop.store(true);
+  w.join();
+  // A retry here is a range caught between its log slot and its entry, or a
+  // wrapped log (a reader descheduled for 256 ranges): rare.
+  EXPECT_LT(retries * 20, checks) << retries << " of " << checks;
+}
+
+}  // namespace
+}  // namespace regcache::notifier
