@@ -224,15 +224,23 @@ constexpr std::atomic<uint32_t> &g_waiters = g_hot.waiters;
 constexpr std::atomic<uint32_t> &g_log_on = g_hot.log_on;
 
 // RANGE LOG (ReadBeginInterval / ReadRetryInterval, address_space.h). Range
-// number s (g_log_next's value it took) writes its span (EncodeRange, slot bit
-// 0) to g_range_log[s % size].span and then s + 1 to .tag, after claiming its
-// g_ranges entry and before any start callback. A reader checking [token, now)
-// trusts entry i only if its tag is i + 1 (else the range has not written it
-// yet: count it as overlapping), and, having read the spans, that g_log_next
-// has not moved kIntervalLogEntries past the token (else a later range may
-// have overwritten a span it read: count it as overlapping). Invariant: tag
-// == i + 1 implies span is range i's or a later range's (release/acquire).
-// Lock-free, allocation-free; written only while g_log_on != 0.
+// number s (the value of g_log_next it took) owns g_range_log[s % size] for
+// lap s / size: it CASes the entry's tag from an older value to kLogBusy |
+// (s + 1), writes its span (EncodeRange, slot bit 0), then stores s + 1; it
+// does all this after claiming its g_ranges entry and before any start
+// callback. A writer that finds the tag busy or newer (a range of a later lap
+// got there first: this one was preempted between its increment and its
+// CAS) writes nothing. Invariant: while an entry's tag is s + 1 (not busy) its
+// span is range s's, and no writer touches the span (every writer first moves
+// the tag to busy, and tags only grow: no ABA). A reader checking [token, now)
+// therefore trusts entry i only if it reads tag i + 1 before and after the
+// span; anything else (not written yet, busy, overwritten by a later lap)
+// counts as overlapping. tests/notifier/interval_log.pml models this; its
+// -DNO_CAS control (unconditional stores, the first version of this code)
+// fails: a writer of an older lap, preempted between its increment and its
+// stores, overwrote a newer span. Lock-free, allocation-free; written only
+// while g_log_on != 0.
+constexpr uint64_t kLogBusy = uint64_t{1} << 63;
 struct alignas(16) LogEntry {
   std::atomic<uint64_t> tag{0};
   std::atomic<uint64_t> span{0};
@@ -421,7 +429,19 @@ inline bool RangeOverlaps(uint64_t w, uintptr_t start, uintptr_t end) {
 inline void LogRange(uintptr_t start, uintptr_t end) {
   const uint64_t s = g_log_next.fetch_add(1, std::memory_order_seq_cst);
   LogEntry &e = g_range_log[s % kIntervalLogEntries];
-  e.span.store(EncodeRange(start, end, 0), std::memory_order_release);
+  uint64_t cur = e.tag.load(std::memory_order_relaxed);
+  // One try: a busy or newer tag means another lap owns the entry (readers
+  // of lap s then see a tag other than s + 1: conservative).
+  if ((cur & kLogBusy) != 0 || cur >= s + 1 ||
+      !e.tag.compare_exchange_strong(cur, kLogBusy | (s + 1),
+                                     std::memory_order_acquire,
+                                     std::memory_order_relaxed)) [[unlikely]]
+    return;
+  // The busy tag is visible before the span changes (seqlock: paired with
+  // the reader's acquire fence between its span load and its second tag
+  // load).
+  std::atomic_thread_fence(std::memory_order_release);
+  e.span.store(EncodeRange(start, end, 0), std::memory_order_relaxed);
   e.tag.store(s + 1, std::memory_order_release);
 }
 
@@ -1057,15 +1077,15 @@ bool ReadRetryInterval(uintptr_t start, uintptr_t end, uint64_t token) {
   if (now - token > kIntervalLogEntries) return true;  // wrapped
   for (uint64_t i = token; i < now; ++i) {
     const LogEntry &e = g_range_log[i % kIntervalLogEntries];
-    if (e.tag.load(std::memory_order_acquire) != i + 1)
-      return true;  // slot taken, span not written yet
-    if (RangeOverlaps(e.span.load(std::memory_order_acquire), start, end))
-      return true;
+    // Tag i + 1 before and after the span: the span is range i's (RANGE LOG).
+    // The fence keeps the second tag load after the span load.
+    if (e.tag.load(std::memory_order_acquire) != i + 1) return true;
+    const uint64_t span = e.span.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (e.tag.load(std::memory_order_relaxed) != i + 1) return true;
+    if (RangeOverlaps(span, start, end)) return true;
   }
-  // A span read above may be a later range's (range i + size overwrote it
-  // after we read the tag): then g_log_next has moved past token + size.
-  return g_log_next.load(std::memory_order_seq_cst) - token >
-         kIntervalLogEntries;
+  return false;
 }
 
 void InvalidateRangeStart(uintptr_t start, uintptr_t end) {

@@ -99,13 +99,15 @@ bool ReadRetry(const Subscription *sub, uint64_t seq);
 //     space;
 //   * more than kIntervalLogEntries ranges began anywhere in the process
 //     since the token (the log wrapped);
-//   * a range took its log slot but had not written its span yet when the
-//     check read it (a window of two stores).
+//   * a range took its log slot but had not written its entry yet when the
+//     check read it (a window of a few instructions, longer only if that
+//     thread was preempted there; an entry a later lap already owns is never
+//     written, and reads as "cannot tell").
 // No false negatives: a range overlapping [start, end) that begins after the
 // token always makes retry true.
 // Cost to every range: nothing until the first ReadBeginInterval of the
-// process; after it, one atomic increment and two stores (before the start
-// callbacks).
+// process; after it, one atomic increment, one compare-and-swap and two
+// stores (before the start callbacks).
 constexpr unsigned kIntervalLogEntries = 256;
 int ReadBeginInterval(uintptr_t start, uintptr_t end, uint64_t *token);
 bool ReadRetryInterval(uintptr_t start, uintptr_t end, uint64_t token);

@@ -7,6 +7,7 @@
 // Negative control: internal::g_interval_log_off_for_testing stops ranges from
 // being logged; the overlap and race cases must then see the missed ranges.
 #include <gtest/gtest.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -244,6 +245,35 @@ TEST_F(IntervalRead, RaceUnrelatedOnlyRarelyRetries) {
   // A retry here is a range caught between its log slot and its entry, or a
   // wrapped log (a reader descheduled for 256 ranges): rare.
   EXPECT_LT(retries * 20, checks) << retries << " of " << checks;
+}
+
+// Under uffd the begin watches the interval, as an interval Register does:
+// a hole is -EFAULT, and an unmap of watched memory is logged (once the
+// monitor has dispatched it: WaitAsyncEvents, as the cache's lookups do).
+TEST(IntervalReadUffd, WatchesAndSeesUnmap) {
+  alarm(120);
+  ResetForTesting();
+  Options o;
+  o.source = Source::kUffd;
+  ASSERT_EQ(Configure(o), 0);
+  if (EnsureInstalled() != 0) {
+    ResetForTesting();
+    GTEST_SKIP() << "uffd cannot be installed here";
+  }
+  const size_t len = 4 * 4096;
+  void *m = mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  const auto a = reinterpret_cast<uintptr_t>(m);
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(a, a + len, &t), 0);
+  EXPECT_FALSE(ReadRetryInterval(a, a + len, t));
+  ASSERT_EQ(munmap(m, len), 0);
+  WaitAsyncEvents();
+  EXPECT_TRUE(ReadRetryInterval(a, a + len, t));
+  EXPECT_EQ(ReadBeginInterval(a, a + len, &t), -EFAULT);  // now a hole
+  ResetForTesting();
+  alarm(0);
 }
 
 }  // namespace
