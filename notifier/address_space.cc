@@ -210,8 +210,10 @@ struct alignas(64) {
   std::atomic<uint64_t> gen{0};
   std::atomic<Subscription *> whole{nullptr};
   std::atomic<Subscription *> interval{nullptr};
-  // Non-zero once ReadBeginInterval was called: ranges log their span (see
-  // RANGE LOG). Here because every range reads this line anyway.
+  // Interval reads in flight (ReadBeginInterval .. ReadEndInterval, all
+  // threads): while non-zero, ranges log their span (RANGE LOG). Here because
+  // every range reads this line anyway: a munmap while no miss is in flight
+  // pays nothing for the log.
   std::atomic<uint32_t> log_on{0};
 } g_hot;
 constexpr std::atomic<unsigned> &g_idx = g_hot.idx;
@@ -239,7 +241,9 @@ constexpr std::atomic<uint32_t> &g_log_on = g_hot.log_on;
 // -DNO_CAS control (unconditional stores, the first version of this code)
 // fails: a writer of an older lap, preempted between its increment and its
 // stores, overwrote a newer span. Lock-free, allocation-free; written only
-// while g_log_on != 0.
+// while g_log_on != 0 (a reader in flight), so the token's window is covered:
+// the reader raises the count before its token (Dekker with BeginRange, which
+// reads the count after its claim).
 constexpr uint64_t kLogBusy = uint64_t{1} << 63;
 struct alignas(16) LogEntry {
   std::atomic<uint64_t> tag{0};
@@ -283,9 +287,10 @@ struct ThreadState {
   // quiesce resumed by another thread does not keep exempting this one).
   uint32_t quiesce_own;
   uint32_t quiesce_epoch;
-  bool installing;      // holds g_install_mu (see EnterWindow)
-  bool fork_unblocked;  // this thread's fork prepare raised g_fork_unblock
-  bool fork_skipped;    // prepare skipped (g_atfork_off_for_testing)
+  bool installing;          // holds g_install_mu (see EnterWindow)
+  bool fork_unblocked;      // this thread's fork prepare raised g_fork_unblock
+  bool fork_skipped;        // prepare skipped (g_atfork_off_for_testing)
+  uint32_t interval_reads;  // this thread's part of g_log_on
 };
 constexpr int kMaxTlsFrames = 8;
 constexpr int kNestingWarn = 32;
@@ -1028,12 +1033,16 @@ int ReadBeginInterval(uintptr_t start, uintptr_t end, uint64_t *token) {
   if (g_shutdown.load(std::memory_order_acquire)) return -ESHUTDOWN;
   // As Register: a patch overwritten by another library is noticed here.
   VerifySources();
-  // Turn logging on before the first token (Dekker with BeginRange: a range
+  // Count this read in before the token (Dekker with BeginRange: a range
   // that read g_log_on == 0 claimed its entry before our scan below reads it,
-  // so it is waited for; one that reads 1 logs itself).
-  if (g_log_on.load(std::memory_order_relaxed) == 0 &&
-      !internal::g_interval_log_off_for_testing.load(std::memory_order_relaxed))
-    g_log_on.store(1, std::memory_order_seq_cst);
+  // so it is waited for; one that reads it non-zero logs itself). The test
+  // switch leaves the count alone (and ReadEndInterval then too).
+  const bool counted =
+      !internal::g_interval_log_off_for_testing.load(std::memory_order_relaxed);
+  if (counted) {
+    g_log_on.fetch_add(1, std::memory_order_seq_cst);
+    ++t_state.interval_reads;
+  }
   for (;;) {
     // Token first, then the table: a range the scan does not see claimed its
     // entry after the scan read it, hence logs itself after the token
@@ -1063,11 +1072,21 @@ int ReadBeginInterval(uintptr_t start, uintptr_t end, uint64_t *token) {
       // the token (as ReadBegin re-watches after reading the sequence), so a
       // later change of it is logged after t. Errors as Register's.
       int rc = sources::UffdWatch(start, end);
-      if (rc != 0) return rc;
+      if (rc != 0) {
+        if (counted) ReadEndInterval();
+        return rc;
+      }
     }
     *token = t;
     return 0;
   }
+}
+
+void ReadEndInterval() {
+  if (internal::g_interval_log_off_for_testing.load(std::memory_order_relaxed))
+    return;
+  --t_state.interval_reads;
+  g_log_on.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 bool ReadRetryInterval(uintptr_t start, uintptr_t end, uint64_t token) {
@@ -1282,7 +1301,8 @@ void ResetForTesting() {
   }
   FreeList(done);
   g_nesting_logged.store(false, std::memory_order_relaxed);
-  g_log_on.store(0, std::memory_order_seq_cst);  // until the next begin
+  g_log_on.store(0, std::memory_order_seq_cst);  // no reader in flight
+  t_state.interval_reads = 0;
 }
 
 // ---------------------------------------------------------------- fork
@@ -1370,6 +1390,8 @@ void AtforkChild() {
   for (unsigned k = 0; k < 2; ++k)
     g_inflight[k].v.store(over[k], std::memory_order_relaxed);
   t_state.inflight = open;
+  // Interval reads in flight: only this thread's (the others' never end here).
+  g_log_on.store(t_state.interval_reads, std::memory_order_relaxed);
   // The uffd monitor's holds (the monitor thread is not in the child; the uffd
   // source's own atfork handler restarts it on next use).
   // kAsyncProbe (uffd installed) stays: the uffd source's own child handler

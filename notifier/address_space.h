@@ -63,24 +63,30 @@ uint64_t ReadBegin(Subscription *sub);
 bool ReadRetry(const Subscription *sub, uint64_t seq);
 
 // Interval read protocol WITHOUT a subscription (issue 14: a cache's miss
-// need not Register and Unregister an interval subscription per miss). Every
-// range logs its page span in a ring of kIntervalLogEntries (a sequence number
-// and the span) before it delivers any start callback; these two calls check
-// that log for [start, end):
+// need not Register and Unregister an interval subscription per miss). While
+// at least one such read is in flight (ReadBeginInterval .. ReadEndInterval,
+// any thread), every range logs its page span in a ring of
+// kIntervalLogEntries (a sequence number and the span) before it delivers any
+// start callback; these calls check that log for [start, end):
 //
-//   ReadBeginInterval(start, end, &token)   waits while a range overlapping
-//       [start, end) is in flight (began before and has not ended; for ranges
-//       counted without a span, past 64 in flight, a grace period of all
-//       ranges), then returns 0 and a token. Under the uffd source it also
-//       watches the mappings of [start, end) (as an interval Register does):
-//       -EFAULT when part of it is not mapped, -EBUSY when a mapping cannot be
-//       watched (register uncached). Also -EINVAL (empty or wrapping interval,
-//       null token), -EDEADLK (inside a callback or a range of this thread:
-//       the wait could be for itself), -ESHUTDOWN.
+//   ReadBeginInterval(start, end, &token)   counts a read in, then waits
+//       while a range overlapping [start, end) is in flight (began before and
+//       has not ended; for ranges counted without a span, past 64 in flight,
+//       a grace period of all ranges), then returns 0 and a token. Under the
+//       uffd source it also watches the mappings of [start, end) (as an
+//       interval Register does): -EFAULT when part of it is not mapped,
+//       -EBUSY when a mapping cannot be watched (register uncached). Also
+//       -EINVAL (empty or wrapping interval, null token), -EDEADLK (inside a
+//       callback or a range of this thread: the wait could be for itself),
+//       -ESHUTDOWN. On error nothing is left counted.
 //   ReadRetryInterval(start, end, token)    true when a range overlapping
 //       [start, end) began since the token was taken (its start callbacks may
 //       have run before what the caller is publishing was visible to them).
 //       Never waits, never allocates: one load when nothing began since.
+//       Valid until the matching ReadEndInterval.
+//   ReadEndInterval()                       counts the read out: exactly once
+//       per successful ReadBeginInterval, on the same thread, after its last
+//       ReadRetryInterval (ranges stop logging when no read is in flight).
 //
 // Contract, exactly as the cache's miss uses it: the caller owns a whole-space
 // subscription (registered before ReadBeginInterval) whose start callback
@@ -105,12 +111,14 @@ bool ReadRetry(const Subscription *sub, uint64_t seq);
 //     written, and reads as "cannot tell").
 // No false negatives: a range overlapping [start, end) that begins after the
 // token always makes retry true.
-// Cost to every range: nothing until the first ReadBeginInterval of the
-// process; after it, one atomic increment, one compare-and-swap and two
-// stores (before the start callbacks).
+// Cost to every range: one load of a word on a line it reads anyway while no
+// read is in flight; during one, one atomic increment, one compare-and-swap
+// and two stores (before the start callbacks). A fork child keeps only the
+// forking thread's reads in flight.
 constexpr unsigned kIntervalLogEntries = 256;
 int ReadBeginInterval(uintptr_t start, uintptr_t end, uint64_t *token);
 bool ReadRetryInterval(uintptr_t start, uintptr_t end, uint64_t token);
+void ReadEndInterval();
 
 // Explicit source: delivers start then end for [start, start+len) to
 // overlapping subscribers. Also what the patch/uffd sources call (with the
@@ -161,8 +169,9 @@ extern uint64_t g_patch_guard_word;
 // and of the cache do nothing, so a child inherits the parent's in-flight
 // state and registrations as they were.
 extern std::atomic<bool> g_atfork_off_for_testing;
-// Tests only (negative control): when true, ranges are not logged for
-// ReadRetryInterval, which then misses every range.
+// Tests only (negative control): when true, ReadBeginInterval does not count
+// its read in (nor ReadEndInterval out), so ranges are not logged and
+// ReadRetryInterval misses them. Set it only while no read is in flight.
 extern std::atomic<bool> g_interval_log_off_for_testing;
 // Tests only (negative control): when true, ReadBeginInterval does not wait
 // for overlapping ranges in flight.

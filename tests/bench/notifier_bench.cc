@@ -173,8 +173,9 @@ int Activate(Source src, Placement where, const Memory &m, Active *st) {
     rc = get_put(m.First(), true);
     if (rc == 0) rc = get_put(m.Last(), false);
   }
-  // NOTIFIER_BENCH_INTERVAL_LOG=1: ranges log their span as they do once a
-  // cache uses ReadBeginInterval (issue 14): that cost, measured.
+  // NOTIFIER_BENCH_INTERVAL_LOG=1: ranges log their span as they do while a
+  // cache's miss is in flight (ReadBeginInterval, issue 14; the read stays
+  // open until Deactivate's ResetForTesting): that cost, measured.
   if (rc == 0 && getenv("NOTIFIER_BENCH_INTERVAL_LOG") != nullptr) {
     uint64_t token;
     rc = ReadBeginInterval(reinterpret_cast<uintptr_t>(m.regbuf),

@@ -60,6 +60,7 @@ TEST_F(IntervalRead, NothingHappenedNoRetry) {
   uint64_t t;
   ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
   EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));
+  ReadEndInterval();
 }
 
 // A range overlapping the interval that begins (and here also ends) between
@@ -75,6 +76,7 @@ TEST_F(IntervalRead, OverlappingRangeSinceBeginRetries) {
     ASSERT_EQ(NotifyUnmapped(c[0], c[1]), 0);
     EXPECT_TRUE(ReadRetryInterval(kX, kX + kXLen, t))
         << "range " << std::hex << c[0] << " len " << c[1];
+    ReadEndInterval();
   }
 }
 
@@ -86,6 +88,7 @@ TEST_F(IntervalRead, NegativeControlWithoutLogMissesOverlap) {
   EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t))
       << "the switch must make the check blind (else this control shows "
          "nothing)";
+  ReadEndInterval();
 }
 
 // Ranges that do not overlap (other memory, or touching the interval's edges
@@ -98,6 +101,24 @@ TEST_F(IntervalRead, UnrelatedRangesDoNotRetry) {
   ASSERT_EQ(NotifyUnmapped(kX - 4096, 4096), 0);   // the page before
   ASSERT_EQ(NotifyUnmapped(kX + kXLen, 4096), 0);  // the page after
   EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));
+  ReadEndInterval();
+}
+
+// Ranges log only while a read is in flight: after ReadEndInterval a range
+// costs no log entry (the munmap path pays one load), and a failed begin
+// leaves nothing counted.
+TEST_F(IntervalRead, LogsOnlyWhileAReadIsInFlight) {
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
+  ReadEndInterval();
+  EXPECT_EQ(ReadBeginInterval(kX, kX, &t), -EINVAL);
+  ASSERT_EQ(NotifyUnmapped(kX, kXLen), 0);  // not logged
+  uint64_t t2;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t2), 0);
+  EXPECT_EQ(t2, t) << "a range was logged with no read in flight";
+  ASSERT_EQ(NotifyUnmapped(kX, kXLen), 0);  // logged
+  EXPECT_TRUE(ReadRetryInterval(kX, kX + kXLen, t2));
+  ReadEndInterval();
 }
 
 // The documented bounded false positive: more ranges anywhere in the process
@@ -112,6 +133,7 @@ TEST_F(IntervalRead, LogOverflowIsConservative) {
   EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));  // exactly full
   ASSERT_EQ(NotifyUnmapped(kY, 4096), 0);
   EXPECT_TRUE(ReadRetryInterval(kX, kX + kXLen, t));  // wrapped: cannot tell
+  ReadEndInterval();
 }
 
 // A range on the interval in flight when begin is called (began before it):
@@ -136,33 +158,38 @@ TEST_F(IntervalRead, BeginWaitsOnlyForOverlappingRangesInFlight) {
   EXPECT_EQ(phase.load(), 3) << "begin returned while an overlapping range "
                                 "was in flight";
   EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t));
+  ReadEndInterval();
   // The range on Y is still open: a begin on other memory returns at once.
   uint64_t t2;
   const auto t0 = std::chrono::steady_clock::now();
   ASSERT_EQ(ReadBeginInterval(kX + 0x100000, kX + 0x100000 + kXLen, &t2), 0);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 1s);
+  ReadEndInterval();
   phase.store(4);
   holder.join();
 }
 
 // The cache's protocol under races. A whole-space subscriber counts the start
-// callbacks of ranges overlapping X. A reader: begin; read the count; (the
-// "registration"); read the count again; retry. If an overlapping range's
-// start callback ran in between, that range began after begin returned (begin
-// waited for the overlapping ones in flight), so retry must say so. Ranges
-// on Y at the same time must not make retry true once the writers settle.
+// and end callbacks of ranges overlapping X. A reader: begin; read the count;
+// (the "registration"); read the count again; retry. If an overlapping range
+// started or ended in between, it was in flight during the registration (the
+// memory may have changed under it): it either began after the token (it
+// logged itself first: retry must be true) or was in flight at begin (begin
+// must have waited for its end). Ranges on Y must not make retry true once
+// the writers settle (separate case below).
 struct Counter {
   std::atomic<uint64_t> overlapping{0};
-  static void Start(void *arg, const void *addr, size_t len) {
+  static void Event(void *arg, const void *addr, size_t len) {
     auto a = reinterpret_cast<uintptr_t>(addr);
     if (a < kX + kXLen && kX < a + len)
       static_cast<Counter *>(arg)->overlapping.fetch_add(1);
   }
 };
-const regcache_notifier_ops_t kCounterOps = {Counter::Start, nullptr, nullptr};
+const regcache_notifier_ops_t kCounterOps = {Counter::Event, Counter::Event,
+                                             nullptr};
 
 // Returns the number of retries that were false although an overlapping range
-// began between begin and retry.
+// started or ended between begin and retry.
 uint64_t RaceMissed(std::chrono::milliseconds how_long, uint64_t *retries,
                     uint64_t *checks) {
   Counter c;
@@ -174,11 +201,16 @@ uint64_t RaceMissed(std::chrono::milliseconds how_long, uint64_t *retries,
     writers.emplace_back([&, w] {
       uint64_t i = 0;
       while (!stop.load(std::memory_order_relaxed)) {
-        // Mostly unrelated ranges, every 8th over a part of X.
-        if (++i % 8 == 0)
-          NotifyUnmapped(kX + 4096 * (i % 16), 4096);
-        else
+        // Mostly unrelated ranges, every 8th over a part of X, held open
+        // for a moment (the memory changes between start and end).
+        if (++i % 8 == 0) {
+          const uintptr_t a = kX + 4096 * (i % 16);
+          NotifyStart(a, 4096);
+          for (int spin = 0; spin < 100; ++spin) asm volatile("" ::: "memory");
+          NotifyEnd(a, 4096);
+        } else {
           NotifyUnmapped(kY + 4096 * w, 4096);
+        }
       }
     });
   }
@@ -194,6 +226,7 @@ uint64_t RaceMissed(std::chrono::milliseconds how_long, uint64_t *retries,
     for (int spin = 0; spin < 200; ++spin) asm volatile("" ::: "memory");
     const uint64_t c1 = c.overlapping.load(std::memory_order_seq_cst);
     const bool retry = ReadRetryInterval(kX, kX + kXLen, t);
+    ReadEndInterval();
     ++*checks;
     *retries += retry;
     missed += c1 != c0 && !retry;
@@ -218,11 +251,32 @@ TEST_F(IntervalRead, RaceNegativeControlWithoutLogMisses) {
       << "without the log the check must miss overlapping ranges";
 }
 
-TEST_F(IntervalRead, RaceNegativeControlWithoutBeginWaitMisses) {
+// Negative control of begin's wait, deterministic: a range on X in flight
+// when begin is called (its start callback already ran: a cache would not
+// have found the new region) ends during the "registration". With the wait
+// off, begin returns at once and retry is false although the memory changed
+// under the registration; BeginWaitsOnlyForOverlappingRangesInFlight shows
+// begin waiting for exactly this range.
+TEST_F(IntervalRead, NegativeControlWithoutBeginWaitMissesRangeInFlight) {
   internal::g_interval_wait_off_for_testing.store(true);
-  uint64_t retries = 0, checks = 0;
-  EXPECT_GT(RaceMissed(1500ms, &retries, &checks), 0u)
-      << "without begin's wait a range in flight at begin goes unseen";
+  std::atomic<int> phase{0};
+  std::thread holder([&] {
+    ASSERT_EQ(NotifyStart(kX, kXLen), 0);
+    phase.store(1);
+    while (phase.load() < 2) std::this_thread::sleep_for(1ms);
+    ASSERT_EQ(NotifyEnd(kX, kXLen), 0);  // the change completes now
+    phase.store(3);
+  });
+  while (phase.load() < 1) std::this_thread::sleep_for(1ms);
+  uint64_t t;
+  ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);  // does not wait
+  phase.store(2);  // "register" while the range ends
+  while (phase.load() < 3) std::this_thread::sleep_for(1ms);
+  EXPECT_FALSE(ReadRetryInterval(kX, kX + kXLen, t))
+      << "with the wait off the range in flight must go unseen (else this "
+         "control shows nothing)";
+  ReadEndInterval();
+  holder.join();
 }
 
 // Non-overlapping ranges alone, from two threads, while a reader checks: no
@@ -238,6 +292,7 @@ TEST_F(IntervalRead, RaceUnrelatedOnlyRarelyRetries) {
     uint64_t t;
     ASSERT_EQ(ReadBeginInterval(kX, kX + kXLen, &t), 0);
     retries += ReadRetryInterval(kX, kX + kXLen, t);
+    ReadEndInterval();
     ++checks;
   }
   stop.store(true);
@@ -271,6 +326,7 @@ TEST(IntervalReadUffd, WatchesAndSeesUnmap) {
   ASSERT_EQ(munmap(m, len), 0);
   WaitAsyncEvents();
   EXPECT_TRUE(ReadRetryInterval(a, a + len, t));
+  ReadEndInterval();
   EXPECT_EQ(ReadBeginInterval(a, a + len, &t), -EFAULT);  // now a hole
   ResetForTesting();
   alarm(0);
