@@ -126,20 +126,27 @@ double InvalBlockNs(C &c, bool with_cache, int iters) {
 
 // The plain baseline is measured before the contender opens its first cache
 // (neither library has installed its memory hooks yet: regcache's notifier
-// installs at the first cache, UCX's ucm at the rcache's event handler), then
-// the cache's loop with the hooks installed: the overhead is everything the
-// cache brings to an mmap/munmap cycle, hooks included. Medians of `blocks`
-// blocks each. Prints "plain=NS cache=NS".
+// installs at the first cache, UCX's ucm at the rcache's event handler): the
+// overhead is everything the cache brings to an mmap/munmap cycle, hooks
+// included. Then, with the cache open, blocks with the cache alternate with
+// plain blocks (hooks installed, no get): the difference of those two is the
+// cache's own part, without the hooks' cost for an unrelated munmap. Medians
+// of `blocks` blocks each.
 template <class C>
-void Inval(C &c, int blocks, int iters, double *plain, double *cached) {
-  std::vector<double> p, q;
+void Inval(C &c, int blocks, int iters, double *plain, double *hooked,
+           double *cached) {
+  std::vector<double> p, h, q;
   InvalBlockNs(c, false, iters);  // warm-up
   for (int b = 0; b < blocks; ++b) p.push_back(InvalBlockNs(c, false, iters));
   if (!c.Open(1024)) exit(1);
   InvalBlockNs(c, true, iters);  // warm-up
-  for (int b = 0; b < blocks; ++b) q.push_back(InvalBlockNs(c, true, iters));
+  for (int b = 0; b < blocks; ++b) {
+    q.push_back(InvalBlockNs(c, true, iters));
+    h.push_back(InvalBlockNs(c, false, iters));
+  }
   c.Close();
   *plain = Median(p);
+  *hooked = Median(h);
   *cached = Median(q);
 }
 

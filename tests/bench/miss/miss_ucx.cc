@@ -87,10 +87,10 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (argc == 4 && strcmp(argv[1], "inval") == 0) {
-    double plain, cached;
-    missbench::Inval(c, atoi(argv[2]), atoi(argv[3]), &plain, &cached);
-    printf("RESULT plain_ns=%.1f cache_ns=%.1f regs=%llu\n", plain, cached,
-           (unsigned long long)g_regs);
+    double plain, hooked, cached;
+    missbench::Inval(c, atoi(argv[2]), atoi(argv[3]), &plain, &hooked, &cached);
+    printf("RESULT plain_ns=%.1f hooked_ns=%.1f cache_ns=%.1f regs=%llu\n",
+           plain, hooked, cached, (unsigned long long)g_regs);
     return 0;
   }
   fprintf(stderr, "usage: %s insert PASSES | inval BLOCKS ITERS\n", argv[0]);
