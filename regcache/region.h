@@ -35,6 +35,9 @@ struct alignas(64) CachedRegion {
   uintptr_t start = 0;  // page-aligned
   uintptr_t end = 0;    // page-aligned, exclusive
   unsigned access = 0;
+  // The index's heap key (region_index.h): drawn once per slab slot when the
+  // slab carves it, never changed (the index compares it, never recomputes).
+  uint32_t prio = 0;
   // Registered by the parent before fork(): this (child) process frees it
   // without a driver call (docs/cache.md "fork"). Under the cache's mutex.
   bool forked = false;
@@ -45,8 +48,7 @@ struct alignas(64) CachedRegion {
   // policy.
   std::atomic<uint8_t> evict_saved{0};
   Registration reg;
-  // Index links (regcache/region_index.h) and the treap priority, drawn once
-  // when the region enters the index.
+  // Index links (regcache/region_index.h).
   CachedRegion *left = nullptr;
   CachedRegion *right = nullptr;
   // CLOCK list / orphan list (prev, next); dead list / slab free list (next).

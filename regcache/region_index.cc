@@ -7,14 +7,14 @@
 
 namespace regcache::core {
 
-uint64_t RegionIndex::Priority(const CachedRegion *r) {
+uint32_t RegionIndex::DrawPriority(const CachedRegion *r) {
   uint64_t x = reinterpret_cast<uintptr_t>(r);
   x ^= x >> 33;
   x *= 0xff51afd7ed558ccdULL;
   x ^= x >> 33;
   x *= 0xc4ceb9fe1a85ec53ULL;
   x ^= x >> 33;
-  return x;
+  return static_cast<uint32_t>(x);
 }
 
 void RegionIndex::Split(CachedRegion *t, uintptr_t key, CachedRegion **l,
@@ -33,7 +33,7 @@ void RegionIndex::Split(CachedRegion *t, uintptr_t key, CachedRegion **l,
 CachedRegion *RegionIndex::Merge(CachedRegion *a, CachedRegion *b) {
   if (a == nullptr) return b;
   if (b == nullptr) return a;
-  if (Priority(a) > Priority(b)) {
+  if (a->prio > b->prio) {
     a->right = Merge(a->right, b);
     return a;
   }
@@ -45,23 +45,26 @@ void RegionIndex::Insert(CachedRegion *r) {
   REGCACHE_DCHECK(
       r->start < r->end && FirstOverlap(r->start, r->end) == nullptr,
       "indexed regions are non-empty and do not overlap");
-  r->left = r->right = nullptr;
-  CachedRegion *l, *g;
-  Split(root_, r->start, &l, &g);
-  root_ = Merge(Merge(l, r), g);
+  // Down to where r's priority belongs, then split that subtree around r:
+  // O(depth), each node's key read once.
+  CachedRegion **link = &root_;
+  while (*link != nullptr && (*link)->prio > r->prio)
+    link = r->start < (*link)->start ? &(*link)->left : &(*link)->right;
+  Split(*link, r->start, &r->left, &r->right);
+  *link = r;
   ++count_;
   bytes_ += r->end - r->start;
   DebugCheck();
 }
 
 void RegionIndex::Erase(CachedRegion *r) {
-  CachedRegion *l, *m, *g;
-  Split(root_, r->start, &l, &m);
-  Split(m, r->start + 1, &m, &g);
-  // Starts are unique (regions do not overlap), so m is r.
-  REGCACHE_DCHECK(m == r && r->left == nullptr && r->right == nullptr,
-                  "an erased region is indexed");
-  root_ = Merge(l, g);
+  // Starts are unique (regions do not overlap): the search ends at r.
+  CachedRegion **link = &root_;
+  while (*link != r) {
+    REGCACHE_DCHECK(*link != nullptr, "an erased region is indexed");
+    link = r->start < (*link)->start ? &(*link)->left : &(*link)->right;
+  }
+  *link = Merge(r->left, r->right);
   r->left = r->right = nullptr;
   --count_;
   bytes_ -= r->end - r->start;
@@ -124,9 +127,11 @@ struct Walk {
       err = "depth over 4096: a cycle or a degenerate tree";
       return;
     }
-    const uint64_t prio = RegionIndex::Priority(t);
-    if (prio > parent_prio) {
-      err = fmt::format("heap order: region 0x{:x} above its parent", t->start);
+    const uint64_t prio = t->prio;
+    if (prio > parent_prio || prio != RegionIndex::DrawPriority(t)) {
+      err = fmt::format(
+          "heap order: region 0x{:x} above its parent, or its key changed",
+          t->start);
       return;
     }
     Visit(t->left, prio, depth + 1);

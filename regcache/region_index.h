@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/region_index.h - the ordered index of a cache's regions.
 //
-// INVARIANT: an intrusive treap (CachedRegion::left/right) of non-overlapping,
-// page-aligned, non-empty regions, ordered by start; heap-ordered by
-// Priority(region) (a hash of its address: expected O(log n) depth without
-// allocation or rebalancing state). Every indexed region is valid (region.h)
-// and belongs to the owning cache; count() and bytes() are the number and
-// total length of indexed regions. Check() walks the whole tree and verifies
-// all of this (tests; debug builds after each change while the tree is small).
+// INVARIANT: an intrusive treap (CachedRegion::left/right) of
+// non-overlapping, page-aligned, non-empty regions, ordered by start;
+// heap-ordered by CachedRegion::prio (parents >= children; a hash of the
+// region's slab address, drawn once per slot by the slab: expected O(log n)
+// depth without rebalancing state, and no key recomputed at insert or erase).
+// Every indexed region is valid (region.h) and belongs to the owning cache;
+// count() and bytes() are the number and total length of indexed regions.
+// Check() walks the whole tree and verifies all of this (tests; debug builds
+// after each change while the tree is small).
 // LOCK RULE: not thread-safe; the owning cache's mutex guards every call
 // (CacheCore::index_ is GUARDED_BY(mu_)). Nothing here allocates, frees or calls
 // out: it runs inside munmap callbacks.
@@ -49,8 +51,8 @@ class RegionIndex {
   // O(n). owner: the cache every region must belong to (nullptr: any).
   std::string Check(const void *owner = nullptr) const;
 
-  // The heap key of r (parents >= children).
-  static uint64_t Priority(const CachedRegion *r);
+  // The heap key for a region at r's address (the slab stores it in r->prio).
+  static uint32_t DrawPriority(const CachedRegion *r);
 
  private:
   static void Split(CachedRegion *t, uintptr_t key, CachedRegion **l,

@@ -5,6 +5,8 @@
 
 #include <new>
 
+#include "regcache/region_index.h"
+
 namespace regcache::core {
 
 Slab &Slab::Get() {
@@ -60,6 +62,7 @@ bool Slab::GrowLocked() {
   const size_t n = kChunk / sizeof(CachedRegion);
   for (size_t i = 0; i < n; ++i) {
     CachedRegion *r = new (&regions[i]) CachedRegion;
+    r->prio = RegionIndex::DrawPriority(r);
     r->next = free_;
     free_ = r;
   }

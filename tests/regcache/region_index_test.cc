@@ -43,6 +43,7 @@ class RegionIndexTest : public ::testing::Test {
       r->start = start;
       r->end = end;
       r->access = access;
+      r->prio = RegionIndex::DrawPriority(r);  // as the slab does
       r->word.store(CachedRegion::Word(static_cast<uint32_t>(i),
                                        CachedRegion::kValid, 0));
       return r;
