@@ -41,7 +41,7 @@ struct Miss {
   // flight (wait outside the lock, look again), or a plan (kPlanned) with
   // room made for it. -ESHUTDOWN.
   int LookupOrPlan(CachedRegion **out);
-  // Outside the lock: subscribe, read the sequence, register, down the
+  // Outside the lock: begin the interval read, register, down the
   // fallback ladder until it succeeds or runs out. 0 (nr filled and counted)
   // or the error.
   int Register();
@@ -63,14 +63,15 @@ struct Miss {
   bool cached;
   CacheCore::Plan plan;
   unsigned needed_access = 0;  // what the plan needs before widening
-  // Subscribe to the plan (false only for memory the source cannot watch).
+  // Validate the insert with an interval read (false only for memory the
+  // source cannot watch).
   bool watch = true;
   int slot = -1;                 // in-flight slot, -1: none
   uint64_t revokes_at_plan = 0;  // c->revokes_ when the plan was made
   Eviction::Verdict verdict{true, true};
   RegionBatch early;  // unused regions to deregister before registering
   CachedRegion *nr = nullptr;
-  MissSubscription sub;
+  MissRead read;
   bool evicted_all = false;
   bool unmerged = true;
   int retries = 0;
@@ -146,7 +147,7 @@ int Miss::Register() {
   for (;;) {
     const size_t plen = plan.end - plan.start;
     if (watch) {
-      int rc = sub.Begin(plan.start, plen);
+      int rc = read.Begin(plan.start, plan.end);
       if (rc == -EBUSY && cached) {
         // The source cannot watch it (another userfaultfd owns it): never
         // cache it blind. Register the request alone, unwatched, uncached.
@@ -172,7 +173,7 @@ int Miss::Register() {
       nr->reg = reg;
       return 0;
     }
-    sub.End();
+    read.End();
     // The fallback ladder, each rung at most once.
     if ((rc == -ENOMEM || rc == -EAGAIN) && !evicted_all) {
       // Pinned-memory or device limit: give back every unused registration.
@@ -229,8 +230,8 @@ int Miss::Fail(int rc) {
 
 int Miss::Publish(CachedRegion **out) {
   if (cached) return PublishIndexed(out);
-  const bool changed = sub.Changed();
-  sub.End();
+  const bool changed = read.Changed();
+  read.End();
   if (changed) return Retry();
   c->HandOutUncached(nr);
   *out = nr;
@@ -243,7 +244,7 @@ int Miss::PublishIndexed(CachedRegion **out)
   c->LockAndDrain();
   if (c->shutdown_.load(std::memory_order_relaxed)) {
     c->DrainAndUnlock();
-    sub.End();
+    read.End();
     c->DeregisterOne(nr);
     nr = nullptr;
     return -ESHUTDOWN;
@@ -262,11 +263,11 @@ int Miss::PublishIndexed(CachedRegion **out)
       slot >= 0 ? c->inflight_[slot].revoked : c->revokes_ != revokes_at_plan;
   if (slot >= 0) c->inflight_[slot].revoked = false;  // the retry starts anew
   revokes_at_plan = c->revokes_;
-  if (sub.Changed() || revoked) {
+  if (read.Changed() || revoked) {
     // The memory changed while we registered it: this registration may map
     // old pages.
     c->DrainAndUnlock();
-    sub.End();
+    read.End();
     return Retry();
   }
   if (!notifier::CachingSafe()) [[unlikely]] {
@@ -275,7 +276,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     // The switch set the blind flag before invalidating everything, so a
     // region inserted before this check is invalidated by that.
     c->DrainAndUnlock();
-    sub.End();
+    read.End();
     c->HandOutUncached(nr);
     *out = nr;
     return 0;
@@ -287,7 +288,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     // A concurrent miss on the same memory won: use its region, drop ours
     // (still counted as this call's miss).
     c->DrainAndUnlock();
-    sub.End();
+    read.End();
     c->DeregisterOne(nr);
     nr = nullptr;
     c->Remember(other, w);
@@ -303,7 +304,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     r->HandOutOrphan();
     c->OrphanLinkLocked(r);
     c->DrainAndUnlock();
-    sub.End();
+    read.End();
     *out = r;
     return 0;
   }
@@ -320,7 +321,7 @@ int Miss::PublishIndexed(CachedRegion **out)
   c->EvictLocked(&victims, false);
   c->DrainAndUnlock();
   c->Remember(r, w);
-  sub.End();
+  read.End();
   c->DeregisterList(&victims);
   *out = r;
   return 0;

@@ -506,6 +506,25 @@ TEST_F(CacheTest, InvalidationDuringRegistrationIsNeverInserted) {
   regcache_put(c, r);
 }
 
+// Negative control of the test above: with the notifier's range log off (the
+// interval read a miss validates its insert with), the unmap during the
+// registration goes unseen and the stale registration is published.
+TEST_F(CacheTest, InvalidationDuringRegistrationNegativeControl) {
+  regcache_t *c = Create();
+  std::atomic<int> fired{0};
+  td_->on_register = [&](void *addr, size_t len) {
+    if (fired.fetch_add(1) == 0) regcache_notify_unmapped(addr, len);
+  };
+  regcache::notifier::internal::g_interval_log_off_for_testing.store(true);
+  regcache_region_t *r = Get(c, Page(0), kPage);
+  regcache::notifier::internal::g_interval_log_off_for_testing.store(false);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(td_->Registers(), 1u);  // nothing retried
+  EXPECT_EQ(Stats(c).retries, 0u);
+  EXPECT_EQ(regcache_region_lkey(r), 1u);  // the stale one is in the cache
+  regcache_put(c, r);
+}
+
 TEST_F(CacheTest, InvalidationFromAnotherThreadWhileRegistering) {
   regcache_t *c = Create();
   std::promise<void> in_register, go;

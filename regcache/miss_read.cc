@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// The per-miss interval subscription (miss.h) and the writability probe the
-// miss pipeline asks before widening a registration's access.
+// The per-miss interval read (miss.h) and the writability probe the miss
+// pipeline asks before widening a registration's access.
 #include <cerrno>
 
 #include "notifier/address_space.h"
@@ -8,32 +8,26 @@
 #include "regcache/miss.h"
 
 namespace regcache::core {
-namespace {
-
-// The per-miss subscription's callbacks have nothing to do (miss.h).
-void RangeStart(void *, const void *, size_t) {}
-const regcache_notifier_ops_t kRangeOps = {RangeStart, nullptr, nullptr};
-
-}  // namespace
-
-int MissSubscription::Begin(uintptr_t start, size_t len) {
+int MissRead::Begin(uintptr_t start, uintptr_t end) {
   End();
-  int rc = notifier::Register(&kRangeOps, nullptr, start, len, &sub_);
-  if (rc) {
-    sub_ = nullptr;
-    return rc;
-  }
-  seq_ = notifier::ReadBegin(sub_);
+  // May wait (bounded by the overlapping ranges in flight: each ends after
+  // its callbacks).
+  const int rc = notifier::ReadBeginInterval(start, end, &token_);
+  if (rc) return rc;
+  active_ = true;
+  start_ = start;
+  end_ = end;
   return 0;
 }
 
-bool MissSubscription::Changed() const {
-  return sub_ != nullptr && notifier::ReadRetry(sub_, seq_);
+bool MissRead::Changed() const {
+  return active_ && notifier::ReadRetryInterval(start_, end_, token_);
 }
 
-void MissSubscription::End() {
-  if (sub_ != nullptr) notifier::Unregister(sub_);
-  sub_ = nullptr;
+void MissRead::End() {
+  if (!active_) return;
+  active_ = false;
+  notifier::ReadEndInterval();
 }
 
 // ACCESS_POLICY=all: is every page of [start, end) in a writable mapping? 1
