@@ -396,8 +396,10 @@ void CacheCore::OnInvalidateStart(uintptr_t start, size_t len) {
   if (len == 0) return;
   uintptr_t end = start + len;
   if (end < start) end = UINTPTR_MAX;
-  // Cheap filter: unrelated munmaps cost two loads and never touch the lock.
+  // Cheap filter: unrelated munmaps cost three loads and never touch the
+  // lock (the third: the writability hint, which any change over it voids).
   std::atomic_thread_fence(std::memory_order_seq_cst);
+  ForgetWritableSpanOver(start, end);
   if (end <= lo_.load(std::memory_order_relaxed) ||
       start >= hi_.load(std::memory_order_relaxed))
     return;

@@ -274,6 +274,20 @@ class CacheCore {
   // reset only when the index becomes empty (docs/cache.md "Invalidation").
   std::atomic<uintptr_t> lo_{UINTPTR_MAX};
   std::atomic<uintptr_t> hi_{0};
+  // ACCESS_POLICY=all's writability hint: the last run of writable VMAs a
+  // miss's PROCMAP_QUERY found, packed (first page << 29 | pages, at most
+  // 2^29 pages), 0: none. A miss inside it widens without the ioctl. The
+  // whole-space callback clears it when any range overlaps it (before its
+  // filter: one more load per munmap); a stale hint (a protection removed
+  // unseen, e.g. mprotect under the uffd or explicit source) only makes the
+  // driver refuse the widened access: the fallback ladder narrows it and
+  // clears the hint. A hint, not an invariant: correctness of what is cached
+  // rests on the interval read alone.
+  std::atomic<uint64_t> wspan_{0};
+  static constexpr int kSpanPagesBits = 29;
+  bool InWritableSpan(uintptr_t start, uintptr_t end) const;
+  void RememberWritableSpan(uintptr_t lo, uintptr_t hi);
+  void ForgetWritableSpanOver(uintptr_t start, uintptr_t end);
   std::atomic<bool> shutdown_{false};
   std::atomic<bool> stats_printed_{false};
 

@@ -106,6 +106,7 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
   // Misses in flight on the parent's threads never finish here.
   for (InFlight &f : inflight_) f = {};
   inflight_done_.fetch_add(1, std::memory_order_relaxed);
+  wspan_.store(0, std::memory_order_relaxed);
   lo_.store(UINTPTR_MAX, std::memory_order_relaxed);
   hi_.store(0, std::memory_order_relaxed);
   UpdateOverLimitLocked();

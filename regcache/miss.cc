@@ -4,6 +4,7 @@
 // "Miss".
 #include "regcache/miss.h"
 
+#include <algorithm>
 #include <cerrno>
 
 #include "notifier/address_space.h"
@@ -74,6 +75,7 @@ struct Miss {
   MissRead read;
   bool evicted_all = false;
   bool unmerged = true;
+  bool widened_by_hint = false;  // access widened on the cached span alone
   int retries = 0;
 };
 
@@ -185,7 +187,9 @@ int Miss::Register() {
         plan.access != needed_access) {
       // Widened to every access but the memory does not allow it (-EACCES)
       // or the device lacks a capability (ibv_reg_mr says -EINVAL or
-      // -EOPNOTSUPP, e.g. no remote atomics): register what was needed.
+      // -EOPNOTSUPP, e.g. no remote atomics): register what was needed. A
+      // writability hint that said otherwise is stale: forget it.
+      if (widened_by_hint) c->ForgetWritableSpanOver(plan.start, plan.end);
       plan.access = needed_access;
       continue;
     }
@@ -347,9 +351,17 @@ int Miss::Run(CachedRegion **out) {
     // ACCESS_POLICY=all writable memory is registered with every access so
     // that a later request with other flags is a hit (UCX's and libfabric's
     // model).
-    if (c->params_.access_all && plan.access != REGCACHE_ACCESS_ALL &&
-        WritableMemory(plan.start, plan.end) != 0)
-      plan.access = REGCACHE_ACCESS_ALL;
+    if (c->params_.access_all && plan.access != REGCACHE_ACCESS_ALL) {
+      uintptr_t lo = 0, hi = 0;
+      if (c->InWritableSpan(plan.start, plan.end)) {
+        plan.access = REGCACHE_ACCESS_ALL;
+        widened_by_hint = true;
+      } else if (const int w = WritableMemory(plan.start, plan.end, &lo, &hi);
+                 w != 0) {
+        plan.access = REGCACHE_ACCESS_ALL;
+        if (w == 1) c->RememberWritableSpan(lo, hi);
+      }
+    }
     // Access widening (ACCESS_POLICY=all) has its own rung of the ladder.
     unmerged = plan.start == req_start && plan.end == req_end &&
                needed_access == access;
@@ -461,6 +473,39 @@ Eviction::Verdict CacheCore::AdmitLocked(const Plan &plan, bool overlaps) {
                       use_clock_.load(std::memory_order_relaxed), overlaps,
                       need_room, victim,
                       evict_saved_hits_.load(std::memory_order_relaxed));
+}
+
+namespace {
+bool SpanOverlaps(uint64_t w, int pages_bits, uintptr_t start, uintptr_t end) {
+  const uintptr_t lo = (w >> pages_bits) * page::Size();
+  const uintptr_t hi =
+      lo + (w & ((uint64_t{1} << pages_bits) - 1)) * page::Size();
+  return start < hi && lo < end;
+}
+}  // namespace
+
+bool CacheCore::InWritableSpan(uintptr_t start, uintptr_t end) const {
+  const uint64_t w = wspan_.load(std::memory_order_relaxed);
+  if (w == 0) return false;
+  const uintptr_t lo = (w >> kSpanPagesBits) * page::Size();
+  const uintptr_t hi =
+      lo + (w & ((uint64_t{1} << kSpanPagesBits) - 1)) * page::Size();
+  return lo <= start && end <= hi;
+}
+
+void CacheCore::RememberWritableSpan(uintptr_t lo, uintptr_t hi) {
+  const uint64_t first = lo / page::Size();
+  uint64_t pages = (hi - lo) / page::Size();
+  // Too far up or too long to pack: keep what fits (still writable).
+  if (first >= (uint64_t{1} << (64 - kSpanPagesBits)) || pages == 0) return;
+  pages = std::min(pages, (uint64_t{1} << kSpanPagesBits) - 1);
+  wspan_.store(first << kSpanPagesBits | pages, std::memory_order_relaxed);
+}
+
+void CacheCore::ForgetWritableSpanOver(uintptr_t start, uintptr_t end) {
+  uint64_t w = wspan_.load(std::memory_order_relaxed);
+  if (w != 0 && SpanOverlaps(w, kSpanPagesBits, start, end))
+    wspan_.compare_exchange_strong(w, 0, std::memory_order_relaxed);
 }
 
 void CacheCore::EndInFlight(int slot) {

@@ -52,9 +52,11 @@ class MissRead {
 };
 
 // ACCESS_POLICY=all: is every page of [start, end) in a writable mapping? 1
-// yes, 0 no (read-only or a hole), -1 cannot tell (kernel without
-// PROCMAP_QUERY, or many VMAs).
-int WritableMemory(uintptr_t start, uintptr_t end);
+// yes (*span_lo, *span_hi: the writable VMAs around it), 0 no (read-only or a
+// hole), -1 cannot tell (kernel without PROCMAP_QUERY, or many VMAs). One
+// PROCMAP_QUERY ioctl per VMA.
+int WritableMemory(uintptr_t start, uintptr_t end, uintptr_t *span_lo,
+                   uintptr_t *span_hi);
 
 }  // namespace regcache::core
 

@@ -31,11 +31,14 @@ void MissRead::End() {
 }
 
 // ACCESS_POLICY=all: is every page of [start, end) in a writable mapping? 1
-// yes, 0 no (read-only or a hole), -1 cannot tell (kernel without
-// PROCMAP_QUERY, or many VMAs). Asking the kernel first (0.3-0.7 us, far below
-// a registration) keeps the driver from logging an error for read-only memory
-// we only tried to widen.
-int WritableMemory(uintptr_t start, uintptr_t end) {
+// yes ([*span_lo, *span_hi) is the run of writable VMAs that holds it), 0 no
+// (read-only or a hole), -1 cannot tell (kernel without PROCMAP_QUERY, or
+// many VMAs). Asking the kernel first (0.3-0.7 us, far below a registration)
+// keeps the driver from logging an error for read-only memory we only tried
+// to widen; the cache remembers the span so that later misses in it skip the
+// ioctl (CacheCore::InWritableSpan).
+int WritableMemory(uintptr_t start, uintptr_t end, uintptr_t *span_lo,
+                   uintptr_t *span_hi) {
   namespace pm = notifier::procmap;
   if (pm::Init() != 0) return -1;
   uintptr_t cur = start;
@@ -45,9 +48,12 @@ int WritableMemory(uintptr_t start, uintptr_t end) {
     if (rc == -ENOENT) return 0;
     if (rc != 0) return -1;
     if (!(v.flags & 2)) return 0;  // PROCMAP_QUERY_VMA_WRITABLE
+    if (i == 0) *span_lo = v.start;
     cur = v.end;
   }
-  return cur >= end ? 1 : -1;
+  if (cur < end) return -1;
+  *span_hi = cur;
+  return 1;
 }
 
 }  // namespace regcache::core
