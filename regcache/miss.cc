@@ -54,6 +54,10 @@ struct Miss {
   int Retry();
   // The one failure tail: the unpublished region goes back, counted.
   int Fail(int rc);
+  // Every exit of publication but a retry: ends the in-flight slot under the
+  // lock it holds anyway, unlocks, then wakes the misses waiting for it (one
+  // lock round trip less than EndInFlight).
+  void UnlockEnded() REGCACHE_NO_THREAD_SAFETY_ANALYSIS;
 
   CacheCore *const c;
   const uintptr_t addr, end;  // the request
@@ -124,11 +128,10 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     // replaces leave now rather than after, and unused ones are evicted to
     // make room for it. Held ones are folded at insert as before. If the
     // registration then fails, this cost only cached regions.
-    const bool overlaps =
-        c->index_.FirstOverlap(plan.start, plan.end) != nullptr;
+    CachedRegion *const first = c->index_.FirstOverlap(plan.start, plan.end);
+    const bool overlaps = first != nullptr;
     size_t folded_early = 0;
-    for (CachedRegion *o = c->index_.FirstOverlap(plan.start, plan.end);
-         o && o->start < plan.end;) {
+    for (CachedRegion *o = first; o && o->start < plan.end;) {
       CachedRegion *next = c->index_.LowerBound(o->start + 1);
       if (CachedRegion::Refs(o->word.load(std::memory_order_relaxed)) == 0) {
         c->RetireLocked(o, &early);
@@ -225,6 +228,17 @@ int Miss::Retry() {
   return kRetry;
 }
 
+void Miss::UnlockEnded() {
+  const bool ended = slot >= 0;
+  if (ended) c->inflight_[slot].used = false;
+  slot = -1;
+  c->DrainAndUnlock();
+  if (ended) {
+    c->inflight_done_.fetch_add(1, std::memory_order_release);
+    c->inflight_done_.notify_all();
+  }
+}
+
 int Miss::Fail(int rc) {
   if (nr != nullptr) CacheCore::FreeRegion(nr);
   nr = nullptr;
@@ -247,7 +261,7 @@ int Miss::PublishIndexed(CachedRegion **out)
   RegionBatch victims;
   c->LockAndDrain();
   if (c->shutdown_.load(std::memory_order_relaxed)) {
-    c->DrainAndUnlock();
+    UnlockEnded();
     read.End();
     c->DeregisterOne(nr);
     nr = nullptr;
@@ -279,7 +293,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     // and nothing could take over): hand this registration out uncached.
     // The switch set the blind flag before invalidating everything, so a
     // region inserted before this check is invalidated by that.
-    c->DrainAndUnlock();
+    UnlockEnded();
     read.End();
     c->HandOutUncached(nr);
     *out = nr;
@@ -291,7 +305,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     c->Touch(other);
     // A concurrent miss on the same memory won: use its region, drop ours
     // (still counted as this call's miss).
-    c->DrainAndUnlock();
+    UnlockEnded();
     read.End();
     c->DeregisterOne(nr);
     nr = nullptr;
@@ -307,7 +321,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     c->Stamp(r);
     r->HandOutOrphan();
     c->OrphanLinkLocked(r);
-    c->DrainAndUnlock();
+    UnlockEnded();
     read.End();
     *out = r;
     return 0;
@@ -323,7 +337,7 @@ int Miss::PublishIndexed(CachedRegion **out)
   c->IndexLocked(r);
   c->evict_.Inserted(r, verdict.hot);
   c->EvictLocked(&victims, false);
-  c->DrainAndUnlock();
+  UnlockEnded();
   c->Remember(r, w);
   read.End();
   c->DeregisterList(&victims);
@@ -336,13 +350,14 @@ int Miss::Run(CachedRegion **out) {
     const int rc = LookupOrPlan(out);
     if (rc != kPlanned) return rc;
   }
+  // Failure exits before publication end the in-flight slot here (the
+  // publishing exits ended it under their own lock: UnlockEnded).
   struct EndGuard {
-    CacheCore *c;
-    int slot;
+    Miss *m;
     ~EndGuard() {
-      if (slot >= 0) c->EndInFlight(slot);
+      if (m->slot >= 0) m->c->EndInFlight(m->slot);
     }
-  } end_guard{c, slot};
+  } end_guard{this};
   c->DeregisterList(&early);
   needed_access = plan.access;
   if (cached) {
