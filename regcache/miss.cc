@@ -115,7 +115,15 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
       c->inflight_done_.wait(seen, std::memory_order_acquire);
       continue;
     }
-    plan = c->PlanLocked(req_start, req_end, access);
+    // Nothing indexed overlaps the request (the common miss): the plan is the
+    // request, no merge to look for.
+    CachedRegion *first = c->index_.FirstOverlap(req_start, req_end);
+    if (first != nullptr) {
+      plan = c->PlanLocked(req_start, req_end, access);
+      first = c->index_.FirstOverlap(plan.start, plan.end);
+    } else {
+      plan = {req_start, req_end, access, 0};
+    }
     revokes_at_plan = c->revokes_;
     for (int i = 0; i < CacheCore::kInFlight; ++i) {
       if (!c->inflight_[i].used) {
@@ -128,7 +136,6 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     // replaces leave now rather than after, and unused ones are evicted to
     // make room for it. Held ones are folded at insert as before. If the
     // registration then fails, this cost only cached regions.
-    CachedRegion *const first = c->index_.FirstOverlap(plan.start, plan.end);
     const bool overlaps = first != nullptr;
     size_t folded_early = 0;
     for (CachedRegion *o = first; o && o->start < plan.end;) {
