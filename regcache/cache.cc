@@ -105,7 +105,8 @@ void CacheCore::Destroy() {
     (parents ? forked : held).Push(r);
   }
   dead = dead_.Take();
-  attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
+  dead_bytes_ = 0;
+  attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
   DrainAndUnlock();
   ListUnlink();  // unsubscribed and unlocked: no fork handler needs it now
   if (held.n) {
@@ -169,12 +170,18 @@ void CacheCore::InvalidateLocked(uintptr_t start, uintptr_t end) {
   const page::Span s = page::Cover(start, end);
   size_t n = 0;
   while (CachedRegion *r = index_.FirstOverlap(s.start, s.end)) {
+    const size_t dead_before = dead_.n, len = r->end - r->start;
     RetireLocked(r, &dead_);
+    if (dead_.n != dead_before) dead_bytes_ += len;
     ++n;
   }
   ResetBoundsIfEmptyLocked();
   if (n) Count(stats_.invalidations, n);
-  if (dead_.head) attention_.fetch_or(kDead, std::memory_order_release);
+  if (dead_.head) {
+    const bool many = dead_.n >= kReapCount || dead_bytes_ >= kReapBytes;
+    attention_.fetch_or(kDead | (many ? uint32_t{kDeadMany} : 0u),
+                        std::memory_order_release);
+  }
 }
 
 // ---------------------------------------------------------------- index glue
@@ -348,7 +355,8 @@ void CacheCore::ReapDead() {
   if (!(attention_.load(std::memory_order_acquire) & kDead)) return;
   LockAndDrain();
   RegionBatch l = dead_.Take();
-  attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
+  dead_bytes_ = 0;
+  attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
   // May refill dead_ and set kDead again: the next call takes those.
   DrainAndUnlock();
   DeregisterList(&l);

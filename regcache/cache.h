@@ -132,14 +132,21 @@ class CacheCore {
   };
 
   // The attention word's bits (read on every hit and put).
-  enum : uint32_t { kPending = 1, kDead = 2, kOverLimit = 4 };
+  // kDead: dead regions wait for deregistration (every slow path reaps them);
+  // kDeadMany: at least kReapCount of them or kReapBytes wait (puts reap
+  // them too). Below that, hits and their puts stay lock-free after an
+  // invalidation, and the next miss pays the deregistration, as UCX's gc list
+  // does.
+  enum : uint32_t { kPending = 1, kDead = 2, kOverLimit = 4, kDeadMany = 8 };
+  static constexpr size_t kReapCount = 16;
+  static constexpr size_t kReapBytes = size_t{1} << 20;
   // Hits take the slow path only while invalidations wait to be applied: a
   // dead region is out of the index already (generation bumped, no hit can
   // take it), and the put that follows the hit reaps it (kPutSlowMask). Until
   // 2026-11-30 kDead was here too, and every hit after an invalidation took
   // the lock until the next slow call (churn: ~1 400 vs UCX's ~300 ns/hit).
   static constexpr uint32_t kHitSlowMask = kPending;
-  static constexpr uint32_t kPutSlowMask = kDead | kOverLimit;
+  static constexpr uint32_t kPutSlowMask = kDeadMany | kOverLimit;
   // Per-thread hit counters; slot kSlots is shared by threads beyond.
   static constexpr int kSlots = 64;
 
@@ -249,6 +256,7 @@ class CacheCore {
   // Left the index unused from inside a callback: the next call outside the
   // lock deregisters them (kDead set while non-empty).
   RegionBatch dead_ REGCACHE_GUARDED_BY(mu_);
+  size_t dead_bytes_ REGCACHE_GUARDED_BY(mu_) = 0;
   uint64_t slow_hits_ REGCACHE_GUARDED_BY(mu_) = 0;
   // Misses being registered (outside the lock): a concurrent miss covered by
   // one waits for it (inflight_done_ changes) and looks up again, instead of

@@ -102,7 +102,8 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
   stats_.bytes.fetch_sub(
       std::min<uint64_t>(bytes, stats_.bytes.load(std::memory_order_relaxed)),
       std::memory_order_relaxed);
-  attention_.fetch_and(~uint32_t{kDead}, std::memory_order_relaxed);
+  dead_bytes_ = 0;
+  attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
   // Misses in flight on the parent's threads never finish here.
   for (InFlight &f : inflight_) f = {};
   inflight_done_.fetch_add(1, std::memory_order_relaxed);

@@ -197,7 +197,7 @@ void CacheCore::Put(CachedRegion *r) {
     return;
   }
   const uint32_t a = attention_.load(std::memory_order_relaxed);
-  if ((a & kDead) || (last && (a & kOverLimit))) PutSlow();
+  if ((a & kDeadMany) || (last && (a & kOverLimit))) PutSlow();
 }
 
 void CacheCore::PutSlow() {
