@@ -11,6 +11,8 @@
 //   eviction.h      the eviction / admission policy
 //   hit_path.cc     the per-thread front table, Get's lock-free hit, Put
 //   miss.{h,cc}     the miss pipeline: lookup-plan -> register -> publish
+//                   (miss_plan.cc: merge and admission; miss_read.cc: the
+//                   interval read, the writability probe and hint)
 //   cache.cc        life cycle, locking, invalidation, eviction glue,
 //                   transport calls; cache_fork.cc fork(); stats.cc stats;
 //                   params.cc the resolved parameters

@@ -1,11 +1,14 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// The per-miss interval read (miss.h) and the writability probe the miss
-// pipeline asks before widening a registration's access.
+// The per-miss interval read (miss.h), and the writability probe and hint the
+// miss pipeline asks before widening a registration's access.
+#include <algorithm>
 #include <cerrno>
 
 #include "notifier/address_space.h"
 #include "notifier/procmap.h"
+#include "regcache/cache.h"
 #include "regcache/miss.h"
+#include "regcache/page.h"
 
 namespace regcache::core {
 int MissRead::Begin(uintptr_t start, uintptr_t end) {
@@ -54,6 +57,39 @@ int WritableMemory(uintptr_t start, uintptr_t end, uintptr_t *span_lo,
   if (cur < end) return -1;
   *span_hi = cur;
   return 1;
+}
+
+namespace {
+bool SpanOverlaps(uint64_t w, int pages_bits, uintptr_t start, uintptr_t end) {
+  const uintptr_t lo = (w >> pages_bits) * page::Size();
+  const uintptr_t hi =
+      lo + (w & ((uint64_t{1} << pages_bits) - 1)) * page::Size();
+  return start < hi && lo < end;
+}
+}  // namespace
+
+bool CacheCore::InWritableSpan(uintptr_t start, uintptr_t end) const {
+  const uint64_t w = wspan_.load(std::memory_order_relaxed);
+  if (w == 0) return false;
+  const uintptr_t lo = (w >> kSpanPagesBits) * page::Size();
+  const uintptr_t hi =
+      lo + (w & ((uint64_t{1} << kSpanPagesBits) - 1)) * page::Size();
+  return lo <= start && end <= hi;
+}
+
+void CacheCore::RememberWritableSpan(uintptr_t lo, uintptr_t hi) {
+  const uint64_t first = lo / page::Size();
+  uint64_t pages = (hi - lo) / page::Size();
+  // Too far up or too long to pack: keep what fits (still writable).
+  if (first >= (uint64_t{1} << (64 - kSpanPagesBits)) || pages == 0) return;
+  pages = std::min(pages, (uint64_t{1} << kSpanPagesBits) - 1);
+  wspan_.store(first << kSpanPagesBits | pages, std::memory_order_relaxed);
+}
+
+void CacheCore::ForgetWritableSpanOver(uintptr_t start, uintptr_t end) {
+  uint64_t w = wspan_.load(std::memory_order_relaxed);
+  if (w != 0 && SpanOverlaps(w, kSpanPagesBits, start, end))
+    wspan_.compare_exchange_strong(w, 0, std::memory_order_relaxed);
 }
 
 }  // namespace regcache::core
