@@ -18,12 +18,12 @@
 
 namespace {
 
-using regcache::core::Cache;
-using regcache::core::Region;
+using regcache::core::CacheCore;
+using regcache::core::CachedRegion;
 
-Cache *ToCache(regcache_t *c) { return reinterpret_cast<Cache *>(c); }
-const Region *ToRegion(const regcache_region_t *r) {
-  return reinterpret_cast<const Region *>(r);
+CacheCore *ToCache(regcache_t *c) { return reinterpret_cast<CacheCore *>(c); }
+const CachedRegion *ToRegion(const regcache_region_t *r) {
+  return reinterpret_cast<const CachedRegion *>(r);
 }
 
 }  // namespace
@@ -44,11 +44,11 @@ REGCACHE_API int regcache_create(regcache_driver_t *driver,
   if (driver == nullptr || cache_p == nullptr) return -EINVAL;
   int rc = regcache::LibraryInit();
   if (rc) return rc;
-  regcache::core::Params p;
+  regcache::core::CacheConfig p;
   rc = regcache::core::ResolveParams(params, &p);
   if (rc) return rc;
-  Cache *c = nullptr;
-  rc = Cache::Create(driver, p, &c);
+  CacheCore *c = nullptr;
+  rc = CacheCore::Create(driver, p, &c);
   regcache::log::
       FlushDeferred();  // e.g. the blind warning of the source install
   if (rc == 0) *cache_p = reinterpret_cast<regcache_t *>(c);
@@ -67,7 +67,7 @@ REGCACHE_API int regcache_get(regcache_t *cache, const void *addr, size_t len,
       (access & ~REGCACHE_ACCESS_ALL) || a + len < a ||
       a + len > UINTPTR_MAX - (uintptr_t{1} << 16))
     return -EINVAL;
-  Region *r = nullptr;
+  CachedRegion *r = nullptr;
   int rc = ToCache(cache)->Get(a, len, access, &r);
   if (rc == 0) *region_p = reinterpret_cast<regcache_region_t *>(r);
   return rc;
@@ -88,7 +88,7 @@ REGCACHE_API int regcache_find(regcache_t *cache, const void *addr, size_t len,
   if (cache == nullptr || region_p == nullptr ||
       (access & ~REGCACHE_ACCESS_ALL) || BadRange(a, len))
     return -EINVAL;
-  Region *r = nullptr;
+  CachedRegion *r = nullptr;
   int rc = ToCache(cache)->Find(a, len, access, &r);
   if (rc == 0) *region_p = reinterpret_cast<regcache_region_t *>(r);
   return rc;
@@ -104,7 +104,7 @@ REGCACHE_API int regcache_get_flags(regcache_t *cache, const void *addr,
   if (cache == nullptr || region_p == nullptr ||
       (access & ~REGCACHE_ACCESS_ALL) || BadRange(a, len))
     return -EINVAL;
-  Region *r = nullptr;
+  CachedRegion *r = nullptr;
   int rc = ToCache(cache)->GetUncached(a, len, access, &r);
   if (rc == 0) *region_p = reinterpret_cast<regcache_region_t *>(r);
   return rc;
@@ -123,8 +123,8 @@ REGCACHE_API void *regcache_region_host_data(const regcache_region_t *region) {
 
 REGCACHE_API void regcache_put(regcache_t *cache, regcache_region_t *region) {
   if (region == nullptr) return;
-  Region *r = reinterpret_cast<Region *>(region);
-  Cache *owner = r->cache;
+  CachedRegion *r = reinterpret_cast<CachedRegion *>(region);
+  CacheCore *owner = r->cache;
   if (owner == nullptr) {
     // Already deregistered and back in the slab: a put too many. The header's
     // contract: debug builds abort, release builds log once and ignore it.

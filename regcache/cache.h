@@ -1,77 +1,35 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/cache.h - the registration cache's core (internal; the C API wraps
-// it).
+// it). docs/cache.md has the long version; each unit's header states its own
+// invariant and lock rule:
 //
-// Design (docs/cache.md has the long version):
+//   region.h        one cached registration and its packed atomic word
+//   slab.h          the type-stable slab regions come from
+//   region_index.h  the ordered index (treap) with its invariant walker
+//   region_list.h   the CLOCK / orphan lists and batches of regions
+//   pending_set.h   invalidations that arrived while mu_ was busy
+//   eviction.h      the eviction / admission policy
+//   hit_path.cc     the per-thread front table, Get's lock-free hit, Put
+//   miss.{h,cc}     the miss pipeline: lookup-plan -> register -> publish
+//                   (miss_plan.cc: merge and admission; miss_read.cc: the
+//                   interval read, the writability probe and hint)
+//   cache.cc        life cycle, locking, invalidation, eviction glue,
+//                   transport calls; cache_fork.cc fork(); stats.cc stats;
+//                   params.cc the resolved parameters
 //
-// REGIONS live in type-stable memory: a process-wide slab of 128-byte Region
-// objects that is never returned to the OS, so a stale pointer always points at
-// some Region and may be probed with atomics. Each region has one packed atomic
-// word
-//   bits 63..32 generation | bit 31 valid | bit 30 accessed | bits 29..0 user
-//   references.
-// The generation is bumped whenever the region leaves the index (invalidation,
-// eviction, displacement by a merge), so a stale pointer plus the generation it
-// was seen with can never take a reference on a different incarnation.
-//
-// HIT PATH (no lock shared between threads). Each thread has a small front
-// table of {cache id, range, access, region, generation} entries. A hit is: one
-// load of the cache's attention word (pending invalidations or dead regions
-// force the slow path), a scan of the front table, one CAS on the region word
-// that succeeds only if the generation matches and the region is valid (it also
-// sets the accessed bit), and a re-check of the region's range against the
-// request (makes 32-bit generation wrap harmless). Hits are counted in
-// per-thread slots of the cache.
-//
-// PUT is one CAS decrement of the reference count (CAS, not fetch_sub, so a
-// double put is detected instead of corrupting the word). The last put of an
-// invalidated region deregisters it; a put that finds the cache over its limits
-// evicts.
-//
-// INDEX: non-overlapping, page-aligned regions ordered by start in an intrusive
-// treap, plus an intrusive CLOCK list (second-chance approximation of LRU) of
-// all indexed regions, both under mu_. Nothing under mu_ allocates, frees,
-// calls the driver or the notifier's Register/Unregister: those may re-enter
-// the notifier (free -> munmap -> callback -> this cache) and deadlock.
-//
-// INVALIDATION: one whole-space notifier subscription per cache.
-// invalidate_range_start filters by the atomic [lo_, hi_) bounds of everything
-// ever indexed, then try-locks mu_: success -> overlapping regions leave the
-// index at once (generation bump); unused ones go to the dead list. Failure ->
-// the range goes into a bounded, coalescing, allocation-free pending set and
-// the attention word's kPending bit is set; whoever holds or next takes mu_
-// applies it before using the index and before unlocking. Dead regions are
-// deregistered by the next cache call outside the lock, never inside the
-// callback.
-//
-// MISS: plan under mu_ (page-align, merge with overlapping regions up to
-// merge_max_bytes, union of access), then outside the lock: notifier range
-// subscription on the planned range, seq = ReadBegin, driver Register, lock,
-// ReadRetry(seq) ? undo and retry : insert (overlapping regions leave the
-// index; held ones stay registered until their last put), unlock,
-// unsubscribe. Adjacent (touching) regions are not merged: separately
-// allocated buffers are often adjacent mappings, and one free() would cost
-// the neighbour's registration.
-//
-// FORK: every live cache is on a process-wide list. pthread_atfork handlers
-// lock that list, every cache's mu_ and the slab in prepare (their holders
-// never block while holding them, so the wait is bounded) and unlock them
-// after; in the child, before unlocking, every inherited cache forgets the
-// parent's registrations: indexed, dead and orphaned regions leave without a
-// driver call (a verbs MR belongs to the parent's context: deregistering it
-// through the shared uverbs fd would destroy the parent's MR; pinned pages
-// were copied for the child), counted as invalidations. Regions the forking
-// thread still holds become kWhereForked orphans: their last put frees them,
-// again without the driver. Misses other threads had in flight are forgotten.
-// The child's gets then register anew; new caches are unaffected.
-//
-// EVICTION: least recently used first. Each handed-out region carries a stamp
-// of the cache's use clock (Touch; the hit path writes the shared clock only
-// when the set of recent regions changes); eviction compares the stamps of
-// the kEvictSample oldest regions in CLOCK order: exact LRU up to that many
-// regions, CLOCK-approximated beyond. The policy (regcache/eviction.h,
-// REGCACHE_EVICTION) ranks that sample and decides whether a miss is cached
-// at all (adaptive: loops and scans keep the reused set; lru: UCX's choices).
+// INVARIANT (this class): every region of the cache is in exactly one place:
+// the index and the CLOCK list (valid), the orphan list (left the index while
+// held, or handed out uncached), the dead list (left the index unused, waits
+// for deregistration), a batch a thread took out of the lock, or a miss's
+// hands (registered, not yet published). count/bytes of the index equal the
+// CLOCK list's. [lo_, hi_) covers every indexed region.
+// LOCK RULE: one mutex, mu_, guards the index, the lists, the in-flight misses
+// and the policy. Nothing under mu_ allocates or frees heap memory, calls the
+// driver, or calls the notifier's Register/Unregister: any of these may unmap
+// memory, re-enter the notifier (free -> munmap -> callback -> this cache) and
+// deadlock. The callback only try-locks mu_ (else the pending set). Whoever
+// holds mu_ applies pending ranges before using the index and before
+// unlocking (LockAndDrain / DrainAndUnlock).
 #ifndef REGCACHE_REGCACHE_CACHE_H_
 #define REGCACHE_REGCACHE_CACHE_H_
 
@@ -86,6 +44,11 @@
 
 #include "regcache/driver_port.h"
 #include "regcache/eviction.h"
+#include "regcache/pending_set.h"
+#include "regcache/region.h"
+#include "regcache/region_index.h"
+#include "regcache/region_list.h"
+#include "regcache/stats_fields.h"
 #include "regcache/thread_annotations.h"
 
 namespace regcache::notifier {
@@ -94,63 +57,10 @@ class Subscription;
 
 namespace regcache::core {
 
-class Cache;
-
-// One cached registration. Fields other than `word` are written only by the
-// thread that owns the region exclusively (allocation until publication, or
-// after it left the index with no references) or under the owning cache's mu_,
-// and are immutable while the region is valid.
-struct alignas(64) Region {
-  std::atomic<uint64_t> word{0};
-  Cache *cache = nullptr;
-  uintptr_t start = 0;  // page-aligned
-  uintptr_t end = 0;    // page-aligned, exclusive
-  unsigned access = 0;
-  uint32_t where =
-      0;  // kWhere* below: which list the region is on (debug + asserts)
-  Registration reg;
-  Region *left = nullptr;  // treap children (index)
-  Region *right = nullptr;
-  Region *prev = nullptr;  // CLOCK list / orphan list
-  Region *next =
-      nullptr;  // CLOCK list / orphan list / dead list / slab free list
-  // When it was last handed out (Cache::Touch): eviction takes the least
-  // recently used. Written by every get, also on the lock-free hit path, so
-  // atomic; only eviction reads it.
-  std::atomic<uint64_t> last_use{0};
-  // Host storage (params host_data_bytes; nullptr when 0): allocated zeroed
-  // with the region by AllocRegion, freed by FreeRegion; the host's while the
-  // region is held.
-  void *host = nullptr;
-  // Eviction's cold/hot class (regcache/eviction.h); under the cache's mu_.
-  uint8_t evict_cold = 0;
-  // Set (under mu_) when the policy kept this region instead of caching a
-  // miss; its next hit clears it (lock-free, Touch) and counts for the policy.
-  std::atomic<uint8_t> evict_saved{0};
-
-  static constexpr uint64_t kRefMask = (uint64_t{1} << 30) - 1;
-  static constexpr uint64_t kAccessed = uint64_t{1} << 30;
-  static constexpr uint64_t kValid = uint64_t{1} << 31;
-  static constexpr int kGenShift = 32;
-  static uint32_t Gen(uint64_t w) {
-    return static_cast<uint32_t>(w >> kGenShift);
-  }
-  static uint64_t Refs(uint64_t w) { return w & kRefMask; }
-
-  enum : uint32_t {
-    kWhereFree = 0,
-    kWhereOwned,
-    kWhereIndex,
-    kWhereOrphan,
-    kWhereDead,
-    kWhereForked  // orphan registered by the parent before fork(): no driver
-  };
-};
-static_assert(sizeof(Region) <= 128,
-              "a cached region must cost at most 128 bytes");
+struct Miss;
 
 // Resolved cache parameters (params, else REGCACHE_* tunables, else defaults).
-struct Params {
+struct CacheConfig {
   size_t max_regions = 0;
   size_t max_bytes = 0;
   size_t merge_max_bytes = 0;
@@ -165,22 +75,23 @@ struct Params {
 };
 
 // Fills *out from p (may be NULL) and the tunables. 0 or -EINVAL.
-int ResolveParams(const regcache_params_t *p, Params *out);
+int ResolveParams(const regcache_params_t *p, CacheConfig *out);
 // MAX_BYTES=auto: 3/4 of RLIMIT_MEMLOCK when finite, else 1/4 of physical RAM.
 size_t AutoMaxBytes();
 
-class Cache {
+class CacheCore {
  public:
   // Takes a reference on drv (dropped by Destroy). 0, -ENOMEM or the notifier's
   // error.
-  static int Create(regcache_driver *drv, const Params &params, Cache **out);
+  static int Create(regcache_driver *drv, const CacheConfig &params,
+                    CacheCore **out);
   // Unsubscribes, deregisters everything (held regions too) and deletes this.
   void Destroy();
 
   // REQUIRES: validated input (len > 0, no wrap after page alignment, known
   // access bits).
-  int Get(uintptr_t addr, size_t len, unsigned access, Region **out);
-  void Put(Region *r);
+  int Get(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
+  void Put(CachedRegion *r);
   int Flush();
   void GetStats(regcache_stats_t *s);
   int PrintStats(FILE *f);
@@ -193,149 +104,137 @@ class Cache {
   // Same input rules as Get. Find: a covering valid region, referenced, or
   // -ENOENT. GetUncached: a private registration, deregistered at its put.
   // Invalidate: revokes overlapping regions; returns how many.
-  int Find(uintptr_t addr, size_t len, unsigned access, Region **out);
-  int GetUncached(uintptr_t addr, size_t len, unsigned access, Region **out);
+  int Find(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
+  int GetUncached(uintptr_t addr, size_t len, unsigned access,
+                  CachedRegion **out);
   int Invalidate(uintptr_t addr, size_t len);
+
+  // Tests: "" if the index and the lists hold their invariants, else what is
+  // broken (RegionIndex::Check plus the CLOCK list's count and bytes).
+  std::string CheckInvariants() REGCACHE_EXCLUDES(mu_);
 
   // Notifier callbacks (public for the C thunks).
   void OnInvalidateStart(uintptr_t start, size_t len);
   void OnRelease();
 
-  Cache(const Cache &) = delete;
-  Cache &operator=(const Cache &) = delete;
+  CacheCore(const CacheCore &) = delete;
+  CacheCore &operator=(const CacheCore &) = delete;
 
-  // fork() handlers (pthread_atfork; see FORK above). Public for the C thunks.
+  // fork() handlers (pthread_atfork; cache_fork.cc). Public for the C thunks.
   static void AtforkPrepare();
   static void AtforkParent();
   static void AtforkChild();
 
  private:
+  friend struct Miss;
   struct Plan {
     uintptr_t start, end;
     unsigned access;
     size_t merged;  // regions folded into the plan
   };
-  // A singly linked list through Region::next, built under mu_ and consumed
-  // outside it.
-  struct List {
-    Region *head = nullptr;
-    size_t n = 0;
-    void Push(Region *r) {
-      r->next = head;
-      head = r;
-      ++n;
-    }
-  };
-  // Bounded, coalescing, allocation-free set of ranges that arrived while mu_
-  // was busy.
-  class PendingSet {
-   public:
-    static constexpr int kMax = 16;
-    struct Range {
-      uintptr_t start, end;
-    };
-    // Records [start, end) and sets kPending in *attention (under the set's
-    // spin lock, so FinishDrain cannot clear the bit of a range it did not
-    // take).
-    void Add(uintptr_t start, uintptr_t end, std::atomic<uint32_t> *attention);
-    // Moves everything into out (kMax entries); returns the count.
-    int Take(Range *out);
-    // After the taken ranges were applied: clears kPending unless ranges
-    // arrived since.
-    void FinishDrain(std::atomic<uint32_t> *attention);
-    int Size();
-    // Fork child: empties the set and releases its lock (its holder may have
-    // been another thread, which does not exist in the child).
-    void ResetAfterFork() {
-      n_ = 0;
-      SpinUnlock();
-    }
 
-   private:
-    void SpinLock();
-    void SpinUnlock() { lock_.clear(std::memory_order_release); }
-    std::atomic_flag lock_ = ATOMIC_FLAG_INIT;
-    Range r_[kMax];
-    int n_ = 0;
-  };
+  // The attention word's bits (read on every hit and put).
+  // kDead: dead regions wait for deregistration (every slow path reaps them);
+  // kDeadMany: at least kReapCount of them or kReapBytes wait (puts reap
+  // them too). Below that, hits and their puts stay lock-free after an
+  // invalidation, and the next miss pays the deregistration, as UCX's gc list
+  // does.
+  enum : uint32_t { kPending = 1, kDead = 2, kOverLimit = 4, kDeadMany = 8 };
+  static constexpr size_t kReapCount = 16;
+  static constexpr size_t kReapBytes = size_t{1} << 20;
+  // Hits take the slow path only while invalidations wait to be applied: a
+  // dead region is out of the index already (generation bumped, no hit can
+  // take it), and the put that follows the hit reaps it (kPutSlowMask). Until
+  // 2026-11-30 kDead was here too, and every hit after an invalidation took
+  // the lock until the next slow call (churn: ~1 400 vs UCX's ~300 ns/hit).
+  static constexpr uint32_t kHitSlowMask = kPending;
+  static constexpr uint32_t kPutSlowMask = kDeadMany | kOverLimit;
+  // Per-thread hit counters; slot kSlots is shared by threads beyond.
+  static constexpr int kSlots = 64;
 
-  enum : uint32_t { kPending = 1, kDead = 2, kOverLimit = 4 };
-  static constexpr uint32_t kHitSlowMask = kPending | kDead;
-  static constexpr uint32_t kPutSlowMask = kDead | kOverLimit;
-  static constexpr int kSlots =
-      64;  // per-thread hit counters; slot kSlots is shared
+  CacheCore(regcache_driver *drv, const CacheConfig &params);
+  ~CacheCore();
 
-  Cache(regcache_driver *drv, const Params &params);
-  ~Cache();
-
-  int GetSlow(uintptr_t addr, size_t len, unsigned access, Region **out);
-  // Registers [start, end) into nr without caching it (the event source cannot
-  // watch that memory, or it is blind): the region is in no index, and its
-  // last put deregisters it.
-  int RegisterUncached(Region *nr, uintptr_t start, uintptr_t end,
-                       unsigned access, Region **out) REGCACHE_EXCLUDES(mu_);
+  // ---- hit path (hit_path.cc)
+  void CountHit();
+  void Remember(CachedRegion *r, uint64_t word);
+  void DoublePut(CachedRegion *r);
   void PutSlow();
-  void ReleaseOrphan(Region *r);
-  // Blind notifier (see cache.cc "blind mode"): hands out a registered
-  // region without indexing it.
-  void HandOutUncached(Region *r) REGCACHE_EXCLUDES(mu_);
+  void ReleaseOrphan(CachedRegion *r);
+  // LRU stamps (see hit_path.cc).
+  void Touch(CachedRegion *r);
+  void Stamp(CachedRegion *r);  // a new stamp, always
+
+  // ---- miss pipeline (miss.cc)
+  int GetSlow(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
+  // The prologue every registering call shares: not inside a range, not shut
+  // down, within the driver's size. Fills the page-aligned request.
+  int CheckRequest(uintptr_t addr, size_t len, bool sync, uintptr_t *start,
+                   uintptr_t *end) REGCACHE_EXCLUDES(mu_);
+  Plan PlanLocked(uintptr_t start, uintptr_t end, unsigned access) const
+      REGCACHE_REQUIRES(mu_);
+  // Whether a miss on plan must make room, and whether the policy caches it.
+  Eviction::Verdict AdmitLocked(const Plan &plan, bool overlaps)
+      REGCACHE_REQUIRES(mu_);
+  void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
   // Stats of one new registration of len bytes (registrations, bytes, peak).
   void CountRegistered(uint64_t len);
-  void DoublePut(Region *r);
-  void CountHit();
-  void Remember(Region *r, uint64_t word);
+  // Hands out a registered region without indexing it: not valid, one
+  // reference, on the orphan list (Destroy finds it); its last put
+  // deregisters it (ReleaseOrphan).
+  void HandOutUncached(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
 
-  // Lock / unlock that apply pending invalidations first.
+  // ---- locking (cache.cc): lock / unlock that apply pending invalidations.
   void LockAndDrain() REGCACHE_ACQUIRE(mu_);
   void DrainAndUnlock() REGCACHE_RELEASE(mu_);
   void DrainPendingLocked() REGCACHE_REQUIRES(mu_);
   void InvalidateLocked(uintptr_t start, uintptr_t end) REGCACHE_REQUIRES(mu_);
 
-  // Index (treap by start) and CLOCK list.
-  void IndexInsertLocked(Region *r) REGCACHE_REQUIRES(mu_);
-  void IndexEraseLocked(Region *r) REGCACHE_REQUIRES(mu_);
-  Region *FloorLocked(uintptr_t key) const REGCACHE_REQUIRES(mu_);
-  Region *LowerBoundLocked(uintptr_t key) const REGCACHE_REQUIRES(mu_);
-  Region *FirstOverlapLocked(uintptr_t start, uintptr_t end) const
-      REGCACHE_REQUIRES(mu_);
-  Region *FindCoveringLocked(uintptr_t start, uintptr_t end,
-                             unsigned access) const REGCACHE_REQUIRES(mu_);
-  void ClockAppendLocked(Region *r) REGCACHE_REQUIRES(mu_);
-  void ClockUnlinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
-  void OrphanLinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
-  void OrphanUnlinkLocked(Region *r) REGCACHE_REQUIRES(mu_);
-
-  Plan PlanLocked(uintptr_t start, uintptr_t end, unsigned access) const
-      REGCACHE_REQUIRES(mu_);
+  // ---- index and lists (cache.cc)
+  // Enters the index and the CLOCK list. REQUIRES: r valid (published).
+  void IndexLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
   // Takes r out of the index: generation bump; unused -> *unused, held ->
   // orphan list.
-  void RetireLocked(Region *r, List *unused) REGCACHE_REQUIRES(mu_);
+  void RetireLocked(CachedRegion *r, RegionBatch *unused)
+      REGCACHE_REQUIRES(mu_);
+  // Out of the index and the CLOCK list (the word is the caller's business).
+  void UnindexLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
+  void ResetBoundsIfEmptyLocked() REGCACHE_REQUIRES(mu_);
+  void OrphanLinkLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
+  void OrphanUnlinkLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
+  bool TryRefLocked(CachedRegion *r, uint64_t *word_out) REGCACHE_REQUIRES(mu_);
+  // Debug builds: the invariants above, where cheap (small caches).
+  void DebugCheckLocked() const REGCACHE_REQUIRES(mu_);
+  std::string CheckLocked() const REGCACHE_REQUIRES(mu_);
+
+  // ---- eviction glue (cache.cc)
   // Evicts unused regions, least recently used first (exact among the
   // kEvictSample oldest in CLOCK order), until within limits (all unused ones
-  // if `all`).
-  // With room_regions/room_bytes: until that much more also fits (a miss makes
-  // room for its region before registering it).
-  void EvictLocked(List *victims, bool all, size_t room_regions = 0,
+  // if `all`). With room_regions/room_bytes: until that much more also fits
+  // (a miss makes room for its region before registering it).
+  void EvictLocked(RegionBatch *victims, bool all, size_t room_regions = 0,
                    size_t room_bytes = 0) REGCACHE_REQUIRES(mu_);
   void UpdateOverLimitLocked() REGCACHE_REQUIRES(mu_);
-  bool TryRefLocked(Region *r, uint64_t *word_out) REGCACHE_REQUIRES(mu_);
 
-  // Outside the lock.
+  // ---- outside the lock (cache.cc)
   void ReapDead() REGCACHE_EXCLUDES(mu_);
-  void DeregisterList(List *l) REGCACHE_EXCLUDES(mu_);
-  void DeregisterOne(Region *r) REGCACHE_EXCLUDES(mu_);
-  // The process-wide list of caches (fork handlers).
+  void DeregisterList(RegionBatch *l) REGCACHE_EXCLUDES(mu_);
+  void DeregisterOne(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
+  // A slab region plus its host storage (params_.host_data_bytes), and back.
+  CachedRegion *AllocRegion();
+  static void FreeRegion(CachedRegion *r);
+
+  // ---- fork (cache_fork.cc)
   void ListLink();
   void ListUnlink();
   // Frees r to the slab without the driver (a registration of the parent).
-  static void DropForked(Region *r);
+  static void DropForked(CachedRegion *r);
   // Fork child, mu_ held since prepare: forgets the parent's registrations and
   // misses in flight; returns the regions to free (outside every lock).
-  void ForkChildLocked(List *drop) REGCACHE_REQUIRES(mu_);
+  void ForkChildLocked(RegionBatch *drop) REGCACHE_REQUIRES(mu_);
+
+  // ---- stats (stats.cc)
   void MaybePrintStatsOnce();
-  // A slab region plus its host storage (params_.host_data_bytes), and back.
-  Region *AllocRegion();
-  static void FreeRegion(Region *r);
 
   // Read on every hit and put: kept on its own cache line.
   alignas(64) std::atomic<uint32_t> attention_{0};
@@ -345,21 +244,21 @@ class Cache {
   // The LRU clock: the newest stamp handed to a region (Touch). Written only
   // when the set of recently used regions changes: its own cache line.
   alignas(64) std::atomic<uint64_t> use_clock_{0};
-  void Touch(Region *r);
   // Hits on regions the policy kept by not caching a miss (evict_saved):
   // written by hits without the lock, rarely (once per such decision).
   std::atomic<uint64_t> evict_saved_hits_{0};
-  void Stamp(Region *r);  // a new stamp, always
 
   alignas(64) mutable Mutex mu_;
-  Region *root_ REGCACHE_GUARDED_BY(mu_) = nullptr;
-  Region *clock_head_ REGCACHE_GUARDED_BY(mu_) = nullptr;  // oldest
-  Region *clock_tail_ REGCACHE_GUARDED_BY(mu_) = nullptr;  // newest
-  Region *orphans_ REGCACHE_GUARDED_BY(mu_) = nullptr;
-  List dead_ REGCACHE_GUARDED_BY(mu_);
-  size_t count_ REGCACHE_GUARDED_BY(mu_) = 0;  // indexed regions
-  size_t bytes_ REGCACHE_GUARDED_BY(mu_) = 0;  // indexed bytes
-  size_t orphan_count_ REGCACHE_GUARDED_BY(mu_) = 0;
+  RegionIndex index_ REGCACHE_GUARDED_BY(mu_);
+  // Every indexed region, oldest first (second-chance order for eviction).
+  RegionList clock_ REGCACHE_GUARDED_BY(mu_);
+  // Left the index while held, or handed out uncached: deregistered (or
+  // dropped, if forked) by their last put.
+  RegionList orphans_ REGCACHE_GUARDED_BY(mu_);
+  // Left the index unused from inside a callback: the next call outside the
+  // lock deregisters them (kDead set while non-empty).
+  RegionBatch dead_ REGCACHE_GUARDED_BY(mu_);
+  size_t dead_bytes_ REGCACHE_GUARDED_BY(mu_) = 0;
   uint64_t slow_hits_ REGCACHE_GUARDED_BY(mu_) = 0;
   // Misses being registered (outside the lock): a concurrent miss covered by
   // one waits for it (inflight_done_ changes) and looks up again, instead of
@@ -379,31 +278,48 @@ class Cache {
   // Invalidate calls so far (under mu_): a miss that found no in-flight slot
   // retries when it changed while it registered.
   uint64_t revokes_ REGCACHE_GUARDED_BY(mu_) = 0;
-  void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
   // Regions compared per eviction (docs/cache.md "Eviction").
   static constexpr int kEvictSample = 32;
   // The policy choosing victims and admitting misses (lock rule: eviction.h).
   Eviction evict_ REGCACHE_GUARDED_BY(mu_);
-  // Whether a miss on plan must make room, and whether the policy caches it.
-  Eviction::Verdict AdmitLocked(const Plan &plan, bool overlaps)
-      REGCACHE_REQUIRES(mu_);
 
   PendingSet pending_;
-  // Bounds of everything indexed since the index was last empty: the callback's
-  // filter.
+  // Bounds of everything indexed since the index was last empty: the
+  // callback's filter. Widened under mu_ before the insert's sequence check;
+  // reset only when the index becomes empty (docs/cache.md "Invalidation").
   std::atomic<uintptr_t> lo_{UINTPTR_MAX};
   std::atomic<uintptr_t> hi_{0};
+  // ACCESS_POLICY=all's writability hint: the last run of writable VMAs a
+  // miss's PROCMAP_QUERY found, packed (first page << 29 | pages, at most
+  // 2^29 pages), 0: none. A miss inside it widens without the ioctl. The
+  // whole-space callback clears it when any range overlaps it (before its
+  // filter: one more load per munmap); a stale hint (a protection removed
+  // unseen, e.g. mprotect under the uffd or explicit source) only makes the
+  // driver refuse the widened access: the fallback ladder narrows it and
+  // clears the hint. A hint, not an invariant: correctness of what is cached
+  // rests on the interval read alone.
+  std::atomic<uint64_t> wspan_{0};
+  static constexpr int kSpanPagesBits = 29;
+  bool InWritableSpan(uintptr_t start, uintptr_t end) const;
+  void RememberWritableSpan(uintptr_t lo, uintptr_t hi);
+  void ForgetWritableSpanOver(uintptr_t start, uintptr_t end);
   std::atomic<bool> shutdown_{false};
   std::atomic<bool> stats_printed_{false};
 
   regcache_driver *const drv_;
-  const Params params_;
+  const CacheConfig params_;
   notifier::Subscription *sub_ = nullptr;
 
-  // Slow-path counters (relaxed).
-  std::atomic<uint64_t> misses_{0}, merges_{0}, evictions_{0},
-      invalidations_{0}, registrations_{0}, deregistrations_{0}, retries_{0},
-      failures_{0}, reg_regions_{0}, reg_bytes_{0}, peak_bytes_{0};
+  // Slow-path counters (relaxed): one per REGCACHE_STATS_COUNTERS field.
+  struct Counters {
+#define REGCACHE_COUNTER_FIELD(f) std::atomic<uint64_t> f{0};
+    REGCACHE_STATS_COUNTERS(REGCACHE_COUNTER_FIELD)
+#undef REGCACHE_COUNTER_FIELD
+  };
+  Counters stats_;
+  void Count(std::atomic<uint64_t> &c, uint64_t n = 1) {
+    c.fetch_add(n, std::memory_order_relaxed);
+  }
 
   struct alignas(64) HitSlot {
     std::atomic<uint64_t> n{0};
@@ -411,18 +327,13 @@ class Cache {
   HitSlot hit_slots_[kSlots + 1];
 
   // The process-wide list of live caches (fork handlers); guarded by the
-  // list's mutex in cache.cc. Last: off every line the hit path reads.
-  Cache *list_prev_ = nullptr;
-  Cache *list_next_ = nullptr;
+  // list's mutex in cache_fork.cc. Last: off every line the hit path reads.
+  CacheCore *list_prev_ = nullptr;
+  CacheCore *list_next_ = nullptr;
 };
 
 // Front-table size per thread (entries are scanned linearly).
 inline constexpr int kFrontEntries = 8;
-
-// Process-wide slab statistics (tests: regions are recycled, memory never
-// returned).
-size_t SlabRegionsAllocated();
-size_t SlabRegionsFree();
 
 }  // namespace regcache::core
 

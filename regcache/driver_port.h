@@ -48,7 +48,8 @@ class Driver {
   // unmapped.
   virtual int Deregister(const Registration &reg) = 0;
   // True when registrations do not pin (ODP): the hardware follows the page
-  // tables, so the cache may keep such regions across unmaps.
+  // tables. Informational (regcache_driver_verbs_odp): the cache invalidates
+  // ODP regions on unmap like pinned ones and does not call this.
   virtual bool OnDemand() const { return false; }
   // Largest single registration the device accepts (max_mr_size); larger gets
   // -EINVAL from the cache before the driver is called... and is never produced

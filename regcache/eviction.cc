@@ -79,15 +79,15 @@ void Eviction::BeginPass(size_t count) {
   prefer_cold_ = ncold_ > cold_target_;
 }
 
-void Eviction::Sample(Region *r, uint64_t word) {
+void Eviction::Sample(CachedRegion *r, uint64_t word) {
   if (mode_ == EvictionMode::kLru) return;
-  if ((word & Region::kAccessed) && r->evict_cold) {
+  if ((word & CachedRegion::kAccessed) && r->evict_cold) {
     r->evict_cold = 0;
     --ncold_;
   }
 }
 
-double Eviction::Key(const Region *r) const {
+double Eviction::Key(const CachedRegion *r) const {
   const double stamp =
       static_cast<double>(r->last_use.load(std::memory_order_relaxed));
   const size_t len = r->end - r->start;
@@ -102,7 +102,7 @@ double Eviction::Key(const Region *r) const {
   return stamp + 0.5 * (cost / share - 1.0) * static_cast<double>(count_);
 }
 
-bool Eviction::Before(const Region *a, const Region *b) const {
+bool Eviction::Before(const CachedRegion *a, const CachedRegion *b) const {
   if (mode_ == EvictionMode::kLru)
     return a->last_use.load(std::memory_order_relaxed) <
            b->last_use.load(std::memory_order_relaxed);
@@ -110,14 +110,15 @@ bool Eviction::Before(const Region *a, const Region *b) const {
   return Key(a) < Key(b);
 }
 
-Region *Eviction::PeekVictim(Region *head, int sample, size_t count) {
+CachedRegion *Eviction::PeekVictim(CachedRegion *head, int sample,
+                                   size_t count) {
   BeginPass(count);
-  Region *victim = nullptr;
+  CachedRegion *victim = nullptr;
   int n = 0;
-  for (Region *r = head; r && n < sample; r = r->next, ++n) {
+  for (CachedRegion *r = head; r && n < sample; r = r->next, ++n) {
     const uint64_t w = r->word.load(std::memory_order_acquire);
     Sample(r, w);
-    if (Region::Refs(w) != 0) continue;
+    if (CachedRegion::Refs(w) != 0) continue;
     if (victim == nullptr || Before(r, victim)) victim = r;
   }
   // Promotions above may have changed the preference.
@@ -125,17 +126,17 @@ Region *Eviction::PeekVictim(Region *head, int sample, size_t count) {
   return victim;
 }
 
-void Eviction::Inserted(Region *r, bool hot) {
+void Eviction::Inserted(CachedRegion *r, bool hot) {
   r->evict_saved.store(0, std::memory_order_relaxed);
   r->evict_cold = mode_ == EvictionMode::kAdaptive && !hot;
   if (r->evict_cold) ++ncold_;
 }
 
-void Eviction::Removed(const Region *r) {
+void Eviction::Removed(const CachedRegion *r) {
   if (r->evict_cold) --ncold_;
 }
 
-void Eviction::Evicted(const Region *r) {
+void Eviction::Evicted(const CachedRegion *r) {
   Removed(r);
   if (mode_ == EvictionMode::kLru) return;
   Remember(r->start, r->end, r->last_use.load(std::memory_order_relaxed),
@@ -157,8 +158,8 @@ void Eviction::Remember(uintptr_t start, uintptr_t end, uint64_t stamp,
 }
 
 Eviction::Verdict Eviction::Admit(uintptr_t start, uintptr_t end, uint64_t now,
-                                  bool overlaps, bool need_room, Region *victim,
-                                  uint64_t saved_hits) {
+                                  bool overlaps, bool need_room,
+                                  CachedRegion *victim, uint64_t saved_hits) {
   if (mode_ == EvictionMode::kLru) return {true, true};
   bool hot = overlaps;
   uint32_t tag;

@@ -5,7 +5,7 @@
 // Two modes (REGCACHE_EVICTION, docs/cache.md "Eviction"):
 //
 // lru: least recently used first, by the use stamps the cache hands out
-//   (Region::last_use); every miss is cached. UCX's decisions, exactly.
+//   (CachedRegion::last_use); every miss is cached. UCX's decisions, exactly.
 //
 // adaptive (default): LRU made scan- and loop-resistant by admission control
 //   with an adaptive allowance for first-time regions (the idea of ARC, with
@@ -47,8 +47,8 @@
 // LOCK RULE: every member function except the constructor, destructor and
 // ready() is called with the owning cache's mu_ held; the object has no lock
 // of its own and its data (below) is the cache's, guarded by that mu_. It reads
-// Region::last_use (atomic, written by hits without the lock: a stale stamp
-// only makes the choice approximate) and writes Region::evict_cold (only under
+// CachedRegion::last_use (atomic, written by hits without the lock: a stale stamp
+// only makes the choice approximate) and writes CachedRegion::evict_cold (only under
 // mu_).
 #ifndef REGCACHE_REGCACHE_EVICTION_H_
 #define REGCACHE_REGCACHE_EVICTION_H_
@@ -59,7 +59,7 @@
 
 namespace regcache::core {
 
-struct Region;
+struct CachedRegion;
 
 enum class EvictionMode : uint8_t { kLru = 0, kAdaptive = 1 };
 
@@ -79,20 +79,20 @@ class Eviction {
   // Starts choosing among `count` indexed regions.
   void BeginPass(size_t count);
   // Every sampled region, with its word: a cold region used since is promoted.
-  void Sample(Region *r, uint64_t word);
+  void Sample(CachedRegion *r, uint64_t word);
   // Whether unused region a goes before unused region b.
-  bool Before(const Region *a, const Region *b) const;
+  bool Before(const CachedRegion *a, const CachedRegion *b) const;
   // The region Before() ranks first among the unused ones of the first
   // `sample` regions of the CLOCK list from head (nullptr: none). Promotes as
   // Sample does.
-  Region *PeekVictim(Region *head, int sample, size_t count);
+  CachedRegion *PeekVictim(CachedRegion *head, int sample, size_t count);
 
   // ---- membership
-  void Inserted(Region *r, bool hot);
+  void Inserted(CachedRegion *r, bool hot);
   // r left the index by eviction (its ghost is recorded) or otherwise
   // (invalidated, folded into a merge: the memory or the range is gone).
-  void Evicted(const Region *r);
-  void Removed(const Region *r);
+  void Evicted(const CachedRegion *r);
+  void Removed(const CachedRegion *r);
 
   // ---- admission of a miss on [start, end) (page-aligned)
   struct Verdict {
@@ -103,9 +103,9 @@ class Eviction {
   // cached regions (always admitted). `need_room`: the cache is full without
   // evicting. `victim`: PeekVictim's answer.
   // `saved_hits`: hits so far on regions this policy kept by not caching a
-  // miss (the cache counts them: Region::evict_saved).
+  // miss (the cache counts them: CachedRegion::evict_saved).
   Verdict Admit(uintptr_t start, uintptr_t end, uint64_t now, bool overlaps,
-                bool need_room, Region *victim, uint64_t saved_hits);
+                bool need_room, CachedRegion *victim, uint64_t saved_hits);
 
   // Introspection for tests and stats.
   size_t cold() const { return ncold_; }
@@ -113,7 +113,7 @@ class Eviction {
   uint64_t rejected() const { return rejected_; }
 
  private:
-  double Key(const Region *r) const;
+  double Key(const CachedRegion *r) const;
   uint32_t *Ghost(uintptr_t start, uintptr_t end, uint32_t *tag) const;
   void Remember(uintptr_t start, uintptr_t end, uint64_t stamp, bool hot);
 

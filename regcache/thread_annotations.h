@@ -9,6 +9,11 @@
 #ifndef REGCACHE_REGCACHE_THREAD_ANNOTATIONS_H_
 #define REGCACHE_REGCACHE_THREAD_ANNOTATIONS_H_
 
+#include <pthread.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 
 #if defined(__clang__)
@@ -29,17 +34,52 @@
   REGCACHE_TSA(try_acquire_capability(__VA_ARGS__))
 #define REGCACHE_NO_THREAD_SAFETY_ANALYSIS \
   REGCACHE_TSA(no_thread_safety_analysis)
+#define REGCACHE_ASSERT_CAPABILITY(x) REGCACHE_TSA(assert_capability(x))
 
 namespace regcache {
 
-// std::mutex with capability annotations.
+// std::mutex with capability annotations. Debug builds (NDEBUG unset) also
+// record the owning thread, so that AssertHeld() checks at run time what the
+// annotations check at compile time (clang only) -- including in code the
+// analysis cannot follow (callbacks, fork handlers).
 class REGCACHE_CAPABILITY("mutex") Mutex {
  public:
-  void Lock() REGCACHE_ACQUIRE() { mu_.lock(); }
-  void Unlock() REGCACHE_RELEASE() { mu_.unlock(); }
-  bool TryLock() REGCACHE_TRY_ACQUIRE(true) { return mu_.try_lock(); }
+  void Lock() REGCACHE_ACQUIRE() {
+    mu_.lock();
+    SetOwner();
+  }
+  void Unlock() REGCACHE_RELEASE() {
+    ClearOwner();
+    mu_.unlock();
+  }
+  bool TryLock() REGCACHE_TRY_ACQUIRE(true) {
+    if (!mu_.try_lock()) return false;
+    SetOwner();
+    return true;
+  }
+  // Aborts (debug builds) unless the calling thread holds this mutex; tells
+  // the analysis that it does.
+  void AssertHeld() const REGCACHE_ASSERT_CAPABILITY(this) {
+#ifndef NDEBUG
+    if (owner_.load(std::memory_order_relaxed) != pthread_self()) {
+      std::fputs("[regcache] invariant broken: mutex not held by caller\n",
+                 stderr);
+      std::abort();
+    }
+#endif
+  }
 
  private:
+#ifndef NDEBUG
+  // pthread_self() of the holder, 0 when free. Written only by the holder;
+  // read by AssertHeld (equal only if the reader is the holder).
+  void SetOwner() { owner_.store(pthread_self(), std::memory_order_relaxed); }
+  void ClearOwner() { owner_.store(pthread_t{}, std::memory_order_relaxed); }
+  std::atomic<pthread_t> owner_{};
+#else
+  void SetOwner() {}
+  void ClearOwner() {}
+#endif
   std::mutex mu_;
 };
 

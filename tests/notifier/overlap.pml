@@ -6,7 +6,9 @@
  * runs ranges on address d: claim its g_ranges entry, snapshot g_gen (does it see S?),
  * move S's sequence if it sees S and overlaps it, run the cache's whole-space callback
  * (invalidates the published registration if it overlaps), change the memory, then end.
- * The registrar (the cache's miss) registers an interval subscription S on address I,
+ * The registrar (an interval subscriber: until issue 14 the cache's miss; the miss now
+ * uses the range log instead, modelled in interval_log.pml) registers an interval
+ * subscription S on address I,
  * checks the table (Register's Dekker scan, entry by entry), read_begin (waits for the
  * overlapping entries it saw, then for S's nactive count), pins the memory, and under the
  * cache lock either retries (sequence moved) or publishes.

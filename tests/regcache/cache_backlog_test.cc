@@ -13,11 +13,12 @@
 #include <cstdio>
 #include <thread>
 
+#include "regcache/page.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 
 size_t RssBytes() {
   FILE *f = std::fopen("/proc/self/statm", "r");

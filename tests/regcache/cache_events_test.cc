@@ -19,6 +19,7 @@
 #include <string>
 
 #include "drivers/host/host_driver.h"
+#include "regcache/page.h"
 
 #ifndef REGCACHE_TEST_SOURCE
 #define REGCACHE_TEST_SOURCE "explicit"
@@ -30,7 +31,7 @@ using regcache::host::CheckFrames;
 using regcache::host::FrameCheck;
 using regcache::host::FrameCheckName;
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 const std::string kMode = REGCACHE_TEST_SOURCE;
 const bool kExplicit = kMode == "explicit";
 

@@ -20,7 +20,9 @@
 
 #include "drivers/host/host_driver.h"
 #include "notifier/address_space.h"
+#include "notifier/procmap.h"
 #include "regcache/cache.h"
+#include "regcache/page.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -28,7 +30,7 @@ namespace {
 using regcache::testing::NewTestDriver;
 using regcache::testing::TestDriver;
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 
 class CacheTest : public ::testing::Test {
  protected:
@@ -92,7 +94,7 @@ class CacheTest : public ::testing::Test {
 };
 
 TEST_F(CacheTest, RegionFitsTheMemoryBudget) {
-  EXPECT_LE(sizeof(regcache::core::Region), 128u);
+  EXPECT_LE(sizeof(regcache::core::CachedRegion), 128u);
 }
 
 TEST_F(CacheTest, MissThenHit) {
@@ -503,6 +505,77 @@ TEST_F(CacheTest, InvalidationDuringRegistrationIsNeverInserted) {
   EXPECT_EQ(Stats(c).retries, 1u);
   EXPECT_EQ(regcache_region_lkey(r), 2u);
   regcache_put(c, r);
+}
+
+// Negative control of the test above: with the notifier's range log off (the
+// interval read a miss validates its insert with), the unmap during the
+// registration goes unseen and the stale registration is published.
+TEST_F(CacheTest, InvalidationDuringRegistrationNegativeControl) {
+  regcache_t *c = Create();
+  std::atomic<int> fired{0};
+  td_->on_register = [&](void *addr, size_t len) {
+    if (fired.fetch_add(1) == 0) regcache_notify_unmapped(addr, len);
+  };
+  regcache::notifier::internal::g_interval_log_off_for_testing.store(true);
+  regcache_region_t *r = Get(c, Page(0), kPage);
+  regcache::notifier::internal::g_interval_log_off_for_testing.store(false);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(td_->Registers(), 1u);  // nothing retried
+  EXPECT_EQ(Stats(c).retries, 0u);
+  EXPECT_EQ(regcache_region_lkey(r), 1u);  // the stale one is in the cache
+  regcache_put(c, r);
+}
+
+// ACCESS_POLICY=all's writability hint (issue 14): after one PROCMAP_QUERY a
+// miss inside the same writable VMAs widens without asking the kernel. A
+// protection removed without an event leaves the hint stale: the driver
+// refuses the widened access, the ladder narrows it and the hint is dropped.
+// A removal the notifier reports (any range over the span) drops it at once.
+TEST_F(CacheTest, WritableSpanHintIsDroppedByEventsAndByTheDriversRefusal) {
+  if (regcache::notifier::procmap::Init() != 0)
+    GTEST_SKIP() << "no PROCMAP_QUERY (Linux < 6.11): every miss widens";
+  regcache_t *c = Create();
+  const auto first_access = [&](size_t from) {
+    return td_->register_calls.at(from).access;
+  };
+  regcache_put(c, Get(c, Page(0), kPage));  // probe: writable, hint kept
+  EXPECT_EQ(td_->register_calls.back().access, REGCACHE_ACCESS_ALL);
+  // Unseen protection change: the hint is trusted, the driver says no.
+  ASSERT_EQ(mprotect(Page(10), kPage, PROT_READ), 0);
+  td_->fail_next = 1;
+  td_->fail_errno = -EACCES;
+  size_t n = td_->register_calls.size();
+  regcache_region_t *r = Get(c, Page(10), kPage);
+  ASSERT_NE(r, nullptr);
+  ASSERT_EQ(td_->register_calls.size(), n + 2);
+  EXPECT_EQ(first_access(n), REGCACHE_ACCESS_ALL);  // hint, no ioctl
+  EXPECT_EQ(td_->register_calls.back().access, 0u);
+  EXPECT_EQ(regcache_region_access(r), 0u);
+  regcache_put(c, r);
+  // ... and dropped: the next read-only page is probed, never widened.
+  ASSERT_EQ(mprotect(Page(30), kPage, PROT_READ), 0);
+  n = td_->register_calls.size();
+  regcache_put(c, Get(c, Page(30), kPage));
+  ASSERT_EQ(td_->register_calls.size(), n + 1);
+  EXPECT_EQ(first_access(n), 0u);
+  // A reported change over the span drops it before any miss trusts it.
+  regcache_put(c, Get(c, Page(50), kPage));  // probe again: hint kept
+  ASSERT_EQ(mprotect(Page(60), kPage, PROT_READ), 0);
+  ASSERT_EQ(regcache_notify_unmapped(Page(60), kPage), 0);
+  n = td_->register_calls.size();
+  regcache_put(c, Get(c, Page(60), kPage));
+  ASSERT_EQ(td_->register_calls.size(), n + 1);
+  EXPECT_EQ(first_access(n), 0u);
+  // Negative control of that: unreported, the same change is widened.
+  regcache_put(c, Get(c, Page(80), kPage));  // hint kept
+  ASSERT_EQ(mprotect(Page(90), kPage, PROT_READ), 0);
+  td_->fail_next = 1;
+  td_->fail_errno = -EACCES;
+  n = td_->register_calls.size();
+  regcache_put(c, Get(c, Page(90), kPage));
+  EXPECT_EQ(first_access(n), REGCACHE_ACCESS_ALL);
+  for (size_t p : {10, 30, 60, 90})
+    ASSERT_EQ(mprotect(Page(p), kPage, PROT_READ | PROT_WRITE), 0);
 }
 
 TEST_F(CacheTest, InvalidationFromAnotherThreadWhileRegistering) {

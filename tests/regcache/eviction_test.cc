@@ -7,6 +7,7 @@
 // concurrent gets, puts and invalidations (TSan); lru mode makes exactly the
 // decisions of an exact LRU cache (UCX's) where the sample covers the cache.
 #include "regcache/eviction.h"
+#include "regcache/page.h"
 
 #include <gtest/gtest.h>
 #include <regcache/regcache.h>
@@ -26,13 +27,13 @@
 
 namespace {
 
+using regcache::core::CachedRegion;
 using regcache::core::Eviction;
 using regcache::core::EvictionMode;
-using regcache::core::Region;
 using regcache::testing::NewTestDriver;
 using regcache::testing::TestDriver;
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 
 class EvictionTest : public ::testing::Test {
  protected:
@@ -152,7 +153,7 @@ TEST_F(EvictionTest, ImmediateReuseStillHits) {
 // limit counts against it.
 TEST(EvictionPolicy, CostlierRegionsAreKeptLonger) {
   ASSERT_GT(regcache::cost::MissUs(16 << 20), 5 * regcache::cost::MissUs(4096));
-  Region big, small;
+  CachedRegion big, small;
   big.start = 0;
   big.end = 16 << 20;
   big.last_use = 10;
@@ -182,7 +183,7 @@ TEST(EvictionPolicy, CostlierRegionsAreKeptLonger) {
 TEST(EvictionPolicy, UnlimitedCapacityIsSafe) {
   Eviction e(EvictionMode::kAdaptive, SIZE_MAX, SIZE_MAX);
   ASSERT_TRUE(e.ready());
-  Region victim;
+  CachedRegion victim;
   victim.start = 0;
   victim.end = 4096;
   victim.last_use = 1;
@@ -207,7 +208,7 @@ TEST(EvictionPolicy, UnlimitedCapacityIsSafe) {
 // The first max_regions / 4 decisions that need room cache the miss as LRU
 // would (none below 16 regions); a cold one-off after that is refused.
 TEST(EvictionPolicy, WarmUpIsLruThenRefuses) {
-  Region victim;
+  CachedRegion victim;
   victim.start = 0;
   victim.end = 4096;
   victim.last_use = 1;

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "notifier/sources.h"
+#include "regcache/page.h"
 #include "tests/common/stale_oracle.h"
 
 #ifndef REGCACHE_TEST_SOURCE
@@ -33,7 +34,7 @@ namespace {
 
 using regcache::testing::StaleOracle;
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 const std::string kMode = REGCACHE_TEST_SOURCE;
 constexpr unsigned kRead = REGCACHE_ACCESS_REMOTE_READ;
 constexpr unsigned kWrite =

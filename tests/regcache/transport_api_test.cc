@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "regcache/page.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -23,7 +24,7 @@ namespace {
 using regcache::testing::NewTestDriver;
 using regcache::testing::TestDriver;
 
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 
 uint64_t Key(const regcache_region_t *r) {
   return reinterpret_cast<uintptr_t>(regcache_region_handle(r));

@@ -11,9 +11,12 @@
 #include <cstdlib>
 #include <string>
 
+#include "regcache/page.h"
+#include "regcache/stats_fields.h"
+
 namespace regcache::reliability {
 
-inline size_t PageSize() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+inline size_t PageSize() { return page::Size(); }
 
 // A double from the environment (e.g. REGCACHE_STRESS_SECONDS), else `def`.
 inline double EnvDouble(const char *name, double def) {
@@ -43,28 +46,22 @@ inline regcache_stats_t Stats(regcache_t *c) {
   return s;
 }
 
+// Every field (regcache/stats_fields.h: one list for the library and tests).
 inline bool SameStats(const regcache_stats_t &a, const regcache_stats_t &b) {
-  return a.hits == b.hits && a.misses == b.misses && a.merges == b.merges &&
-         a.evictions == b.evictions && a.invalidations == b.invalidations &&
-         a.registrations == b.registrations &&
-         a.deregistrations == b.deregistrations && a.regions == b.regions &&
-         a.bytes == b.bytes && a.pending == b.pending &&
-         a.retries == b.retries && a.failures == b.failures;
+  bool same = true;
+#define REGCACHE_SAME_FIELD(f) same = same && a.f == b.f;
+  REGCACHE_STATS_FIELDS(REGCACHE_SAME_FIELD)
+#undef REGCACHE_SAME_FIELD
+  return same;
 }
 
 inline std::string StatsString(const regcache_stats_t &s) {
-  return "hits=" + std::to_string(s.hits) +
-         " misses=" + std::to_string(s.misses) +
-         " merges=" + std::to_string(s.merges) +
-         " evictions=" + std::to_string(s.evictions) +
-         " invalidations=" + std::to_string(s.invalidations) +
-         " registrations=" + std::to_string(s.registrations) +
-         " deregistrations=" + std::to_string(s.deregistrations) +
-         " regions=" + std::to_string(s.regions) +
-         " bytes=" + std::to_string(s.bytes) +
-         " pending=" + std::to_string(s.pending) +
-         " retries=" + std::to_string(s.retries) +
-         " failures=" + std::to_string(s.failures);
+  std::string out;
+#define REGCACHE_FIELD_STRING(f) \
+  out += (out.empty() ? "" : " ") + std::string(#f "=") + std::to_string(s.f);
+  REGCACHE_STATS_FIELDS(REGCACHE_FIELD_STRING)
+#undef REGCACHE_FIELD_STRING
+  return out;
 }
 
 }  // namespace regcache::reliability

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// The lock-free hit path (Get's front-table hit, Put) and the per-thread front
+// table it reads (hit_path.h). docs/cache.md "Hit path".
+#include "regcache/hit_path.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <new>
+
+#include "notifier/address_space.h"
+#include "regcache/cache.h"
+#include "regcache/log.h"
+
+namespace regcache::core {
+namespace {
+
+struct FrontEntry {
+  uint64_t cache_id;  // 0: empty. Cache ids are never reused.
+  uintptr_t start, end;
+  CachedRegion *region;
+  uint32_t gen;
+  uint32_t access;
+};
+
+struct ThreadState {
+  FrontEntry e[kFrontEntries] = {};
+  unsigned next = 0;
+  int slot = 0;
+};
+
+constexpr int kSlotsForThreads = 64;
+std::atomic<uint64_t> g_slot_bits{0};
+
+int AcquireSlot() {
+  uint64_t b = g_slot_bits.load(std::memory_order_relaxed);
+  while (b != ~uint64_t{0}) {
+    int i = __builtin_ctzll(~b);
+    if (g_slot_bits.compare_exchange_weak(b, b | (uint64_t{1} << i),
+                                          std::memory_order_relaxed))
+      return i;
+  }
+  return kSlotsForThreads;  // shared slot, counted with atomic RMW
+}
+
+void ReleaseSlot(int i) {
+  if (i < kSlotsForThreads)
+    g_slot_bits.fetch_and(~(uint64_t{1} << i), std::memory_order_relaxed);
+}
+
+// initial-exec: one pointer of static TLS (a dlopen'ed library can afford it)
+// avoids __tls_get_addr on the hit path. The state itself is heap-allocated on
+// the first slow path. Defined in this unit, next to its only readers, so no
+// TLS wrapper call is needed.
+thread_local ThreadState *t_state __attribute__((tls_model("initial-exec"))) =
+    nullptr;
+
+struct ThreadStateOwner {
+  ~ThreadStateOwner() {
+    ThreadState *s = t_state;
+    t_state = nullptr;
+    if (s) {
+      ReleaseSlot(s->slot);
+      delete s;
+    }
+  }
+};
+thread_local ThreadStateOwner t_owner;
+
+ThreadState *GetThreadState() {
+  if (t_state) return t_state;
+  auto *s = new (std::nothrow) ThreadState;
+  if (s == nullptr) return nullptr;
+  s->slot = AcquireSlot();
+  t_state = s;
+  // odr-use: registers the destructor for this thread
+  static_cast<void>(&t_owner);
+  return s;
+}
+
+}  // namespace
+
+void HitSlotsAfterFork() {
+  g_slot_bits.store(t_state != nullptr && t_state->slot < kSlotsForThreads
+                        ? uint64_t{1} << t_state->slot
+                        : 0,
+                    std::memory_order_relaxed);
+}
+
+void CacheCore::CountHit() {
+  static_assert(kSlots == kSlotsForThreads);
+  ThreadState *ts = t_state;
+  const int slot = ts ? ts->slot : kSlotsForThreads;
+  auto &n = hit_slots_[slot].n;
+  if (slot < kSlotsForThreads) {
+    n.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  } else {
+    n.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// LRU order: a region gets a new stamp from the cache's use clock when it is
+// handed out, unless it already holds one of the touch_slack_ + 1 newest
+// stamps (touch_slack_ = max_regions / 16, 0 below 16 regions: exact LRU
+// there). Such a region ranks among the newest sixteenth of a full cache, so
+// skipping the stamp changes an eviction only if one miss evicts more than
+// 15/16 of the cache (a byte limit can); in exchange a thread reusing its
+// regions does not write the shared clock on every hit (the 2-thread hit loop
+// never writes it).
+void CacheCore::Touch(CachedRegion *r) {
+  if (r->evict_saved.load(std::memory_order_relaxed) &&
+      r->evict_saved.exchange(0, std::memory_order_relaxed))
+    evict_saved_hits_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t now = use_clock_.load(std::memory_order_relaxed);
+  if (now - r->last_use.load(std::memory_order_relaxed) <= touch_slack_) return;
+  Stamp(r);
+}
+
+void CacheCore::Stamp(CachedRegion *r) {
+  r->last_use.store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
+                    std::memory_order_relaxed);
+}
+
+void CacheCore::Remember(CachedRegion *r, uint64_t word) {
+  ThreadState *ts = GetThreadState();
+  if (ts == nullptr) return;
+  FrontEntry *slot = nullptr;
+  for (auto &e : ts->e) {
+    if (e.region == r || (e.cache_id == id_ && e.start == r->start)) {
+      slot = &e;
+      break;
+    }
+  }
+  if (slot == nullptr) slot = &ts->e[ts->next++ % kFrontEntries];
+  *slot = {id_, r->start, r->end, r, CachedRegion::Gen(word), r->access};
+}
+
+int CacheCore::Get(uintptr_t addr, size_t len, unsigned access,
+                   CachedRegion **out) {
+  ThreadState *ts = t_state;
+  // FastPathOk: false while the uffd source is still delivering a munmap that
+  // has already returned, or when another library overwrote the patch source's
+  // hooks (docs/notifier.md); GetSlow synchronizes with the notifier first.
+  if (ts != nullptr &&
+      !(attention_.load(std::memory_order_acquire) & kHitSlowMask) &&
+      notifier::FastPathOk()) {
+    const uintptr_t end = addr + len;
+    for (const FrontEntry &e : ts->e) {
+      if (e.cache_id != id_ || addr < e.start || end > e.end ||
+          (access & ~e.access))
+        continue;
+      CachedRegion *r = e.region;
+      const uint64_t want =
+          (static_cast<uint64_t>(e.gen) << CachedRegion::kGenShift) |
+          CachedRegion::kValid;
+      uint64_t w = r->word.load(std::memory_order_relaxed);
+      while ((w & ~(CachedRegion::kRefMask | CachedRegion::kAccessed)) ==
+                 want &&
+             CachedRegion::Refs(w) < CachedRegion::kRefMask) {
+        if (r->word.compare_exchange_weak(w, (w + 1) | CachedRegion::kAccessed,
+                                          std::memory_order_acquire,
+                                          std::memory_order_relaxed)) {
+          // The generation is 32 bits: after 2^32 reuses of this slot a stale
+          // entry could match again. The range check makes that harmless (a
+          // matching region is a correct answer whatever its history).
+          if (r->cache == this && r->start <= addr && end <= r->end &&
+              (access & ~r->access) == 0) {
+            Touch(r);
+            CountHit();
+            *out = r;
+            return 0;
+          }
+          r->cache->Put(r);
+          break;
+        }
+      }
+      break;
+    }
+  }
+  return GetSlow(addr, len, access, out);
+}
+
+void CacheCore::Put(CachedRegion *r) {
+  uint64_t w = r->word.load(std::memory_order_relaxed);
+  do {
+    if (CachedRegion::Refs(w) == 0) {
+      DoublePut(r);
+      return;
+    }
+  } while (!r->word.compare_exchange_weak(w, w - 1, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed));
+  // From here r may be evicted and recycled by another thread unless we hold
+  // the last reference of an invalidated region (then it is ours to
+  // deregister).
+  const bool last = CachedRegion::Refs(w) == 1;
+  if (last && !(w & CachedRegion::kValid)) {
+    ReleaseOrphan(r);
+    return;
+  }
+  const uint32_t a = attention_.load(std::memory_order_relaxed);
+  if ((a & kDeadMany) || (last && (a & kOverLimit))) PutSlow();
+}
+
+void CacheCore::PutSlow() {
+  RegionBatch victims;
+  LockAndDrain();
+  if (attention_.load(std::memory_order_relaxed) & kOverLimit)
+    EvictLocked(&victims, false);
+  DrainAndUnlock();
+  DeregisterList(&victims);
+  ReapDead();
+}
+
+void CacheCore::ReleaseOrphan(CachedRegion *r) {
+  LockAndDrain();
+  const bool parents = r->forked;
+  OrphanUnlinkLocked(r);
+  DrainAndUnlock();
+  if (parents) {
+    DropForked(r);  // registered by the parent before fork(): no driver call
+  } else {
+    DeregisterOne(r);
+  }
+  ReapDead();
+}
+
+void CacheCore::DoublePut(CachedRegion *r) {
+#ifndef NDEBUG
+  std::fprintf(stderr,
+               "[regcache] fatal: regcache_put: region %p of cache %s put more "
+               "often than it was got (double put)\n",
+               static_cast<void *>(r), name().c_str());
+  std::abort();
+#else
+  static std::atomic<bool> logged{false};
+  if (!logged.exchange(true))
+    REGCACHE_LOG(
+        ERROR,
+        "regcache_put: region {} of cache {} put more often than it was got "
+        "(double put); ignored (logged once)",
+        static_cast<void *>(r), name());
+#endif
+}
+
+}  // namespace regcache::core

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: BSD-3-Clause
+// A cache's statistics: the snapshot, regcache_print_stats and the
+// REGCACHE_STATS=y line. The field list is stats_fields.h's, once.
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "regcache/cache.h"
+#include "regcache/log.h"
+
+namespace regcache::core {
+
+void CacheCore::GetStats(regcache_stats_t *s) {
+  std::memset(s, 0, sizeof(*s));
+  uint64_t hits = 0;
+  for (const auto &slot : hit_slots_)
+    hits += slot.n.load(std::memory_order_relaxed);
+  {
+    MutexLock l(&mu_);
+    hits += slow_hits_;
+    s->pending = dead_.n + orphans_.size();
+  }
+  s->pending += static_cast<uint64_t>(pending_.Size());
+  s->hits = hits;
+#define REGCACHE_STATS_COPY(f) s->f = stats_.f.load(std::memory_order_relaxed);
+  REGCACHE_STATS_COUNTERS(REGCACHE_STATS_COPY)
+#undef REGCACHE_STATS_COPY
+}
+
+int CacheCore::PrintStats(FILE *f) {
+  regcache_stats_t s;
+  GetStats(&s);
+#define REGCACHE_STATS_ROW(field)                                 \
+  if (std::fprintf(f, "%s %s %llu\n", name().c_str(), #field,     \
+                   static_cast<unsigned long long>(s.field)) < 0) \
+    return -EIO;
+  REGCACHE_STATS_FIELDS(REGCACHE_STATS_ROW)
+#undef REGCACHE_STATS_ROW
+  return 0;
+}
+
+void CacheCore::MaybePrintStatsOnce() {
+  if (!params_.print_stats || stats_printed_.exchange(true)) return;
+  regcache_stats_t s;
+  GetStats(&s);
+  std::string line = fmt::format("cache {} stats:", name());
+#define REGCACHE_STATS_WORD(f) line += fmt::format(" " #f " {}", s.f);
+  REGCACHE_STATS_FIELDS(REGCACHE_STATS_WORD)
+#undef REGCACHE_STATS_WORD
+  if (log::Enabled(REGCACHE_LOG_INFO)) {
+    log::Write(REGCACHE_LOG_INFO, line);
+  } else {
+    std::fprintf(stderr, "[regcache] %s\n", line.c_str());
+  }
+}
+
+}  // namespace regcache::core
