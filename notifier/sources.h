@@ -103,6 +103,10 @@ void UffdSyncForLookup();
 constexpr uint32_t kUffdTestNoRefuseUnseen = 1;
 constexpr uint32_t kUffdTestNoRemoveGrace = 2;
 extern std::atomic<uint32_t> g_uffd_test_off;
+// Tests only: called on a monitor thread after it dispatched a REMOVE and left
+// its hold (the window REMOVE IS BEFORE THE ZAP describes), with its range.
+extern std::atomic<void (*)(uintptr_t, uintptr_t)>
+    g_uffd_after_remove_for_testing;
 // Tests only. false turns the probe off: lookups trust the index while an
 // UNMAP may still be unread (the window comes back; negative controls).
 void UffdSetExactForTesting(bool on);

@@ -135,6 +135,8 @@
 namespace regcache::notifier::sources {
 
 std::atomic<uint32_t> g_uffd_test_off{0};
+std::atomic<void (*)(uintptr_t, uintptr_t)> g_uffd_after_remove_for_testing{
+    nullptr};
 
 namespace {
 
@@ -234,6 +236,9 @@ bool OverlapsRecentRemove(uintptr_t lo, uintptr_t hi) {
   return false;
 }
 
+// The last REMOVE this thread dispatched (for g_uffd_after_remove_for_testing).
+thread_local uintptr_t t_last_remove_lo = 0, t_last_remove_hi = 0;
+
 void Dispatch(const uffd_msg &m) {
   uintptr_t lo = 0, hi = 0;
   switch (m.event) {
@@ -258,6 +263,10 @@ void Dispatch(const uffd_msg &m) {
   internal::BeginRange(&f, lo, hi);
   internal::EndRange(&f);
   g_events.fetch_add(1, std::memory_order_relaxed);
+  if (m.event == UFFD_EVENT_REMOVE) {
+    t_last_remove_lo = lo;
+    t_last_remove_hi = hi;
+  }
 }
 
 struct MonitorArgs {
@@ -298,7 +307,16 @@ void *MonitorMain(void *arg) {
     if (p[1].revents != 0) return nullptr;
     if (p[0].revents & (POLLERR | POLLNVAL)) return nullptr;
     if ((p[0].revents & POLLIN) == 0) continue;
+    t_last_remove_hi = 0;
     DrainQueued(a.fd);
+    if (t_last_remove_hi != 0) [[unlikely]] {
+      // Tests: the window a racing registration lands in (dispatched, out of
+      // the hold, the madvising thread released by our read, its zap maybe
+      // not done yet).
+      if (auto *hook =
+              g_uffd_after_remove_for_testing.load(std::memory_order_acquire))
+        hook(t_last_remove_lo, t_last_remove_hi);
+    }
   }
 }
 
