@@ -153,7 +153,11 @@ class UnseeableTest
 TEST_P(UnseeableTest, NeverCachedNeverStale) {
   const Unseen what = std::get<0>(GetParam());
   const bool off = std::get<1>(GetParam());
-  if (off) src::g_uffd_test_off.store(src::kUffdTestNoRefuseUnseen);
+  // The REMOVE grace off too: a DONTNEED test just before may have covered
+  // the address this mapping lands at, and its grace would refuse it.
+  if (off)
+    src::g_uffd_test_off.store(src::kUffdTestNoRefuseUnseen |
+                               src::kUffdTestNoRemoveGrace);
   const size_t len = 16 * kPage;
   int fd = -1, shmid = -1;
   char path[64] = "";
