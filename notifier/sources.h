@@ -99,9 +99,11 @@ void UffdSyncForLookup();
 // kUffdTestNoRefuseUnseen: Watch accepts shared and file-backed mappings
 // (whose pages can be dropped without an event). kUffdTestNoRemoveGrace: a
 // registration racing a madvise(DONTNEED) is cached (REMOVE comes before the
-// zap).
+// zap). kUffdTestNoProtectionCheck: a cache's hit is not checked against the
+// memory's current protection (notifier/protection.h).
 constexpr uint32_t kUffdTestNoRefuseUnseen = 1;
 constexpr uint32_t kUffdTestNoRemoveGrace = 2;
+constexpr uint32_t kUffdTestNoProtectionCheck = 4;
 extern std::atomic<uint32_t> g_uffd_test_off;
 // Tests only. false turns the probe off: lookups trust the index while an
 // UNMAP may still be unread (the window comes back; negative controls).
