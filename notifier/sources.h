@@ -99,9 +99,11 @@ void UffdSyncForLookup();
 // kUffdTestNoRefuseUnseen: Watch accepts shared and file-backed mappings
 // (whose pages can be dropped without an event). kUffdTestNoRemoveGrace: a
 // registration racing a madvise(DONTNEED) is cached (REMOVE comes before the
-// zap).
+// zap). kUffdTestNoProtectionCheck: a cache's hit is not checked against the
+// memory's current protection (notifier/protection.h).
 constexpr uint32_t kUffdTestNoRefuseUnseen = 1;
 constexpr uint32_t kUffdTestNoRemoveGrace = 2;
+constexpr uint32_t kUffdTestNoProtectionCheck = 4;
 extern std::atomic<uint32_t> g_uffd_test_off;
 // Tests only: called on a monitor thread after it dispatched a REMOVE and left
 // its hold (the window REMOVE IS BEFORE THE ZAP describes), with its range.

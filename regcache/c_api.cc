@@ -15,6 +15,7 @@
 #include "regcache/driver_port.h"
 #include "regcache/library.h"
 #include "regcache/log.h"
+#include "regcache/protection_check.h"
 
 namespace {
 
@@ -68,7 +69,8 @@ REGCACHE_API int regcache_get(regcache_t *cache, const void *addr, size_t len,
       a + len > UINTPTR_MAX - (uintptr_t{1} << 16))
     return -EINVAL;
   CachedRegion *r = nullptr;
-  int rc = ToCache(cache)->Get(a, len, access, &r);
+  int rc =
+      regcache::core::GetCheckingProtection(ToCache(cache), a, len, access, &r);
   if (rc == 0) *region_p = reinterpret_cast<regcache_region_t *>(r);
   return rc;
 }
@@ -89,7 +91,8 @@ REGCACHE_API int regcache_find(regcache_t *cache, const void *addr, size_t len,
       (access & ~REGCACHE_ACCESS_ALL) || BadRange(a, len))
     return -EINVAL;
   CachedRegion *r = nullptr;
-  int rc = ToCache(cache)->Find(a, len, access, &r);
+  int rc = regcache::core::FindCheckingProtection(ToCache(cache), a, len,
+                                                  access, &r);
   if (rc == 0) *region_p = reinterpret_cast<regcache_region_t *>(r);
   return rc;
 }

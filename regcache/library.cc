@@ -48,14 +48,14 @@ bool g_initialized = false;  // guarded by g_init_mu
 // Order of the process's atfork handlers (prepare runs in reverse order of
 // registration, parent/child in order of registration). Constructors of
 // priority 101 register, before every default-priority one, the child-only
-// handlers of this mutex, of the log sink's mutex (regcache/log.cc) and of the
-// host driver's pin table (drivers/host/host_driver.cc): none has a prepare
-// step, and their child steps run before every other child step, which may
-// log. Default-priority constructors then register, in link order, the
-// notifier's (prepare: install mutex, then g_mu), the tunables' (prepare: its
-// mu) and the caches' (prepare: the list, every cache's mu_, the slab). So
-// prepare takes: caches, tunables, notifier install mutex, g_mu; the parent
-// and child steps release them in the reverse.
+// handlers of this mutex, of the log sink's mutex (regcache/log.cc), of the
+// tunables' mutex (regcache/tunables.cc, same discipline) and of the host
+// driver's pin table (drivers/host/host_driver.cc): none has a prepare step,
+// and their child steps run before every other child step, which may log or
+// read tunables. Default-priority constructors then register, in link order,
+// the notifier's (prepare: install mutex, then g_mu) and the caches' (prepare:
+// the list, every cache's mu_, the slab). So prepare takes: caches, notifier
+// install mutex, g_mu; the parent and child steps release them in the reverse.
 std::atomic<bool> g_init_atfork_off{false};
 
 void InitAtforkChild() {

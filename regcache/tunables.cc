@@ -5,11 +5,13 @@
 #include <sys/auxv.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <set>
 #include <string_view>
 
@@ -95,10 +97,30 @@ constexpr Spec kTable[] = {
      nullptr},
 };
 
+using Overrides = std::map<std::string, std::string>;
+
+// FORK. A thread may hold mu when another forks: the child would inherit it
+// locked by a thread it does not have, and its first regcache_create (which
+// reads tunables) would block forever. Discipline (as regcache/library.cc's
+// g_init_mu): prepare does NOT take mu; the child re-initialises it
+// (AtforkChild). Why not take it in prepare: a holder's free() may trim the
+// heap and reach the patch hook, whose range waits while another thread has
+// quiesced; the notifier lets such ranges through a fork only from its own
+// prepare handler, which runs after ours (prepare runs in reverse order of
+// registration), so a quiescer that forked would wait in our prepare for a
+// holder that waits for the quiescer's resume (issue 13).
+// So the child may inherit the state mid-change; what it sees stays whole:
+// INVARIANT: *overrides is never changed in place. A change builds a new map
+// and publishes it with one pointer store (under mu), then frees the old one:
+// a child sees the old map or the new one. `reported` (which warnings were
+// logged) is changed in place with reported_busy set (under mu): a child
+// forked then starts with an empty set (a warning may be repeated once).
+// LOCK RULE: every read and change of the state is under mu.
 struct State {
   std::mutex mu;
-  std::map<std::string, std::string> overrides;
+  std::atomic<const Overrides *> overrides{new Overrides};
   std::set<std::string> reported;  // bad values already logged
+  std::atomic<bool> reported_busy{false};
 };
 
 State &S() {
@@ -106,16 +128,52 @@ State &S() {
   return *s;
 }
 
-// fork(): every regcache_create reads tunables under S().mu, so a child forked
-// while another thread held it would block in its first regcache_create.
-// Prepare takes it (its holders only look up and copy strings, and glibc
-// takes malloc's locks after the prepare handlers: bounded), the parent and
-// the child release it.
-void AtforkPrepare() { S().mu.lock(); }
-void AtforkRelease() { S().mu.unlock(); }
-__attribute__((constructor)) void TunablesAtforkInit() {
+// REQUIRES: S().mu held. Whether key was not reported yet (now it is).
+bool FirstReport(std::string key) {
+  S().reported_busy.store(true, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const bool first = S().reported.insert(std::move(key)).second;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  S().reported_busy.store(false, std::memory_order_relaxed);
+  return first;
+}
+
+// REQUIRES: S().mu held.
+void ClearReported() {
+  S().reported_busy.store(true, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  S().reported.clear();
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  S().reported_busy.store(false, std::memory_order_relaxed);
+}
+
+// REQUIRES: S().mu held. Publishes next (whole) and frees the old map.
+void ReplaceOverrides(const Overrides *next) {
+  const Overrides *old =
+      S().overrides.exchange(next, std::memory_order_seq_cst);
+  delete old;
+}
+
+std::atomic<bool> g_atfork_off{false};
+
+void AtforkChild() {
+  if (g_atfork_off.load(std::memory_order_relaxed)) return;
+  // No other thread exists: no one can hold it. pthread_mutex_init (not a
+  // placement new) so that sanitizers' shadow state is reset too.
+  pthread_mutex_init(S().mu.native_handle(), nullptr);
+  // Forked while another thread changed the set: it may be half-linked.
+  // Start empty (the old nodes are leaked, once per such fork).
+  if (S().reported_busy.load(std::memory_order_relaxed)) {
+    new (&S().reported) std::set<std::string>();
+    S().reported_busy.store(false, std::memory_order_relaxed);
+  }
+}
+
+// Priority 101 (as library.cc's init mutex): the child step runs before every
+// default-priority child step, which may read tunables.
+__attribute__((constructor(101))) void TunablesAtforkInit() {
   S();  // constructed before any fork
-  pthread_atfork(AtforkPrepare, AtforkRelease, AtforkRelease);
+  pthread_atfork(nullptr, nullptr, AtforkChild);
 }
 
 std::string Lower(std::string v) {
@@ -234,8 +292,7 @@ bool IsSet(const std::string &name) {
 const char *EnvLookup(const Spec &s) {
   std::string name = std::string("REGCACHE_") + s.name;
   if (!Secure()) return secure_getenv(name.c_str());
-  if (IsSet(name) && S().reported.insert("secure:" + name).second)
-    t_ignored = &s;
+  if (IsSet(name) && FirstReport("secure:" + name)) t_ignored = &s;
   return nullptr;
 }
 
@@ -256,15 +313,16 @@ void ReportIgnored() {
 void SetSecureForTesting(int secure) {
   std::lock_guard<std::mutex> g(S().mu);
   g_force_secure = secure;
-  S().reported.clear();
+  ClearReported();
 }
 
 namespace {
 
 // Current raw value and where it came from. REQUIRES: S().mu held.
 std::string RawLocked(const Spec &s, const char **origin) {
-  auto it = S().overrides.find(s.name);
-  if (it != S().overrides.end()) {
+  const Overrides &o = *S().overrides.load(std::memory_order_relaxed);
+  auto it = o.find(s.name);
+  if (it != o.end()) {
     *origin = "regcache_config_set";
     return it->second;
   }
@@ -289,9 +347,7 @@ int Read(const char *name, int *enum_index, size_t *size_out, bool *is_auto,
     raw = RawLocked(*s, &origin);
     rc = Validate(*s, raw, enum_index, size_out, is_auto);
     if (raw_out) *raw_out = raw;
-    if (rc != 0)
-      first_report =
-          S().reported.insert(std::string(s->name) + "=" + raw).second;
+    if (rc != 0) first_report = FirstReport(std::string(s->name) + "=" + raw);
   }
   ReportIgnored();
   if (rc == 0) return 0;
@@ -420,7 +476,9 @@ int Set(const char *name, const char *value) {
     return rc;
   }
   std::lock_guard<std::mutex> g(S().mu);
-  S().overrides[s->name] = value;
+  auto *next = new Overrides(*S().overrides.load(std::memory_order_relaxed));
+  (*next)[s->name] = value;
+  ReplaceOverrides(next);
   return 0;
 }
 
@@ -445,8 +503,13 @@ int CheckAll() {
 
 void ClearOverridesForTesting() {
   std::lock_guard<std::mutex> g(S().mu);
-  S().overrides.clear();
-  S().reported.clear();
+  ReplaceOverrides(new Overrides);
+  ClearReported();
+}
+
+std::mutex &MutexForTesting() { return S().mu; }
+void SetAtforkOffForTesting(bool off) {
+  g_atfork_off.store(off, std::memory_order_relaxed);
 }
 
 int Print(FILE *stream, bool with_help) {

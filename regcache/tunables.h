@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <mutex>
 #include <string>
 
 #include "regcache/private_api.h"
@@ -73,6 +74,11 @@ int CheckAll();
 int Set(const char *name, const char *value);
 // Drops every override (tests).
 void ClearOverridesForTesting();
+// Tests (issue 13): the state's mutex, and a switch that turns its fork child
+// handler off (negative control: a child forked while another thread holds
+// the mutex then blocks in its first read).
+std::mutex &MutexForTesting();
+void SetAtforkOffForTesting(bool off);
 // Tests: 1 behaves as under AT_SECURE (REGCACHE_* environment ignored), 0 as
 // not, -1 asks the kernel (getauxval(AT_SECURE)), the default.
 void SetSecureForTesting(int secure);

@@ -19,11 +19,19 @@
 //                        to be zapped. No such registration may stay cached:
 //                        after each madvise returns, a get must not be stale.
 //                        `_NegativeControl` (kUffdTestNoRemoveGrace): stale.
-//   Mprotect             uffd sees no mprotect. What holds, measured: the
-//                        frames do not change (PROT_READ, PROT_NONE and back),
-//                        the cached registration stays right for the pages; it
-//                        keeps its access (a get for write of read-only memory
-//                        hits: not -EACCES). The test fails if frames change.
+//   Mprotect             uffd sees no mprotect. What holds, measured with the
+//                        check off: the frames do not change (PROT_READ,
+//                        PROT_NONE and back), the cached registration stays
+//                        right for the pages but keeps its access. The test
+//                        fails if frames change.
+//   MprotectChecked*     the hit-time protection check (PROCMAP_QUERY,
+//                        notifier/protection.h): after mprotect removes access
+//                        a get answers from the new protection (-EACCES for
+//                        write of read-only, -EFAULT for PROT_NONE, a read
+//                        registration for read), also when only a page of the
+//                        region changed; find does not return such a region.
+//                        `_NegativeControl` (kUffdTestNoProtectionCheck): the
+//                        writable registration is hit.
 //   GuardInstall         MADV_GUARD_INSTALL zaps the range and the kernel sends
 //                        no REMOVE (KernelSendsNoEvent, raw userfaultfd):
 //                        a known miss of uffd, documented; the cache case
@@ -63,6 +71,7 @@
 #include <vector>
 
 #include "notifier/internal.h"
+#include "notifier/procmap.h"
 #include "notifier/sources.h"
 #include "tests/common/stale_oracle.h"
 
@@ -78,6 +87,12 @@ namespace src = regcache::notifier::sources;
 
 constexpr unsigned kWrite = REGCACHE_ACCESS_LOCAL_WRITE;
 const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+
+// The protection check needs PROCMAP_QUERY (Linux >= 6.11); without it the
+// mprotect miss stays (docs/notifier.md).
+bool notifier_procmap_missing() {
+  return regcache::notifier::procmap::Init() != 0;
+}
 
 class UffdZap : public ::testing::Test {
  protected:
@@ -541,6 +556,8 @@ TEST_F(UffdZap, DontneedAtDispatch_NegativeControl) {
 
 // ---------------------------------------------------------------- mprotect
 TEST_F(UffdZap, MprotectKeepsFramesAndAccess) {
+  // Protection checks off: what uffd alone gives (the kernel's side).
+  src::g_uffd_test_off.store(src::kUffdTestNoProtectionCheck);
   const size_t len = 8 * kPage;
   char *m = MapAnon(len);
   ASSERT_NE(m, nullptr);
@@ -549,8 +566,8 @@ TEST_F(UffdZap, MprotectKeepsFramesAndAccess) {
   for (size_t i = 0; i < before.size(); ++i)
     before[i] = o_.Frame(reinterpret_cast<uintptr_t>(m) + i * kPage);
   const uint64_t regs = o_.registrations();
-  // Read-only: uffd sees nothing; the cached registration is hit, even for
-  // write (documented: the registration keeps its access).
+  // Read-only: uffd sees nothing; without the check the cached registration
+  // is hit, even for write (the hole the check closes: MprotectChecked*).
   ASSERT_EQ(mprotect(m, len, PROT_READ), 0);
   EXPECT_FALSE(StaleNow(m, len, 0)) << "frames changed under PROT_READ";
   regcache_region_t *r = nullptr;
@@ -566,6 +583,97 @@ TEST_F(UffdZap, MprotectKeepsFramesAndAccess) {
   std::memset(m, 3, len);  // write faults after the protection came back
   EXPECT_FALSE(StaleNow(m, len)) << "frames changed after mprotect and write";
   EXPECT_EQ(o_.registrations(), regs) << "uffd saw an mprotect";
+  munmap(m, len);
+}
+
+// The hit-time protection check (notifier/protection.h): after mprotect removes
+// access, a get answers from the new protection as under patch. `off`: the
+// negative control (kUffdTestNoProtectionCheck): the writable registration is
+// hit, for write, of read-only and of PROT_NONE memory.
+// Returns the number of violations seen (a region handed out whose registered
+// access the memory no longer allows, or a get that succeeds where the driver
+// must refuse).
+int MprotectViolations(regcache_t *c, StaleOracle *o, bool partial) {
+  const size_t len = 8 * kPage;
+  char *m = MapAnon(len);
+  EXPECT_NE(m, nullptr);
+  if (m == nullptr) return -1;
+  int bad = 0;
+  auto get = [&](size_t off, size_t n, unsigned access, int want) {
+    regcache_region_t *r = nullptr;
+    const int rc = regcache_get(c, m + off, n, access, &r);
+    if (rc != want) ++bad;
+    if (r != nullptr) {
+      if (o->IsStale(r)) ++bad;
+      regcache_put(c, r);
+    }
+    return rc;
+  };
+  // Registered for write (a miss), then hit.
+  get(0, len, kWrite, 0);
+  get(0, len, kWrite, 0);
+  // Read-only (all of it, or one page of the middle: the VMA splits in 3).
+  const size_t ro_off = partial ? 3 * kPage : 0;
+  const size_t ro_len = partial ? kPage : len;
+  EXPECT_EQ(mprotect(m + ro_off, ro_len, PROT_READ), 0);
+  get(0, len, kWrite, -EACCES);  // the driver refuses write of read-only
+  // A get for read answers from a read registration (the new protection).
+  {
+    regcache_region_t *r = nullptr;
+    if (regcache_get(c, m, len, 0, &r) != 0) {
+      ++bad;
+    } else {
+      if (regcache_region_access(r) & kWrite) ++bad;  // still writable
+      if (o->IsStale(r)) ++bad;
+      regcache_put(c, r);
+    }
+  }
+  // PROT_NONE: nothing may be hit.
+  EXPECT_EQ(mprotect(m + ro_off, ro_len, PROT_NONE), 0);
+  get(0, len, 0, -EFAULT);
+  get(0, len, kWrite, -EFAULT);
+  // Access back: a get for write registers again and works.
+  EXPECT_EQ(mprotect(m, len, PROT_READ | PROT_WRITE), 0);
+  get(0, len, kWrite, 0);
+  munmap(m, len);
+  return bad;
+}
+
+TEST_F(UffdZap, MprotectCheckedAnswersFromNewProtection) {
+  if (notifier_procmap_missing())
+    GTEST_SKIP() << "no PROCMAP_QUERY (Linux < 6.11): the documented miss";
+  EXPECT_EQ(MprotectViolations(c_, &o_, /*partial=*/false), 0);
+}
+
+TEST_F(UffdZap, MprotectCheckedPartOfTheRegion) {
+  if (notifier_procmap_missing())
+    GTEST_SKIP() << "no PROCMAP_QUERY (Linux < 6.11): the documented miss";
+  EXPECT_EQ(MprotectViolations(c_, &o_, /*partial=*/true), 0);
+}
+
+TEST_F(UffdZap, MprotectChecked_NegativeControl) {
+  src::g_uffd_test_off.store(src::kUffdTestNoProtectionCheck);
+  // PROT_READ: write get hits (0 not -EACCES), the read get hits the writable
+  // registration; PROT_NONE: both gets hit (0, not -EFAULT).
+  EXPECT_GE(MprotectViolations(c_, &o_, /*partial=*/false), 4);
+}
+
+// regcache_find (transport call) under the same check: a region whose memory
+// lost its access is not found (and is revoked).
+TEST_F(UffdZap, MprotectCheckedFind) {
+  if (notifier_procmap_missing())
+    GTEST_SKIP() << "no PROCMAP_QUERY (Linux < 6.11): the documented miss";
+  const size_t len = 4 * kPage;
+  char *m = MapAnon(len);
+  ASSERT_NE(m, nullptr);
+  ASSERT_TRUE(GetPut(m, len));
+  regcache_region_t *r = nullptr;
+  ASSERT_EQ(regcache_find(c_, m, len, kWrite, &r), 0);
+  regcache_put(c_, r);
+  ASSERT_EQ(mprotect(m, len, PROT_READ), 0);
+  r = nullptr;
+  EXPECT_EQ(regcache_find(c_, m, len, 0, &r), -ENOENT);
+  if (r != nullptr) regcache_put(c_, r);
   munmap(m, len);
 }
 

@@ -2,7 +2,7 @@
 // tests/regcache/atfork_locks_test.cc - fork() while another thread holds (or
 // hammers) one of regcache/'s own locks never blocks the child (issue 13: the
 // library's init mutex, regcache/library.cc; the log sink's mutex,
-// regcache/log.cc). The host driver's pin table has its twin in
+// regcache/log.cc; the tunables' mutex, regcache/tunables.cc). The host driver's pin table has its twin in
 // tests/drivers/host/host_fork_test.cc.
 //
 // Every child runs under alarm() (tests/common/fork_child.h): a hang is a
@@ -14,10 +14,12 @@
 #include <atomic>
 #include <chrono>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "regcache/library.h"
 #include "regcache/log.h"
+#include "regcache/tunables.h"
 #include "tests/common/fork_child.h"
 
 namespace regcache {
@@ -107,6 +109,79 @@ TEST(AtforkLocks, InitMutexHammered) {
       },
       60);
   EXPECT_TRUE(ChildOk(st)) << Describe(st);
+}
+
+// ---- the tunables' mutex. Its prepare step used to take it: a holder whose
+// free() waits in the patch hook for a quiescer's resume then deadlocked the
+// quiescer's fork. Now prepare does not take it and the child re-initialises
+// it. The holder here keeps it for up to 5 s: with a prepare that takes it,
+// the fork itself would wait those 5 s (the deadlock, bounded).
+int TunablesChild() {
+  std::string v;
+  return tunables::GetString("STATS", &v) == 0 ? 0 : 3;
+}
+
+TEST(AtforkLocks, TunablesMutexHeldByAnotherThread) {
+  std::atomic<bool> release{false}, held{false}, timed_out{false};
+  std::thread t([&] {
+    std::lock_guard<std::mutex> g(tunables::MutexForTesting());
+    held.store(true);
+    // Bounded: released right after the fork, or after 5 s.
+    const auto until = std::chrono::steady_clock::now() + 5s;
+    while (!release.load()) {
+      if (std::chrono::steady_clock::now() > until) {
+        timed_out.store(true);
+        break;
+      }
+      std::this_thread::sleep_for(1ms);
+    }
+  });
+  while (!held.load()) std::this_thread::sleep_for(1ms);
+  const int st = RunChild(TunablesChild, 10);
+  release.store(true);
+  t.join();
+  EXPECT_TRUE(ChildOk(st)) << Describe(st);
+  EXPECT_FALSE(timed_out.load()) << "fork waited for the tunables' holder";
+}
+
+TEST(AtforkLocks, TunablesMutexNegativeControlHangs) {
+  Holder h(tunables::MutexForTesting());
+  h.Start();
+  tunables::SetAtforkOffForTesting(true);
+  const int st = RunChild(TunablesChild, 2);
+  tunables::SetAtforkOffForTesting(false);
+  h.Release();
+  EXPECT_TRUE(ChildHung(st)) << Describe(st);
+}
+
+// Hammered: a thread changes an override without pause while this thread
+// forks 100 children; each reads it and must see one whole value (the child
+// may inherit the state mid-change: tunables.cc's copy-on-write invariant).
+TEST(AtforkLocks, TunablesHammered) {
+  std::atomic<bool> stop{false};
+  std::thread t([&] {
+    for (unsigned i = 0; !stop.load(); ++i)
+      (void)tunables::Set("STATS", (i & 1) ? "y" : "n");
+  });
+  int bad = -1;
+  for (int i = 0; i < 100; ++i) {
+    const int st = RunChild(
+        [] {
+          std::string v;
+          if (tunables::GetString("STATS", &v) != 0) return 3;
+          return v == "y" || v == "n" ? 0 : 4;
+        },
+        10);
+    if (!ChildOk(st)) {
+      bad = i;
+      ADD_FAILURE() << "fork " << i << ": " << Describe(st);
+      break;
+    }
+  }
+  stop.store(true);
+  t.join();
+  tunables::ClearOverridesForTesting();
+  EXPECT_EQ(bad, -1);
 }
 
 // ---- the log sink: a host handler that is running (the sink's mutex held)

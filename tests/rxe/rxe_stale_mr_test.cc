@@ -31,8 +31,10 @@
 // every path, 0 wrong bytes, 0 hits (RxeBlindAuto). And mprotect: the frames
 // do not change (0 wrong bytes under every source, even none); what changes is
 // the access: patch and explicit answer a get for remote write of read-only
-// memory with -EACCES, uffd (which sees no mprotect) hits the writable MR
-// (RxeMprotect, documented in docs/notifier.md).
+// memory with -EACCES; uffd (which sees no mprotect) checks each hit with
+// PROCMAP_QUERY (Linux >= 6.11) and refuses too, and on older kernels (the
+// guest's 6.1) hits the writable MR (RxeMprotect, documented in
+// docs/notifier.md).
 //
 // Each case prints one summary line, "STALE-MR source=... path=... cycles=...
 // wrong=...", that tests/rxe/run-rxe-tests.sh adds up. Cycles per protected
@@ -50,6 +52,7 @@
 #include <string>
 #include <tuple>
 
+#include "notifier/procmap.h"
 #include "tests/notifier/policy/env.h"
 #include "tests/rxe/rdma_harness.h"
 #include "tests/rxe/rxe_cache_util.h"
@@ -597,8 +600,9 @@ INSTANTIATE_TEST_SUITE_P(
 // mprotect: the frames stay; the access is what changes. Cycle: get (remote
 // write), WRITE, check, put; mprotect(PROT_READ); get for remote write (patch
 // and explicit: an error from the new protection, -EACCES or ibv_reg_mr's
-// -EFAULT; uffd and none see nothing and
-// hit the writable MR); mprotect back to read-write; get, WRITE, check: 0
+// -EFAULT; uffd the same where the kernel has PROCMAP_QUERY for its per-hit
+// protection check; uffd without it and none see nothing and hit the writable
+// MR); mprotect back to read-write; get, WRITE, check: 0
 // wrong bytes under every source (the MR's pages are the program's).
 class RxeMprotect : public ::testing::TestWithParam<Source> {};
 
@@ -651,12 +655,17 @@ TEST_P(RxeMprotect, FramesStayAccessPerSource) {
   std::fflush(stdout);
   EXPECT_EQ(0u, wrong) << "mprotect changed the frames under a cached MR";
   EXPECT_EQ(0, other);
-  if (source == Source::kPatch || source == Source::kExplicit) {
+  // uffd checks each hit's protection where the kernel has PROCMAP_QUERY
+  // (notifier/protection.h).
+  const bool checked =
+      source == Source::kUffd && regcache::notifier::procmap::Init() == 0;
+  if (source == Source::kPatch || source == Source::kExplicit || checked) {
     EXPECT_EQ(cycles, refused) << "a get for remote write of read-only memory "
                                   "must answer from the new protection";
   } else {
-    // uffd (and none) see no mprotect: the writable MR is hit (documented
-    // miss, docs/notifier.md). If this changes, update the docs.
+    // uffd without PROCMAP_QUERY (and none) see no mprotect: the writable MR
+    // is hit (documented miss, docs/notifier.md). If this changes, update
+    // the docs.
     EXPECT_EQ(cycles, ro_hits);
   }
 }
