@@ -46,7 +46,7 @@ int RegisterChild() {
   Mapping m;
   if (m.p == MAP_FAILED) return 5;
   auto d = NewHostDriver(/*lock_pages=*/false);
-  Registration reg;
+  PortRegistration reg;
   if (d->Register(m.p, kLen, REGCACHE_ACCESS_LOCAL_WRITE, &reg) != 0) return 3;
   if (LiveRegistrations() != 1) return 6;  // the parent's pins are not here
   if (d->Deregister(reg) != 0) return 4;
@@ -87,7 +87,7 @@ TEST(HostFork, PinTableHammered) {
   Mapping held;
   ASSERT_NE(held.p, MAP_FAILED);
   auto d = NewHostDriver(false);
-  Registration parent_reg;
+  PortRegistration parent_reg;
   ASSERT_EQ(d->Register(held.p, kLen, REGCACHE_ACCESS_LOCAL_WRITE, &parent_reg),
             0);
   std::atomic<bool> stop{false};
@@ -95,7 +95,7 @@ TEST(HostFork, PinTableHammered) {
     Mapping m;
     auto td = NewHostDriver(false);
     while (!stop.load()) {
-      Registration r;
+      PortRegistration r;
       if (td->Register(m.p, kLen, REGCACHE_ACCESS_LOCAL_WRITE, &r) == 0)
         td->Deregister(r);
     }
