@@ -33,6 +33,7 @@
 
 #include "notifier/address_space.h"
 #include "tests/common/fork_child.h"
+#include "tests/common/source_cache.h"
 #include "tests/common/stale_oracle.h"
 
 namespace regcache::notifier {
@@ -50,11 +51,6 @@ enum ChildRc : int {
   kFailed = 3,        // an API call failed
   kForeignDereg = 4,  // the child deregistered a registration of the parent
 };
-
-std::string Expected() {
-  const char *m = getenv("REGCACHE_MONITOR");
-  return m != nullptr ? m : "auto";
-}
 
 bool Explicit() { return std::string(regcache_notifier_source()) == "none"; }
 
@@ -164,18 +160,9 @@ class Fork : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_NE(oracle_.driver(), nullptr);
-    const int rc = regcache_create(oracle_.driver(), nullptr, &inh_);
-    if (rc != 0 && Expected() != "none" && Expected() != "auto")
-      GTEST_SKIP() << "source " << Expected()
-                   << " cannot be installed in this build (e.g. TSan): "
-                   << regcache_strerror(rc);
-    ASSERT_EQ(rc, 0);
-    if (Expected() != "auto" && Expected() != regcache_notifier_source()) {
-      regcache_destroy(inh_);
-      inh_ = nullptr;
-      GTEST_SKIP() << "source " << Expected() << " not active in this build ("
-                   << regcache_notifier_source() << ")";
-    }
+    const std::string skip =
+        regcache::testing::CreateOnRequestedSource(oracle_.driver(), &inh_);
+    if (!skip.empty()) GTEST_SKIP() << skip;
     b_ = MapFilled(3);
     ASSERT_NE(b_, nullptr);
     regcache_region_t *r = nullptr;

@@ -31,6 +31,7 @@
 #include "notifier/address_space.h"
 #include "notifier/internal.h"
 #include "tests/common/fork_child.h"
+#include "tests/common/source_cache.h"
 #include "tests/common/stale_oracle.h"
 
 namespace regcache::notifier {
@@ -42,10 +43,6 @@ using regcache::testing::StaleOracle;
 
 constexpr size_t kLen = 64 * 1024;
 
-std::string Expected() {
-  const char *m = getenv("REGCACHE_MONITOR");
-  return m != nullptr ? m : "auto";
-}
 bool Explicit() { return std::string(regcache_notifier_source()) == "none"; }
 bool Uffd() { return std::string(regcache_notifier_source()) == "uffd"; }
 
@@ -74,15 +71,9 @@ class Lifecycle : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_NE(oracle_.driver(), nullptr);
-    const int rc = regcache_create(oracle_.driver(), nullptr, &cache_);
-    if (rc != 0 && Expected() != "none" && Expected() != "auto")
-      GTEST_SKIP() << "source " << Expected()
-                   << " cannot be installed in this build (e.g. TSan): "
-                   << regcache_strerror(rc);
-    ASSERT_EQ(rc, 0);
-    if (Expected() != "auto" && Expected() != regcache_notifier_source())
-      GTEST_SKIP() << "source " << Expected() << " not active in this build ("
-                   << regcache_notifier_source() << ")";
+    const std::string skip =
+        regcache::testing::CreateOnRequestedSource(oracle_.driver(), &cache_);
+    if (!skip.empty()) GTEST_SKIP() << skip;
   }
   void TearDown() override {
     if (cache_ != nullptr) regcache_destroy(cache_);

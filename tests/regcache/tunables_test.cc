@@ -12,17 +12,13 @@
 #include <vector>
 
 #include "regcache/log.h"
+#include "tests/common/log_capture.h"
 
 namespace regcache {
 namespace {
 
-struct Captured {
-  std::vector<std::pair<int, std::string>> lines;
-};
-
-void Capture(void *arg, int level, const char *msg) {
-  static_cast<Captured *>(arg)->lines.emplace_back(level, msg);
-}
+using Captured = testing::LogCapture;
+constexpr auto Capture = testing::LogCapture::Handler;
 
 class TunablesTest : public ::testing::Test {
  protected:

@@ -3,6 +3,7 @@
 // (-ENOMEM), unique keys, per-page pin counts across overlapping registrations,
 // frame records.
 #include "drivers/host/host_driver.h"
+#include "regcache/page.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -20,7 +21,7 @@
 namespace {
 
 using regcache::PortRegistration;
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
 
 class HostDriverTest : public ::testing::Test {
  protected:

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <thread>
 
 #include "drivers/host/host_driver.h"
@@ -26,6 +27,7 @@ using namespace std::chrono_literals;
 using testing::ChildHung;
 using testing::ChildOk;
 using testing::Describe;
+using testing::FirstFailingChild;
 using testing::RunChild;
 
 constexpr size_t kLen = 16 * 4096;
@@ -100,18 +102,11 @@ TEST(HostFork, PinTableHammered) {
         td->Deregister(r);
     }
   });
-  int bad = -1;
-  for (int i = 0; i < 100; ++i) {
-    int st = RunChild(RegisterChild, 10);
-    if (!ChildOk(st)) {
-      bad = i;
-      ADD_FAILURE() << "fork " << i << ": " << Describe(st);
-      break;
-    }
-  }
+  std::string why;
+  const int bad = FirstFailingChild(100, RegisterChild, 10, &why);
   stop.store(true);
   t.join();
-  EXPECT_EQ(bad, -1);
+  EXPECT_EQ(bad, -1) << "fork " << bad << ": " << why;
   int st = RunChild(
       [&] {
         if (LiveRegistrations() != 0) return 6;
