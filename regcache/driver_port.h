@@ -51,9 +51,9 @@ class DriverPort {
   // tables. Informational (regcache_driver_verbs_odp): the cache invalidates
   // ODP regions on unmap like pinned ones and does not call this.
   virtual bool OnDemand() const { return false; }
-  // Largest single registration the device accepts (max_mr_size); larger gets
-  // -EINVAL from the cache before the driver is called... and is never produced
-  // by merging.
+  // Largest single registration the device accepts (max_mr_size). The cache
+  // answers a larger get with -EINVAL without calling the driver, and never
+  // merges regions into one larger than this.
   virtual size_t MaxRegionBytes() const { return SIZE_MAX; }
 };
 
