@@ -63,6 +63,16 @@ class CacheFixture : public ::testing::Test {
     p.flags = flags;
     return Create(&p);
   }
+  // Limits set, merging off: each get gets its own region.
+  static regcache_params_t NoMergeParams(size_t max_regions, size_t max_bytes) {
+    regcache_params_t p = {};
+    p.field_mask = REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
+                   REGCACHE_PARAM_FLAGS;
+    p.max_regions = max_regions;
+    p.max_bytes = max_bytes;
+    p.flags = REGCACHE_FLAG_NO_MERGE;
+    return p;
+  }
   // Destroys c before TearDown (a test of destruction itself).
   void Destroy(regcache_t *c) {
     regcache_destroy(c);

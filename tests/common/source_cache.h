@@ -6,6 +6,7 @@
 //
 //   std::string skip = CreateOnRequestedSource(drv, &cache_);
 //   if (!skip.empty()) GTEST_SKIP() << skip;
+//   UnmapOnActiveSource(p, len);  // munmap, bracketed under the explicit one
 #ifndef REGCACHE_TESTS_COMMON_SOURCE_CACHE_H_
 #define REGCACHE_TESTS_COMMON_SOURCE_CACHE_H_
 
@@ -13,6 +14,7 @@
 #include <regcache/notifier.h>
 #include <regcache/regcache.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include <string>
 
@@ -46,6 +48,22 @@ inline std::string CreateOnRequestedSource(regcache_driver_t *drv,
     return "source " + want + " not active in this build (" + active + ")";
   }
   return "";
+}
+
+// True under the explicit source ("none"): the program reports its unmaps.
+inline bool ExplicitSourceActive() {
+  return std::string(regcache_notifier_source()) == "none";
+}
+
+// Unmaps like the program would: under the explicit source inside a
+// regcache_notify_unmap_start/end bracket. munmap's result, or -1 if the
+// bracket failed.
+inline int UnmapOnActiveSource(void *p, size_t len) {
+  if (!ExplicitSourceActive()) return munmap(p, len);
+  if (regcache_notify_unmap_start(p, len) != 0) return -1;
+  const int rc = munmap(p, len);
+  if (regcache_notify_unmap_end(p, len) != 0) return -1;
+  return rc;
 }
 
 }  // namespace regcache::testing

@@ -52,18 +52,9 @@ enum ChildRc : int {
   kForeignDereg = 4,  // the child deregistered a registration of the parent
 };
 
-bool Explicit() { return std::string(regcache_notifier_source()) == "none"; }
+constexpr auto Explicit = regcache::testing::ExplicitSourceActive;
 
-// Unmaps like the program would: under the explicit source, inside a bracket.
-int Unmap(void *p, size_t len) {
-  if (Explicit()) {
-    if (regcache_notify_unmap_start(p, len) != 0) return -1;
-    int rc = munmap(p, len);
-    if (regcache_notify_unmap_end(p, len) != 0) return -1;
-    return rc;
-  }
-  return munmap(p, len);
-}
+constexpr auto Unmap = regcache::testing::UnmapOnActiveSource;
 
 char *MapFilled(int byte, void *at = nullptr) {
   int flags = MAP_PRIVATE | MAP_ANONYMOUS | (at != nullptr ? MAP_FIXED : 0);

@@ -43,7 +43,6 @@ using regcache::testing::StaleOracle;
 
 constexpr size_t kLen = 64 * 1024;
 
-bool Explicit() { return std::string(regcache_notifier_source()) == "none"; }
 bool Uffd() { return std::string(regcache_notifier_source()) == "uffd"; }
 
 char *MapFilled(int byte, void *at = nullptr) {
@@ -54,15 +53,7 @@ char *MapFilled(int byte, void *at = nullptr) {
   return static_cast<char *>(p);
 }
 
-int Unmap(void *p, size_t len) {
-  if (Explicit()) {
-    if (regcache_notify_unmap_start(p, len) != 0) return -1;
-    int rc = munmap(p, len);
-    if (regcache_notify_unmap_end(p, len) != 0) return -1;
-    return rc;
-  }
-  return munmap(p, len);
-}
+constexpr auto Unmap = regcache::testing::UnmapOnActiveSource;
 
 using regcache::testing::Describe;
 using regcache::testing::RunChild;

@@ -47,12 +47,7 @@ class EvictionTest : public regcache::testing::CacheFixture {
   regcache_t *Create(const char *mode, size_t max_regions,
                      size_t max_bytes = SIZE_MAX) {
     EXPECT_EQ(regcache_config_set("EVICTION", mode), 0);
-    regcache_params_t p = {};
-    p.field_mask = REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
-                   REGCACHE_PARAM_FLAGS;
-    p.max_regions = max_regions;
-    p.max_bytes = max_bytes;
-    p.flags = REGCACHE_FLAG_NO_MERGE;
+    const regcache_params_t p = NoMergeParams(max_regions, max_bytes);
     return CacheFixture::Create(&p);
   }
   // Buffer i: up to 8 pages at page 16 * i (never adjacent to another).

@@ -38,12 +38,7 @@ class TransportApiTest : public regcache::testing::CacheFixture {
   // The one cache of a test, without merging; host_bytes of host storage per
   // region.
   void Create(size_t host_bytes = 0, size_t max_regions = 1024) {
-    regcache_params_t p = {};
-    p.field_mask = REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
-                   REGCACHE_PARAM_FLAGS;
-    p.max_regions = max_regions;
-    p.max_bytes = SIZE_MAX;
-    p.flags = REGCACHE_FLAG_NO_MERGE;
+    regcache_params_t p = NoMergeParams(max_regions, SIZE_MAX);
     if (host_bytes) {
       p.field_mask |= REGCACHE_PARAM_HOST_DATA_BYTES;
       p.host_data_bytes = host_bytes;
