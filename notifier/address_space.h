@@ -23,6 +23,10 @@ namespace regcache::notifier {
 // kUcm: UCX libucm's events, imported (notifier/ucm_import.cc).
 enum class Source { kAuto, kPatch, kUffd, kNone, kUcm };
 const char *SourceName(Source s);  // "auto", "patch", "uffd", "none", "ucm"
+// The source REGCACHE_MONITOR calls `name` ("auto", "none", or a row of the
+// source table, sources.cc); false if there is none. The one name list: the
+// MONITOR tunable maps its choice through it (tunables_test checks each).
+bool SourceFromName(const char *name, Source *out);
 
 // Log levels follow REGCACHE_LOG_* of <regcache/regcache.h> (1 error .. 5
 // trace).

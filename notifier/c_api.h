@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-// notifier/c_api.h - what the notifier's C API (c_api.cc, <regcache/notifier.h>)
-// needs from the library that hosts it, handed over at load (dependency
-// inversion: the notifier depends on nothing of ours).
+// notifier/c_api.h - what the notifier's C API (c_api.cc,
+// <regcache/notifier.h>) needs from the library that hosts it, handed over at
+// load (dependency inversion: the notifier depends on nothing of ours).
 //
 //   init       runs before a call that may install an event source: the host
 //              reads its configuration (REGCACHE_MONITOR, the log level) and

@@ -79,11 +79,11 @@ int UffdInstall();
 void UffdUninstall();
 // Makes the mappings under [start, end) watched (whole VMAs), for an interval
 // subscription. 0; -EFAULT when part of [start, end) is not mapped (checked
-// before anything is watched); -EBUSY when a mapping cannot be watched
-// (another userfaultfd owns it, a type the kernel cannot watch, or a fork
-// child that cannot start a monitor): its changes would not be seen, so the
-// caller must not cache it. Also -EBUSY (refused by us, although the kernel
-// could watch it) for a shared or file-backed mapping (uffd gets no event when its pages are
+// before anything is watched); -EBUSY when a mapping cannot be watched (another
+// userfaultfd owns it, a type the kernel cannot watch, or a fork child that
+// cannot start a monitor): its changes would not be seen, so the caller must
+// not cache it. Also -EBUSY (refused by us, although the kernel could watch it)
+// for a shared or file-backed mapping (uffd gets no event when its pages are
 // dropped through the file) and for memory a madvise REMOVE covered within the
 // last 250 ms (its zap may still be ahead). -ENOMEM.
 int UffdWatch(uintptr_t start, uintptr_t end);

@@ -372,7 +372,7 @@ void CacheCore::DeregisterOne(CachedRegion *r) {
   Count(stats_.deregistrations);
   stats_.regions.fetch_sub(1, std::memory_order_relaxed);
   stats_.bytes.fetch_sub(len, std::memory_order_relaxed);
-  r->reg = Registration();
+  r->reg = PortRegistration();
   FreeRegion(r);
 }
 

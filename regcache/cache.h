@@ -97,7 +97,7 @@ class CacheCore {
   int PrintStats(FILE *f);
 
   const std::string &name() const { return params_.name; }
-  Driver *driver() const { return drv_->impl.get(); }
+  DriverPort *driver() const { return drv_->impl.get(); }
   uint64_t id() const { return id_; }
 
   // ---- Transport calls (regcache_find / _get_flags / _invalidate; issue 18).

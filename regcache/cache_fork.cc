@@ -54,7 +54,7 @@ void CacheCore::ListUnlink() {
 }
 
 void CacheCore::DropForked(CachedRegion *r) {
-  r->reg = Registration();
+  r->reg = PortRegistration();
   FreeRegion(r);  // the child's copy of the host storage is its own
 }
 

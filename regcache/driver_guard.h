@@ -37,7 +37,7 @@ class DriverGuard {
   // Register's prologue: 0, or -EINVAL (bad arguments) / -EPERM (a fork
   // child), logged.
   int CheckRegister(const void *addr, size_t len, unsigned access,
-                    const Registration *out) const {
+                    const PortRegistration *out) const {
     if (out == nullptr || len == 0 || (access & ~REGCACHE_ACCESS_ALL) != 0) {
       REGCACHE_LOG(ERROR,
                    "{}: bad registration request addr {} len {} access 0x{:x}",

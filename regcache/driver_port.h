@@ -5,7 +5,7 @@
 // and see only it, the services regcache exports to them (log.h, tunables.h,
 // thread_annotations.h) and public headers (cmake/layering.txt).
 //
-// A Driver pins and maps memory for one protection domain / fabric domain /
+// A DriverPort pins and maps memory for one protection domain / fabric domain /
 // host context. The cache (regcache/) owns no back-end knowledge; every
 // back-end under drivers/<name>/ implements this interface, and the C handle
 // regcache_driver_t wraps one.
@@ -27,7 +27,7 @@
 namespace regcache {
 
 // What a registration hands back; copied into the cached region.
-struct Registration {
+struct PortRegistration {
   // The driver's object: ibv_mr*, fid_mr*, host record, custom handle.
   void *handle = nullptr;
   uint32_t lkey = 0;
@@ -35,25 +35,25 @@ struct Registration {
   void *desc = nullptr;  // libfabric fi_mr_desc, else nullptr
 };
 
-class Driver {
+class DriverPort {
  public:
-  virtual ~Driver() = default;
+  virtual ~DriverPort() = default;
   // "host", "custom", "verbs", "fabric", or a test driver's name.
   virtual const char *Name() const = 0;
   // Registers [addr, addr+len) (page-aligned by the cache) with
   // REGCACHE_ACCESS_* bits.
   virtual int Register(void *addr, size_t len, unsigned access,
-                       Registration *out) = 0;
+                       PortRegistration *out) = 0;
   // Deregisters what Register returned. Must succeed for memory that is already
   // unmapped.
-  virtual int Deregister(const Registration &reg) = 0;
+  virtual int Deregister(const PortRegistration &reg) = 0;
   // True when registrations do not pin (ODP): the hardware follows the page
   // tables. Informational (regcache_driver_verbs_odp): the cache invalidates
   // ODP regions on unmap like pinned ones and does not call this.
   virtual bool OnDemand() const { return false; }
-  // Largest single registration the device accepts (max_mr_size); larger gets
-  // -EINVAL from the cache before the driver is called... and is never produced
-  // by merging.
+  // Largest single registration the device accepts (max_mr_size). The cache
+  // answers a larger get with -EINVAL without calling the driver, and never
+  // merges regions into one larger than this.
   virtual size_t MaxRegionBytes() const { return SIZE_MAX; }
 };
 
@@ -63,9 +63,9 @@ class Driver {
 // closed while a cache still uses it is freed only when the last cache is
 // destroyed.
 struct regcache_driver {
-  explicit regcache_driver(std::unique_ptr<regcache::Driver> d)
+  explicit regcache_driver(std::unique_ptr<regcache::DriverPort> d)
       : impl(std::move(d)) {}
-  std::unique_ptr<regcache::Driver> impl;
+  std::unique_ptr<regcache::DriverPort> impl;
   std::atomic<int> refs{1};
   void Ref() { refs.fetch_add(1, std::memory_order_relaxed); }
   void Unref() {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-// regcache/environment.h - REGCACHE_* variables the tunables table does not know
-// (internal).
+// regcache/environment.h - REGCACHE_* variables the tunables table does not
+// know (internal).
 //
 // A misspelled REGCACHE_MAX_REGION=5 would otherwise be silently ignored (UCX
 // warns about unused UCX_* variables the same way). WarnUnknownVariables() scans

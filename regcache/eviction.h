@@ -45,11 +45,11 @@
 // on the lock-free hit path, and nothing allocates after Init.
 //
 // LOCK RULE: every member function except the constructor, destructor and
-// ready() is called with the owning cache's mu_ held; the object has no lock
-// of its own and its data (below) is the cache's, guarded by that mu_. It reads
-// CachedRegion::last_use (atomic, written by hits without the lock: a stale stamp
-// only makes the choice approximate) and writes CachedRegion::evict_cold (only under
-// mu_).
+// ready() is called with the owning cache's mu_ held; the object has no lock of
+// its own and its data (below) is the cache's, guarded by that mu_. It reads
+// CachedRegion::last_use (atomic, written by hits without the lock: a stale
+// stamp only makes the choice approximate) and writes CachedRegion::evict_cold
+// (only under mu_).
 #ifndef REGCACHE_REGCACHE_EVICTION_H_
 #define REGCACHE_REGCACHE_EVICTION_H_
 

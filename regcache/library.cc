@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <string>
 
 #include "notifier/address_space.h"
 #include "notifier/c_api.h"
@@ -83,20 +84,32 @@ void SetInitAtforkOffForTesting(bool off) {
   g_init_atfork_off.store(off, std::memory_order_relaxed);
 }
 
+// REGCACHE_MONITOR's source: its choice (validated by GetEnum) looked up by
+// name in the notifier's source table, so no second list keeps the order of
+// the choices. -EINVAL if a choice names no source (tunables_test checks that
+// none does).
+int MonitorSource(notifier::Source *out) {
+  int idx = 0;
+  int rc = tunables::GetEnum("MONITOR", &idx);
+  if (rc) return rc;
+  const char *c = tunables::Find("MONITOR")->choices;
+  for (; idx > 0 && c; --idx) {
+    c = std::strchr(c, '|');
+    if (c) ++c;
+  }
+  if (!c) return -EINVAL;
+  const std::string name(c, std::strcspn(c, "|"));
+  return notifier::SourceFromName(name.c_str(), out) ? 0 : -EINVAL;
+}
+
 int LibraryInit() {
   std::lock_guard<std::mutex> g(g_init_mu);
   if (g_initialized) return 0;
   int rc = log::InitFromTunables();
   if (rc) return rc;
-  int idx = 0;
-  rc = tunables::GetEnum("MONITOR", &idx);
-  if (rc) return rc;
-  // The order of MONITOR's choices.
-  static constexpr notifier::Source kSources[] = {
-      notifier::Source::kAuto, notifier::Source::kPatch,
-      notifier::Source::kUffd, notifier::Source::kNone, notifier::Source::kUcm};
   notifier::Options opts;
-  opts.source = kSources[idx];
+  rc = MonitorSource(&opts.source);
+  if (rc) return rc;
   opts.log = NotifierLog;
   rc = notifier::Configure(opts);
   if (rc) return rc;

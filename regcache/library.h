@@ -17,9 +17,16 @@
 
 #include <mutex>
 
+#include "notifier/address_space.h"
+
 namespace regcache {
 
 int LibraryInit();
+
+// The event source REGCACHE_MONITOR names: its choice looked up by name in the
+// notifier's source table (notifier::SourceFromName), the one list. 0, or
+// -EINVAL (a bad value, or a choice no source has).
+int MonitorSource(notifier::Source *out);
 
 // Tests only: the mutex LibraryInit holds, so a test can hold it across a
 // fork; and a switch that disables its atfork child handler (negative

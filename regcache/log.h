@@ -2,13 +2,14 @@
 // regcache/log.h - the library's private logger (internal).
 //
 // One spdlog logger owned by the library; never registered in spdlog's global
-// registry (a host application may use spdlog itself). A line reads, as UCX's do,
+// registry (a host application may use spdlog itself). A line reads (as UCX's):
 //   [1764512345.123456] [node7:4242:4243] regcache warning: <message>
 // (wall-clock seconds.microseconds, host:pid:thread id), so that the lines of a
-// 512-rank job can be told apart. Lines go to the host's regcache_set_log_handler()
-// callback (the message alone), else to REGCACHE_LOG_FILE (%h host, %p pid, %%),
-// else stderr; one write(2) per line, so concurrent ranks and threads do not
-// interleave within a line. Level: REGCACHE_LOG_LEVEL, or regcache_set_log_level().
+// 512-rank job can be told apart. Lines go to the host's
+// regcache_set_log_handler() callback (the message alone), else to
+// REGCACHE_LOG_FILE (%h host, %p pid, %%), else stderr; one write(2) per line,
+// so concurrent ranks and threads do not interleave within a line. Level:
+// REGCACHE_LOG_LEVEL, or regcache_set_log_level().
 //
 // Style (UCX LoggingStyle): lowercase, "region 0x... len 4096", strerror for
 // every failed system or library call, and an error is logged once, where it is

@@ -155,7 +155,7 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
 }
 
 int Miss::Register() {
-  Driver *const d = c->driver();
+  DriverPort *const d = c->driver();
   for (;;) {
     const size_t plen = plan.end - plan.start;
     if (watch) {
@@ -175,7 +175,7 @@ int Miss::Register() {
       }
       if (rc) return rc;
     }
-    Registration reg;
+    PortRegistration reg;
     int rc = d->Register(reinterpret_cast<void *>(plan.start), plen,
                          plan.access, &reg);
     if (rc == 0) {
@@ -230,7 +230,7 @@ int Miss::Retry() {
   // Keep the slab region, drop the registration.
   const size_t plen = nr->end - nr->start;
   c->driver()->Deregister(nr->reg);
-  nr->reg = Registration();
+  nr->reg = PortRegistration();
   c->Count(c->stats_.deregistrations);
   c->stats_.regions.fetch_sub(1, std::memory_order_relaxed);
   c->stats_.bytes.fetch_sub(plen, std::memory_order_relaxed);

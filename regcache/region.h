@@ -47,7 +47,7 @@ struct alignas(64) CachedRegion {
   // a miss; its next hit clears it (lock-free, Touch) and counts for the
   // policy.
   std::atomic<uint8_t> evict_saved{0};
-  Registration reg;
+  PortRegistration reg;
   // Index links (regcache/region_index.h).
   CachedRegion *left = nullptr;
   CachedRegion *right = nullptr;

@@ -1,18 +1,18 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/region_index.h - the ordered index of a cache's regions.
 //
-// INVARIANT: an intrusive treap (CachedRegion::left/right) of
-// non-overlapping, page-aligned, non-empty regions, ordered by start;
-// heap-ordered by CachedRegion::prio (parents >= children; a hash of the
-// region's slab address, drawn once per slot by the slab: expected O(log n)
-// depth without rebalancing state, and no key recomputed at insert or erase).
-// Every indexed region is valid (region.h) and belongs to the owning cache;
-// count() and bytes() are the number and total length of indexed regions.
-// Check() walks the whole tree and verifies all of this (tests; debug builds
-// after each change while the tree is small).
+// INVARIANT: an intrusive treap (CachedRegion::left/right) of non-overlapping,
+// page-aligned, non-empty regions, ordered by start; heap-ordered by
+// CachedRegion::prio (parents >= children; a hash of the region's slab address,
+// drawn once per slot by the slab: expected O(log n) depth without rebalancing
+// state, and no key recomputed at insert or erase). Every indexed region is
+// valid (region.h) and belongs to the owning cache; count() and bytes() are the
+// number and total length of indexed regions. Check() walks the whole tree and
+// verifies all of this (tests; debug builds after each change while the tree is
+// small).
 // LOCK RULE: not thread-safe; the owning cache's mutex guards every call
-// (CacheCore::index_ is GUARDED_BY(mu_)). Nothing here allocates, frees or calls
-// out: it runs inside munmap callbacks.
+// (CacheCore::index_ is GUARDED_BY(mu_)). Nothing here allocates, frees or
+// calls out: it runs inside munmap callbacks.
 #ifndef REGCACHE_REGCACHE_REGION_INDEX_H_
 #define REGCACHE_REGCACHE_REGION_INDEX_H_
 

@@ -2,8 +2,8 @@
 // regcache/slab.h - the process-wide type-stable slab of regions.
 //
 // INVARIANT: regions are carved from 64 KiB mmap'ed chunks that are never
-// unmapped, so a stale CachedRegion pointer held by some thread's front table stays
-// dereferenceable forever; the generation in the region word tells
+// unmapped, so a stale CachedRegion pointer held by some thread's front table
+// stays dereferenceable forever; the generation in the region word tells
 // incarnations apart (region.h). mmap rather than malloc: the memory must never
 // go back to any allocator. A free region is on the free list only, with no
 // cache, no links and no references.

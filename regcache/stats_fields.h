@@ -14,36 +14,29 @@
 #include <cstddef>
 #include <cstdint>
 
-// Every field of regcache_stats_t, in declaration order.
-#define REGCACHE_STATS_FIELDS(X) \
-  X(hits)                        \
-  X(misses)                      \
-  X(merges)                      \
-  X(evictions)                   \
-  X(invalidations)               \
-  X(registrations)               \
-  X(deregistrations)             \
-  X(regions)                     \
-  X(bytes)                       \
-  X(pending)                     \
-  X(retries)                     \
-  X(peak_bytes)                  \
-  X(failures)
+// Every field of regcache_stats_t, in declaration order, as COUNTER(f) (a
+// cache keeps it as a plain relaxed counter) or COMPUTED(f) (computed when
+// read: per-thread slots, list lengths).
+#define REGCACHE_STATS_TABLE(COUNTER, COMPUTED) \
+  COMPUTED(hits)                                \
+  COUNTER(misses)                               \
+  COUNTER(merges)                               \
+  COUNTER(evictions)                            \
+  COUNTER(invalidations)                        \
+  COUNTER(registrations)                        \
+  COUNTER(deregistrations)                      \
+  COUNTER(regions)                              \
+  COUNTER(bytes)                                \
+  COMPUTED(pending)                             \
+  COUNTER(retries)                              \
+  COUNTER(peak_bytes)                           \
+  COUNTER(failures)
 
-// The fields a cache keeps as plain relaxed counters (hits and pending are
-// computed when read: per-thread slots, list lengths).
-#define REGCACHE_STATS_COUNTERS(X) \
-  X(misses)                        \
-  X(merges)                        \
-  X(evictions)                     \
-  X(invalidations)                 \
-  X(registrations)                 \
-  X(deregistrations)               \
-  X(regions)                       \
-  X(bytes)                         \
-  X(retries)                       \
-  X(peak_bytes)                    \
-  X(failures)
+#define REGCACHE_STATS_SKIP(f)
+// Every field.
+#define REGCACHE_STATS_FIELDS(X) REGCACHE_STATS_TABLE(X, X)
+// The fields a cache keeps as plain relaxed counters.
+#define REGCACHE_STATS_COUNTERS(X) REGCACHE_STATS_TABLE(X, REGCACHE_STATS_SKIP)
 
 namespace regcache::stats_fields {
 #define REGCACHE_STATS_COUNT_ONE(f) +1

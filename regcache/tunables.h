@@ -4,10 +4,10 @@
 // The table in tunables.cc is the only place a REGCACHE_* environment variable
 // is read, with secure_getenv: under AT_SECURE (setuid/setgid programs, file
 // capabilities) the environment is ignored and only regcache_config_set() and
-// the defaults apply. A value comes from, in order: regcache_config_set() (in-process
-// override), the environment, the table's default. Values are validated when
-// read; a bad value gives -EINVAL and one error log line naming the variable
-// and the accepted values.
+// the defaults apply. A value comes from, in order: regcache_config_set()
+// (in-process override), the environment, the table's default. Values are
+// validated when read; a bad value gives -EINVAL and one error log line naming
+// the variable and the accepted values.
 //
 // Thread safety: all functions may be called concurrently (one internal mutex;
 // never called from memory-event paths).
@@ -37,10 +37,11 @@ struct Spec {
   const char *name;  // without the REGCACHE_ prefix, e.g. "MAX_REGIONS"
   Type type;
   const char *default_value;  // as a user would write it
-  const char *
-      help;  // one or two sentences: what it does and how the default is chosen
-  const char *choices;  // kEnum: "auto|patch|uffd|none"; kSize/kUint: "auto"
-                        // allowed if non-null; otherwise nullptr
+  // One or two sentences: what it does and how the default is chosen.
+  const char *help;
+  // kEnum: the accepted values ("auto|patch|uffd|none|ucm"); kSize/kUint:
+  // non-null if "auto" is allowed; otherwise nullptr.
+  const char *choices;
 };
 
 // The whole table, for printing (regcache-info -c) and tests.

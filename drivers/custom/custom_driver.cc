@@ -32,7 +32,7 @@ constexpr size_t kOpsSize01 =
 // forgiven.
 int Normalize(int rc) { return rc > 0 ? -rc : rc; }
 
-class CustomDriver final : public Driver {
+class CustomDriver final : public DriverPort {
  public:
   CustomDriver(const regcache_driver_ops_t &ops, void *ctx)
       : ops_(ops), ctx_(ctx) {}
@@ -40,7 +40,7 @@ class CustomDriver final : public Driver {
   const char *Name() const override { return "custom"; }
 
   int Register(void *addr, size_t len, unsigned access,
-               Registration *out) override {
+               PortRegistration *out) override {
     if (out == nullptr) return -EINVAL;
     void *handle = nullptr, *desc = nullptr;
     uint32_t lkey = 0;
@@ -59,7 +59,7 @@ class CustomDriver final : public Driver {
     return 0;
   }
 
-  int Deregister(const Registration &reg) override {
+  int Deregister(const PortRegistration &reg) override {
     int rc = Normalize(ops_.dereg(ctx_, reg.handle));
     if (rc != 0) {
       REGCACHE_LOG(ERROR, "custom: dereg(handle {}): {}", reg.handle,

@@ -31,7 +31,7 @@ int Neg(int rc) {
   return rc > 0 ? -rc : rc;
 }  // libfabric returns -FI_E*; be tolerant
 
-class FabricDriver final : public Driver {
+class FabricDriver final : public DriverPort {
  public:
   FabricDriver(fid_domain *domain, fid_ep *ep, uint64_t mr_mode,
                size_t key_size, uint64_t mr_cnt, bool serialize,
@@ -49,7 +49,7 @@ class FabricDriver final : public Driver {
   const char *Name() const override { return "fabric"; }
 
   int Register(void *addr, size_t len, unsigned access,
-               Registration *out) override {
+               PortRegistration *out) override {
     if (int rc = guard_.CheckRegister(addr, len, access, out); rc != 0)
       return rc;
     if (live_.fetch_add(1, std::memory_order_relaxed) >= mr_cnt_) {
@@ -67,7 +67,7 @@ class FabricDriver final : public Driver {
     return rc;
   }
 
-  int Deregister(const Registration &reg) override {
+  int Deregister(const PortRegistration &reg) override {
     auto *mr = static_cast<fid_mr *>(reg.handle);
     if (mr == nullptr) {
       REGCACHE_LOG(ERROR, "fabric: deregistration of a NULL MR");
@@ -94,7 +94,7 @@ class FabricDriver final : public Driver {
 
  private:
   int RegisterLocked(void *addr, size_t len, unsigned access,
-                     Registration *out) {
+                     PortRegistration *out) {
     iovec iov = {addr, len};
     fi_mr_attr attr = {};
     attr.mr_iov = &iov;

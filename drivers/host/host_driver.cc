@@ -191,13 +191,13 @@ size_t LockLimit() {
   return static_cast<size_t>(rl.rlim_cur);
 }
 
-class HostDriver final : public Driver {
+class HostDriver final : public DriverPort {
  public:
   explicit HostDriver(bool lock_pages) : lock_pages_(lock_pages) {}
   const char *Name() const override { return "host"; }
 
   int Register(void *addr, size_t len, unsigned access,
-               Registration *out) override {
+               PortRegistration *out) override {
     const uintptr_t start = reinterpret_cast<uintptr_t>(addr);
     if (len == 0 || start % PageSize() || len % PageSize()) return -EINVAL;
     int rc = CheckMapped(start, start + len, access & kWriteAccess);
@@ -263,7 +263,7 @@ class HostDriver final : public Driver {
     return 0;
   }
 
-  int Deregister(const Registration &reg) override {
+  int Deregister(const PortRegistration &reg) override {
     auto *rec = static_cast<Record *>(reg.handle);
     if (rec == nullptr) return -EINVAL;
     const size_t pages = rec->len / PageSize();
@@ -311,7 +311,7 @@ class HostDriver final : public Driver {
 
 }  // namespace
 
-std::unique_ptr<Driver> NewHostDriver(bool lock_pages) {
+std::unique_ptr<DriverPort> NewHostDriver(bool lock_pages) {
   return std::make_unique<HostDriver>(lock_pages);
 }
 

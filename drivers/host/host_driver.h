@@ -36,7 +36,7 @@ namespace regcache::host {
 // RLIMIT_MEMLOCK, but do not mlock them. mlock'ed (VM_LOCKED) memory rejects
 // madvise(MADV_DONTNEED) with EINVAL, which a NIC's pin (get_user_pages) does
 // not; tests of that event path use this.
-std::unique_ptr<Driver> NewHostDriver(bool lock_pages = true);
+std::unique_ptr<DriverPort> NewHostDriver(bool lock_pages = true);
 
 // Test helpers: the software stand-in for "the NIC writes to the old pages".
 enum class FrameCheck {
@@ -47,7 +47,7 @@ enum class FrameCheck {
   // Frame numbers are not visible to this process (no CAP_SYS_ADMIN).
   kUnknown,
 };
-// `handle` is Registration::handle of a host registration
+// `handle` is PortRegistration::handle of a host registration
 // (regcache_region_handle()).
 FrameCheck CheckFrames(const void *handle);
 const char *FrameCheckName(FrameCheck c);

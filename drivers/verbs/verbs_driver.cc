@@ -56,7 +56,7 @@ void CheckForkSafetyOnce() {
   });
 }
 
-class VerbsDriver final : public Driver {
+class VerbsDriver final : public DriverPort {
  public:
   VerbsDriver(ibv_pd *pd, std::string device, uint64_t max_mr_size,
               uint64_t max_mr, bool odp)
@@ -75,7 +75,7 @@ class VerbsDriver final : public Driver {
   }
 
   int Register(void *addr, size_t len, unsigned access,
-               Registration *out) override {
+               PortRegistration *out) override {
     if (int rc = guard_.CheckRegister(addr, len, access, out); rc != 0)
       return rc;
     if (len > max_mr_size_) {
@@ -125,7 +125,7 @@ class VerbsDriver final : public Driver {
     return 0;
   }
 
-  int Deregister(const Registration &reg) override {
+  int Deregister(const PortRegistration &reg) override {
     auto *mr = static_cast<ibv_mr *>(reg.handle);
     if (mr == nullptr) {
       REGCACHE_LOG(ERROR, "verbs: deregistration of a NULL MR");

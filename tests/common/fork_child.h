@@ -12,6 +12,10 @@
 //   ChildOk(status)          exited with 0.
 //   ChildHung(status)        killed by SIGALRM (the child's alarm fired).
 //   Describe(status)         "exit N", "HUNG (SIGALRM)", "signal N".
+//   FirstFailingChild(n, fn, timeout_s, &why)
+//                            RunChild n times in a row, stopping at the first
+//                            child that fails: its index (why: Describe of
+//                            its status), or -1 when all n exited 0.
 //
 // With REGCACHE_TEST_GDB_HUNG set, a child that is about to time out prints a
 // backtrace of its threads (gdb, if installed) and of the alarm'ed thread.
@@ -95,6 +99,21 @@ inline std::string Describe(int status) {
     return sig == SIGALRM ? "HUNG (SIGALRM)" : "signal " + std::to_string(sig);
   }
   return "status " + std::to_string(status);
+}
+
+// Forks n children one after another (each RunChild(fn, timeout_s)), for a
+// parent thread racing them. The index of the first that fails, with
+// Describe(status) in *why; -1 when every one exited 0.
+inline int FirstFailingChild(int n, const std::function<int()> &fn,
+                             unsigned timeout_s, std::string *why) {
+  for (int i = 0; i < n; ++i) {
+    const int st = RunChild(fn, timeout_s);
+    if (!ChildOk(st)) {
+      *why = Describe(st);
+      return i;
+    }
+  }
+  return -1;
 }
 
 }  // namespace regcache::testing

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "notifier/address_space.h"
+#include "tests/notifier/explicit_source_fixture.h"
 #include "tests/notifier/test_util.h"
 
 namespace regcache::notifier {
@@ -21,16 +22,7 @@ namespace {
 using namespace std::chrono_literals;
 using testing::Recorder;
 
-class ExplicitBracket : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ResetForTesting();
-    Options o;
-    o.source = Source::kNone;
-    ASSERT_EQ(Configure(o), 0);
-  }
-  void TearDown() override { ResetForTesting(); }
-};
+using ExplicitBracket = testing::ExplicitSourceTest;
 
 TEST_F(ExplicitBracket, DeliversStartThenEndAndHoldsRegistrationsOff) {
   alignas(4096) static char buf[4 * 4096];

@@ -33,6 +33,7 @@
 
 #include "notifier/address_space.h"
 #include "tests/common/fork_child.h"
+#include "tests/common/source_cache.h"
 #include "tests/common/stale_oracle.h"
 
 namespace regcache::notifier {
@@ -51,23 +52,9 @@ enum ChildRc : int {
   kForeignDereg = 4,  // the child deregistered a registration of the parent
 };
 
-std::string Expected() {
-  const char *m = getenv("REGCACHE_MONITOR");
-  return m != nullptr ? m : "auto";
-}
+constexpr auto Explicit = regcache::testing::ExplicitSourceActive;
 
-bool Explicit() { return std::string(regcache_notifier_source()) == "none"; }
-
-// Unmaps like the program would: under the explicit source, inside a bracket.
-int Unmap(void *p, size_t len) {
-  if (Explicit()) {
-    if (regcache_notify_unmap_start(p, len) != 0) return -1;
-    int rc = munmap(p, len);
-    if (regcache_notify_unmap_end(p, len) != 0) return -1;
-    return rc;
-  }
-  return munmap(p, len);
-}
+constexpr auto Unmap = regcache::testing::UnmapOnActiveSource;
 
 char *MapFilled(int byte, void *at = nullptr) {
   int flags = MAP_PRIVATE | MAP_ANONYMOUS | (at != nullptr ? MAP_FIXED : 0);
@@ -164,18 +151,9 @@ class Fork : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_NE(oracle_.driver(), nullptr);
-    const int rc = regcache_create(oracle_.driver(), nullptr, &inh_);
-    if (rc != 0 && Expected() != "none" && Expected() != "auto")
-      GTEST_SKIP() << "source " << Expected()
-                   << " cannot be installed in this build (e.g. TSan): "
-                   << regcache_strerror(rc);
-    ASSERT_EQ(rc, 0);
-    if (Expected() != "auto" && Expected() != regcache_notifier_source()) {
-      regcache_destroy(inh_);
-      inh_ = nullptr;
-      GTEST_SKIP() << "source " << Expected() << " not active in this build ("
-                   << regcache_notifier_source() << ")";
-    }
+    const std::string skip =
+        regcache::testing::CreateOnRequestedSource(oracle_.driver(), &inh_);
+    if (!skip.empty()) GTEST_SKIP() << skip;
     b_ = MapFilled(3);
     ASSERT_NE(b_, nullptr);
     regcache_region_t *r = nullptr;

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/notifier/explicit_source_fixture.h"
 #include "tests/notifier/test_util.h"
 
 // Counts operator new on threads that enabled counting (guarantee 7). Sanitizer
@@ -55,16 +56,7 @@ using testing::PageSize;
 using testing::Recorder;
 using namespace std::chrono_literals;
 
-class Guarantees : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ResetForTesting();
-    Options o;
-    o.source = Source::kNone;
-    ASSERT_EQ(Configure(o), 0);
-  }
-  void TearDown() override { ResetForTesting(); }
-};
+using Guarantees = testing::ExplicitSourceTest;
 
 constexpr uintptr_t kA = 0x100000, kB = 0x200000;
 

@@ -31,6 +31,7 @@
 #include "notifier/address_space.h"
 #include "notifier/internal.h"
 #include "tests/common/fork_child.h"
+#include "tests/common/source_cache.h"
 #include "tests/common/stale_oracle.h"
 
 namespace regcache::notifier {
@@ -42,11 +43,6 @@ using regcache::testing::StaleOracle;
 
 constexpr size_t kLen = 64 * 1024;
 
-std::string Expected() {
-  const char *m = getenv("REGCACHE_MONITOR");
-  return m != nullptr ? m : "auto";
-}
-bool Explicit() { return std::string(regcache_notifier_source()) == "none"; }
 bool Uffd() { return std::string(regcache_notifier_source()) == "uffd"; }
 
 char *MapFilled(int byte, void *at = nullptr) {
@@ -57,15 +53,7 @@ char *MapFilled(int byte, void *at = nullptr) {
   return static_cast<char *>(p);
 }
 
-int Unmap(void *p, size_t len) {
-  if (Explicit()) {
-    if (regcache_notify_unmap_start(p, len) != 0) return -1;
-    int rc = munmap(p, len);
-    if (regcache_notify_unmap_end(p, len) != 0) return -1;
-    return rc;
-  }
-  return munmap(p, len);
-}
+constexpr auto Unmap = regcache::testing::UnmapOnActiveSource;
 
 using regcache::testing::Describe;
 using regcache::testing::RunChild;
@@ -74,15 +62,9 @@ class Lifecycle : public ::testing::Test {
  protected:
   void SetUp() override {
     ASSERT_NE(oracle_.driver(), nullptr);
-    const int rc = regcache_create(oracle_.driver(), nullptr, &cache_);
-    if (rc != 0 && Expected() != "none" && Expected() != "auto")
-      GTEST_SKIP() << "source " << Expected()
-                   << " cannot be installed in this build (e.g. TSan): "
-                   << regcache_strerror(rc);
-    ASSERT_EQ(rc, 0);
-    if (Expected() != "auto" && Expected() != regcache_notifier_source())
-      GTEST_SKIP() << "source " << Expected() << " not active in this build ("
-                   << regcache_notifier_source() << ")";
+    const std::string skip =
+        regcache::testing::CreateOnRequestedSource(oracle_.driver(), &cache_);
+    if (!skip.empty()) GTEST_SKIP() << skip;
   }
   void TearDown() override {
     if (cache_ != nullptr) regcache_destroy(cache_);

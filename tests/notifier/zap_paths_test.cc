@@ -28,6 +28,7 @@
 #include <cstring>
 
 #include "notifier/sources.h"
+#include "regcache/page.h"
 #include "tests/common/stale_oracle.h"
 
 #ifndef MADV_GUARD_INSTALL
@@ -45,7 +46,15 @@ using notifier::sources::g_patch_test_off;
 using testing::StaleOracle;
 
 constexpr unsigned kWrite = REGCACHE_ACCESS_LOCAL_WRITE;
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+const size_t kPage = regcache::page::Size();
+
+char *MapAnon(size_t len) {
+  void *p = mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  EXPECT_NE(p, MAP_FAILED);
+  std::memset(p, 1, len);
+  return static_cast<char *>(p);
+}
 
 class ZapTest : public ::testing::Test {
  protected:
@@ -80,17 +89,32 @@ class ZapTest : public ::testing::Test {
     return stale;
   }
 
+  // One zapping path over an anonymous buffer: cache it, run zap(m, len)
+  // (which zaps and refaults the memory; false: the kernel lacks the call, the
+  // test skips saying `unsupported` and errno), get again. The registration
+  // must be fresh; with `off`, the negative control, the path's hook
+  // (sources::kPatchPath*) is switched off for the call and it must be stale.
+  template <class Zap>
+  void ExpectPathInvalidates(uint32_t path, bool off, Zap zap,
+                             const char *unsupported) {
+    const size_t len = 8 * kPage;
+    char *m = MapAnon(len);
+    Cache(m, len);
+    if (off) g_patch_test_off.store(path);
+    const bool ran = zap(m, len);
+    const int err = errno;
+    g_patch_test_off.store(0);
+    const bool stale = ran && StaleNow(m, len);
+    munmap(m, len);
+    if (!ran) {
+      GTEST_SKIP() << unsupported << ": " << strerror(err);
+    }
+    EXPECT_EQ(stale, off) << (off ? "negative control: not stale" : "stale");
+  }
+
   StaleOracle o_;
   regcache_t *cache_ = nullptr;
 };
-
-char *MapAnon(size_t len) {
-  void *p = mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  EXPECT_NE(p, MAP_FAILED);
-  std::memset(p, 1, len);
-  return static_cast<char *>(p);
-}
 
 // A memfd of len bytes mapped MAP_SHARED.
 char *MapMemfd(size_t len, int *fd) {
@@ -114,26 +138,16 @@ bool GuardInstallRemove(char *m, size_t len) {
   return true;
 }
 
+constexpr char kNoGuard[] = "MADV_GUARD_INSTALL unsupported (Linux < 6.13)";
+
 TEST_F(ZapTest, MadviseGuardInstall) {
-  size_t len = 8 * kPage;
-  char *m = MapAnon(len);
-  Cache(m, len);
-  if (!GuardInstallRemove(m, len))
-    GTEST_SKIP() << "MADV_GUARD_INSTALL unsupported (Linux < 6.13)";
-  EXPECT_FALSE(StaleNow(m, len));
-  munmap(m, len);
+  ExpectPathInvalidates(notifier::sources::kPatchPathMadvise, false,
+                        GuardInstallRemove, kNoGuard);
 }
 
 TEST_F(ZapTest, MadviseGuardInstall_NegativeControl) {
-  size_t len = 8 * kPage;
-  char *m = MapAnon(len);
-  Cache(m, len);
-  g_patch_test_off.store(notifier::sources::kPatchPathMadvise);
-  if (!GuardInstallRemove(m, len))
-    GTEST_SKIP() << "MADV_GUARD_INSTALL unsupported (Linux < 6.13)";
-  g_patch_test_off.store(0);
-  EXPECT_TRUE(StaleNow(m, len));
-  munmap(m, len);
+  ExpectPathInvalidates(notifier::sources::kPatchPathMadvise, true,
+                        GuardInstallRemove, kNoGuard);
 }
 
 // An advice this code does not know (the kernel rejects it) still
@@ -170,29 +184,17 @@ bool ProcessMadviseSelf(char *m, size_t len) {
   return true;
 }
 
+constexpr char kNoProcessMadvise[] =
+    "process_madvise(self, DONTNEED) unsupported";
+
 TEST_F(ZapTest, ProcessMadviseSelf) {
-  size_t len = 8 * kPage;
-  char *m = MapAnon(len);
-  Cache(m, len);
-  if (!ProcessMadviseSelf(m, len))
-    GTEST_SKIP() << "process_madvise(self, DONTNEED) unsupported: "
-                 << strerror(errno);
-  EXPECT_FALSE(StaleNow(m, len));
-  munmap(m, len);
+  ExpectPathInvalidates(notifier::sources::kPatchPathProcessMadvise, false,
+                        ProcessMadviseSelf, kNoProcessMadvise);
 }
 
 TEST_F(ZapTest, ProcessMadviseSelf_NegativeControl) {
-  size_t len = 8 * kPage;
-  char *m = MapAnon(len);
-  Cache(m, len);
-  g_patch_test_off.store(notifier::sources::kPatchPathProcessMadvise);
-  bool ran = ProcessMadviseSelf(m, len);
-  g_patch_test_off.store(0);
-  if (!ran)
-    GTEST_SKIP() << "process_madvise(self, DONTNEED) unsupported: "
-                 << strerror(errno);
-  EXPECT_TRUE(StaleNow(m, len));
-  munmap(m, len);
+  ExpectPathInvalidates(notifier::sources::kPatchPathProcessMadvise, true,
+                        ProcessMadviseSelf, kNoProcessMadvise);
 }
 
 // ---- mprotect / pkey_mprotect removing access: the next get answers from

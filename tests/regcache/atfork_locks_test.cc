@@ -29,6 +29,7 @@ using namespace std::chrono_literals;
 using testing::ChildHung;
 using testing::ChildOk;
 using testing::Describe;
+using testing::FirstFailingChild;
 using testing::RunChild;
 
 // A thread that holds `mu` from Start() until Release().
@@ -243,19 +244,12 @@ TEST(AtforkLocks, LogSinkHammered) {
   std::thread t([&] {
     while (!stop.load()) log::Write(REGCACHE_LOG_ERROR, "hammer");
   });
-  int bad = -1;
-  for (int i = 0; i < 100; ++i) {
-    int st = RunChild(SinkChild, 10);
-    if (!ChildOk(st)) {
-      bad = i;
-      ADD_FAILURE() << "fork " << i << ": " << Describe(st);
-      break;
-    }
-  }
+  std::string why;
+  const int bad = FirstFailingChild(100, SinkChild, 10, &why);
   stop.store(true);
   t.join();
   log::SetHandler(nullptr, nullptr);
-  EXPECT_EQ(bad, -1);
+  EXPECT_EQ(bad, -1) << "fork " << bad << ": " << why;
   EXPECT_GT(n.load(), 0);
 }
 

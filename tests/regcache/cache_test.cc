@@ -23,6 +23,7 @@
 #include "notifier/procmap.h"
 #include "regcache/cache.h"
 #include "regcache/page.h"
+#include "tests/common/cache_fixture.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -32,66 +33,7 @@ using regcache::testing::TestDriver;
 
 const size_t kPage = regcache::page::Size();
 
-class CacheTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ASSERT_EQ(regcache_config_set("MONITOR", "none"), 0);
-    arena_len_ = 64 << 20;
-    void *p = mmap(nullptr, arena_len_, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    ASSERT_NE(p, MAP_FAILED);
-    arena_ = static_cast<char *>(p);
-    drv_ = NewTestDriver(&td_);
-  }
-  void TearDown() override {
-    for (auto *c : caches_) regcache_destroy(c);
-    regcache_config_set("EVICTION", "adaptive");
-    regcache_driver_close(drv_);
-    munmap(arena_, arena_len_);
-  }
-
-  regcache_t *Create(regcache_params_t *p = nullptr,
-                     regcache_driver_t *drv = nullptr) {
-    regcache_t *c = nullptr;
-    EXPECT_EQ(regcache_create(drv ? drv : drv_, p, &c), 0);
-    if (c) caches_.push_back(c);
-    return c;
-  }
-  regcache_t *CreateWith(size_t max_regions, size_t max_bytes, size_t merge,
-                         uint64_t flags = 0) {
-    regcache_params_t p = {};
-    p.field_mask = REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
-                   REGCACHE_PARAM_MERGE_MAX_BYTES | REGCACHE_PARAM_FLAGS;
-    p.max_regions = max_regions;
-    p.max_bytes = max_bytes;
-    p.merge_max_bytes = merge;
-    p.flags = flags;
-    return Create(&p);
-  }
-  void Destroy(regcache_t *c) {
-    regcache_destroy(c);
-    caches_.erase(std::find(caches_.begin(), caches_.end(), c));
-  }
-  char *Page(size_t i) { return arena_ + i * kPage; }
-  regcache_region_t *Get(regcache_t *c, const void *a, size_t len,
-                         unsigned acc = 0) {
-    regcache_region_t *r = nullptr;
-    int rc = regcache_get(c, a, len, acc, &r);
-    EXPECT_EQ(rc, 0) << regcache_strerror(rc);
-    return r;
-  }
-  regcache_stats_t Stats(regcache_t *c) {
-    regcache_stats_t s;
-    EXPECT_EQ(regcache_get_stats(c, &s), 0);
-    return s;
-  }
-
-  char *arena_ = nullptr;
-  size_t arena_len_ = 0;
-  TestDriver *td_ = nullptr;
-  regcache_driver_t *drv_ = nullptr;
-  std::vector<regcache_t *> caches_;
-};
+using CacheTest = regcache::testing::CacheFixture;
 
 TEST_F(CacheTest, RegionFitsTheMemoryBudget) {
   EXPECT_LE(sizeof(regcache::core::CachedRegion), 128u);

@@ -23,6 +23,7 @@
 
 #include "regcache/cache.h"
 #include "regcache/cost_model.h"
+#include "tests/common/cache_fixture.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -35,37 +36,19 @@ using regcache::testing::TestDriver;
 
 const size_t kPage = regcache::page::Size();
 
-class EvictionTest : public ::testing::Test {
+class EvictionTest : public regcache::testing::CacheFixture {
  protected:
+  EvictionTest() : CacheFixture(size_t{128} << 20) {}
   void SetUp() override {
-    ASSERT_EQ(regcache_config_set("MONITOR", "none"), 0);
-    arena_len_ = size_t{128} << 20;
-    void *p = mmap(nullptr, arena_len_, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    ASSERT_NE(p, MAP_FAILED);
-    arena_ = static_cast<char *>(p);
-    drv_ = NewTestDriver(&td_);
-    td_->record_calls = false;
+    CacheFixture::SetUp();
+    if (td_) td_->record_calls = false;
   }
-  void TearDown() override {
-    for (auto *c : caches_) regcache_destroy(c);
-    regcache_driver_close(drv_);
-    munmap(arena_, arena_len_);
-    regcache_config_set("EVICTION", "adaptive");
-  }
+  // A cache in eviction `mode`, without merging (each buffer its own region).
   regcache_t *Create(const char *mode, size_t max_regions,
                      size_t max_bytes = SIZE_MAX) {
     EXPECT_EQ(regcache_config_set("EVICTION", mode), 0);
-    regcache_params_t p = {};
-    p.field_mask = REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
-                   REGCACHE_PARAM_FLAGS;
-    p.max_regions = max_regions;
-    p.max_bytes = max_bytes;
-    p.flags = REGCACHE_FLAG_NO_MERGE;
-    regcache_t *c = nullptr;
-    EXPECT_EQ(regcache_create(drv_, &p, &c), 0);
-    if (c) caches_.push_back(c);
-    return c;
+    const regcache_params_t p = NoMergeParams(max_regions, max_bytes);
+    return CacheFixture::Create(&p);
   }
   // Buffer i: up to 8 pages at page 16 * i (never adjacent to another).
   char *Buf(size_t i) { return arena_ + i * 16 * kPage; }
@@ -84,12 +67,6 @@ class EvictionTest : public ::testing::Test {
       for (size_t i = 0; i < pool; ++i) hits += Use(c, i);
     return hits;
   }
-
-  char *arena_ = nullptr;
-  size_t arena_len_ = 0;
-  TestDriver *td_ = nullptr;
-  regcache_driver_t *drv_ = nullptr;
-  std::vector<regcache_t *> caches_;
 };
 
 // pool-over: a loop over 3x more buffers than fit. LRU evicts each buffer just

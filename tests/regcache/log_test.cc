@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// Tests of the private logger (regcache/log.h) and of the unknown-variable check
-// (regcache/environment.h): line format (time, host, pid, thread), REGCACHE_LOG_FILE
-// with %h/%p, the hook path that neither allocates nor calls the host's handler (with
-// the ordinary path as negative control of the allocation counter), and the warning for
-// a misspelled REGCACHE_* variable.
+// Tests of the private logger (regcache/log.h) and of the unknown-variable
+// check (regcache/environment.h): line format (time, host, pid, thread),
+// REGCACHE_LOG_FILE with %h/%p, the hook path that neither allocates nor calls
+// the host's handler (with the ordinary path as negative control of the
+// allocation counter), and the warning for a misspelled REGCACHE_* variable.
 #include "regcache/log.h"
 
 #include <gtest/gtest.h>
@@ -26,6 +26,7 @@
 #include "regcache/config_print.h"
 #include "regcache/environment.h"
 #include "regcache/tunables.h"
+#include "tests/common/log_capture.h"
 
 // Counts operator new calls on threads that asked for it (spdlog's buffers and
 // std::string allocate through it). Not under TSan: its runtime defines operator
@@ -55,13 +56,8 @@ void operator delete(void *p, std::size_t) noexcept { std::free(p); }
 namespace regcache {
 namespace {
 
-struct Captured {
-  std::vector<std::pair<int, std::string>> lines;
-};
-
-void Capture(void *arg, int level, const char *msg) {
-  static_cast<Captured *>(arg)->lines.emplace_back(level, msg);
-}
+using Captured = testing::LogCapture;
+constexpr auto Capture = testing::LogCapture::Handler;
 
 std::string Host() {
   char h[256] = {};

@@ -22,7 +22,7 @@
 
 namespace regcache::testing {
 
-class TestDriver final : public Driver {
+class TestDriver final : public DriverPort {
  public:
   struct Call {
     uintptr_t addr;
@@ -33,7 +33,7 @@ class TestDriver final : public Driver {
   const char *Name() const override { return "test"; }
 
   int Register(void *addr, size_t len, unsigned access,
-               Registration *out) override {
+               PortRegistration *out) override {
     std::function<void(void *, size_t)> hook;
     {
       std::lock_guard<std::mutex> g(mu);
@@ -62,7 +62,7 @@ class TestDriver final : public Driver {
     return 0;
   }
 
-  int Deregister(const Registration &reg) override {
+  int Deregister(const PortRegistration &reg) override {
     std::lock_guard<std::mutex> g(mu);
     uint64_t key = reinterpret_cast<uintptr_t>(reg.handle);
     if (live.erase(key) != 1) {

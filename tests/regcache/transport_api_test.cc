@@ -4,7 +4,8 @@
 // REGCACHE_GET_NO_CACHE (private registration, deregistered at put), per-region
 // host storage, and regcache_invalidate (revokes now, held regions live until
 // their last put). Each also under concurrent use. Events come through the
-// explicit source only (MONITOR=none), so nothing here depends on libc patching.
+// explicit source only (MONITOR=none), so nothing here depends on libc
+// patching.
 #include <gtest/gtest.h>
 #include <regcache/regcache.h>
 #include <sys/mman.h>
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "regcache/page.h"
+#include "tests/common/cache_fixture.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -30,36 +32,20 @@ uint64_t Key(const regcache_region_t *r) {
   return reinterpret_cast<uintptr_t>(regcache_region_handle(r));
 }
 
-class TransportApiTest : public ::testing::Test {
+class TransportApiTest : public regcache::testing::CacheFixture {
  protected:
-  void SetUp() override {
-    ASSERT_EQ(regcache_config_set("MONITOR", "none"), 0);
-    arena_len_ = 256 * kPage;
-    void *p = mmap(nullptr, arena_len_, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    ASSERT_NE(p, MAP_FAILED);
-    arena_ = static_cast<char *>(p);
-    drv_ = NewTestDriver(&td_);
-  }
-  void TearDown() override {
-    if (cache_) regcache_destroy(cache_);
-    regcache_driver_close(drv_);
-    munmap(arena_, arena_len_);
-  }
+  TransportApiTest() : CacheFixture(256 * kPage) {}
+  // The one cache of a test, without merging; host_bytes of host storage per
+  // region.
   void Create(size_t host_bytes = 0, size_t max_regions = 1024) {
-    regcache_params_t p = {};
-    p.field_mask = REGCACHE_PARAM_MAX_REGIONS | REGCACHE_PARAM_MAX_BYTES |
-                   REGCACHE_PARAM_FLAGS;
-    p.max_regions = max_regions;
-    p.max_bytes = SIZE_MAX;
-    p.flags = REGCACHE_FLAG_NO_MERGE;
+    regcache_params_t p = NoMergeParams(max_regions, SIZE_MAX);
     if (host_bytes) {
       p.field_mask |= REGCACHE_PARAM_HOST_DATA_BYTES;
       p.host_data_bytes = host_bytes;
     }
-    ASSERT_EQ(regcache_create(drv_, &p, &cache_), 0);
+    cache_ = CacheFixture::Create(&p);
+    ASSERT_NE(cache_, nullptr);
   }
-  char *Page(size_t i) { return arena_ + i * kPage; }
   regcache_region_t *Get(const void *a, size_t len, unsigned flags = 0) {
     regcache_region_t *r = nullptr;
     int rc = regcache_get_flags(cache_, a, len, 0, flags, &r);
@@ -70,16 +56,8 @@ class TransportApiTest : public ::testing::Test {
     std::lock_guard<std::mutex> g(td_->mu);
     return td_->next_key;
   }
-  regcache_stats_t Stats() {
-    regcache_stats_t s;
-    EXPECT_EQ(regcache_get_stats(cache_, &s), 0);
-    return s;
-  }
+  regcache_stats_t Stats() { return CacheFixture::Stats(cache_); }
 
-  char *arena_ = nullptr;
-  size_t arena_len_ = 0;
-  TestDriver *td_ = nullptr;
-  regcache_driver_t *drv_ = nullptr;
   regcache_t *cache_ = nullptr;
 };
 
@@ -195,7 +173,7 @@ TEST_F(TransportApiTest, DestroyDeregistersHeldNoCacheRegions) {
   Create();
   regcache_region_t *r = Get(Page(0), kPage, REGCACHE_GET_NO_CACHE);
   ASSERT_NE(r, nullptr);
-  regcache_destroy(cache_);
+  Destroy(cache_);
   cache_ = nullptr;
   EXPECT_EQ(td_->Live(), 0u);
 }

@@ -11,18 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "notifier/address_space.h"
+#include "regcache/library.h"
 #include "regcache/log.h"
+#include "tests/common/log_capture.h"
 
 namespace regcache {
 namespace {
 
-struct Captured {
-  std::vector<std::pair<int, std::string>> lines;
-};
-
-void Capture(void *arg, int level, const char *msg) {
-  static_cast<Captured *>(arg)->lines.emplace_back(level, msg);
-}
+using Captured = testing::LogCapture;
+constexpr auto Capture = testing::LogCapture::Handler;
 
 class TunablesTest : public ::testing::Test {
  protected:
@@ -98,7 +96,7 @@ TEST_F(TunablesTest, EnvironmentIsReadAndBadValuesNameTheVariable) {
   setenv("REGCACHE_MONITOR", "uffd", 1);
   int idx = -1;
   EXPECT_EQ(tunables::GetEnum("MONITOR", &idx), 0);
-  EXPECT_EQ(idx, 2);  // auto|patch|uffd|none
+  EXPECT_EQ(idx, 2);  // auto|patch|uffd|none|ucm
 
   setenv("REGCACHE_LOG_LEVEL", "loud", 1);
   EXPECT_EQ(tunables::GetEnum("LOG_LEVEL", &idx), -EINVAL);
@@ -220,6 +218,40 @@ TEST(StrerrorTest, NamesErrors) {
   EXPECT_EQ(a, unsigned{REGCACHE_VERSION_MAJOR});
   EXPECT_EQ(b, unsigned{REGCACHE_VERSION_MINOR});
   regcache_version(nullptr, nullptr, nullptr);
+}
+
+}  // namespace
+}  // namespace regcache
+
+namespace regcache {
+namespace {
+
+// MONITOR's choices and the notifier's sources are one list: every choice
+// maps to the source of that name (a choice added to tunables.cc without a
+// source, or a source renamed, fails here), and the library's lookup returns
+// it.
+TEST_F(TunablesTest, EveryMonitorChoiceIsANotifierSource) {
+  const tunables::Spec *s = tunables::Find("MONITOR");
+  ASSERT_NE(s, nullptr);
+  std::string all = s->choices;
+  size_t n = 0;
+  for (size_t b = 0; b <= all.size(); ++n) {
+    size_t e = all.find('|', b);
+    if (e == std::string::npos) e = all.size();
+    const std::string name = all.substr(b, e - b);
+    SCOPED_TRACE(name);
+    notifier::Source src;
+    ASSERT_TRUE(notifier::SourceFromName(name.c_str(), &src));
+    EXPECT_EQ(std::string(notifier::SourceName(src)), name);
+    ASSERT_EQ(tunables::Set("MONITOR", name.c_str()), 0);
+    notifier::Source got = notifier::Source::kAuto;
+    ASSERT_EQ(MonitorSource(&got), 0);
+    EXPECT_EQ(got, src);
+    b = e + 1;
+  }
+  EXPECT_EQ(n, 5u);  // auto|patch|uffd|none|ucm
+  notifier::Source src;
+  EXPECT_FALSE(notifier::SourceFromName("mmu", &src));  // negative control
 }
 
 }  // namespace

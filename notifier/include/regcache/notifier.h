@@ -151,8 +151,9 @@ REGCACHE_API int regcache_notifier_unregister(regcache_notifier_t *notifier);
  * called from inside a callback). With the uffd source, read_begin of an interval watches
  * the mappings under it again (a mapping that replaced the one watched at register would
  * otherwise be unwatched); if that is no longer possible (part of it unmapped, or owned
- * by another userfaultfd), read_retry reports a change, so bound your retry loop. read_retry returns 1 if an invalidation of the interval
- * started after read_begin, 0 if not, negative errno on bad input.
+ * by another userfaultfd), read_retry reports a change, so bound your retry loop.
+ * read_retry returns 1 if an invalidation of the interval started after read_begin, 0
+ * if not, negative errno on bad input.
  */
 REGCACHE_API int regcache_notifier_read_begin(regcache_notifier_t *notifier,
                                               uint64_t *seq_p);

@@ -5,11 +5,11 @@
  * A regcache_t caches memory registrations (ibv_reg_mr, fi_mr_reg, or a host-provided
  * callback) made through a driver. regcache_get() returns a region that covers at least
  * the requested range with at least the requested access; regcache_put() gives it back.
- * Unused regions stay registered (cached) until they are evicted (LRU; count and byte
- * limits), flushed, or invalidated because their memory changed: the cache subscribes to
- * the process's address-space notifier (regcache/notifier.h), so munmap, free, realloc,
- * madvise(DONTNEED) and brk trims of cached memory never leave a stale registration to
- * be returned by a later get.
+ * Unused regions stay registered (cached) until they are evicted (count and byte
+ * limits; REGCACHE_EVICTION chooses the policy), flushed, or invalidated because their
+ * memory changed: the cache subscribes to the process's address-space notifier
+ * (regcache/notifier.h), so munmap, free, realloc, madvise(DONTNEED) and brk trims of
+ * cached memory never leave a stale registration to be returned by a later get.
  *
  * NO BLIND CACHING. When no event source can see every unmap (REGCACHE_MONITOR=auto
  * found neither patch, UCX's libucm nor userfaultfd, or another library overwrote the
@@ -93,7 +93,8 @@ REGCACHE_API int regcache_driver_host_open(regcache_driver_t **driver_p);
  * caller was built with (or larger); reg and dereg are required. The table and ctx must
  * stay valid until regcache_driver_close(). Both callbacks may be called concurrently
  * from several threads, never from inside a memory-event callback; they return 0 or a
- * negative errno. reg may leave *lkey_p, *rkey_p, *desc_p untouched (they read 0/NULL). */
+ * negative errno. reg may leave *lkey_p, *rkey_p, *desc_p untouched (they read
+ * 0/NULL). */
 typedef struct regcache_driver_ops {
   size_t size; /* sizeof(regcache_driver_ops_t): lets the table grow */
   int (*reg)(void *ctx, void *addr, size_t len, unsigned access,
@@ -127,13 +128,14 @@ enum {
 
 typedef struct regcache_params {
   uint64_t field_mask; /* REGCACHE_PARAM_* bits: which fields below are set */
-  size_t
-      max_regions; /* unused regions beyond this are evicted (LRU); 0 = no cache */
-  size_t
-      max_bytes; /* registered bytes of unused regions beyond this are evicted */
-  size_t
-      merge_max_bytes; /* a merged region never grows beyond this (0: no merging) */
-  uint64_t flags;      /* REGCACHE_FLAG_* */
+  /* Unused regions beyond this are evicted (in REGCACHE_EVICTION's order); 0: no
+   * caching. */
+  size_t max_regions;
+  /* Registered bytes of unused regions beyond this are evicted. */
+  size_t max_bytes;
+  /* A merged region never grows beyond this (0: no merging). */
+  size_t merge_max_bytes;
+  uint64_t flags;   /* REGCACHE_FLAG_* */
   const char *name; /* for log lines and stats at exit; copied */
   /* Bytes of host storage per region (regcache_region_host_data()), at most
    * REGCACHE_HOST_DATA_MAX; 0 (the default) adds nothing to a region. Read only with
@@ -164,12 +166,12 @@ REGCACHE_API void regcache_destroy(regcache_t *cache);
 /*
  * Returns in *region_p a registered region covering [addr, addr+len) with at least
  * `access`, and takes a reference on it. Hit: a cached region; miss: registers the
- * page-aligned range, merged with overlapping cached regions up to the merge bound (adjacent
- * ones stay separate), with the union of their access flags. Errors: -EINVAL (bad input), -ESHUTDOWN
- * (the address space was torn down), -ENOMEM (the driver could not pin even after
- * evicting every unused region), -EFAULT/-EACCES (memory not mapped / not writable),
- * -EAGAIN (the memory kept changing while it was being registered), or the driver's error.
- * On error *region_p is untouched.
+ * page-aligned range, merged with overlapping cached regions up to the merge bound
+ * (adjacent ones stay separate), with the union of their access flags.
+ * Errors: -EINVAL (bad input), -ESHUTDOWN (the address space was torn down), -ENOMEM
+ * (the driver could not pin even after evicting every unused region), -EFAULT/-EACCES
+ * (memory not mapped / not writable), -EAGAIN (the memory kept changing while it was
+ * being registered), or the driver's error. On error *region_p is untouched.
  */
 REGCACHE_API int regcache_get(regcache_t *cache, const void *addr, size_t len,
                               unsigned access, regcache_region_t **region_p);
@@ -238,8 +240,8 @@ REGCACHE_API void *regcache_region_host_data(const regcache_region_t *region);
 /* Region accessors; valid while the region is held. NULL gives 0/NULL. */
 REGCACHE_API uint32_t regcache_region_lkey(const regcache_region_t *region);
 REGCACHE_API uint64_t regcache_region_rkey(const regcache_region_t *region);
-REGCACHE_API void *regcache_region_desc(
-    const regcache_region_t *region); /* fi_mr_desc */
+/* libfabric's fi_mr_desc (the fabric driver), else NULL. */
+REGCACHE_API void *regcache_region_desc(const regcache_region_t *region);
 REGCACHE_API void *regcache_region_addr(const regcache_region_t *region);
 REGCACHE_API size_t regcache_region_length(const regcache_region_t *region);
 REGCACHE_API unsigned regcache_region_access(const regcache_region_t *region);
@@ -251,8 +253,8 @@ typedef struct regcache_stats {
   uint64_t hits, misses, merges, evictions, invalidations;
   uint64_t registrations, deregistrations, regions, bytes;
   uint64_t pending; /* invalidated regions waiting for deregistration */
-  uint64_t
-      retries; /* inserts retried because the memory changed while registering */
+  /* Inserts retried because the memory changed while registering. */
+  uint64_t retries;
   uint64_t peak_bytes; /* highest `bytes` seen */
   uint64_t failures;   /* driver registration failures returned to callers */
 } regcache_stats_t;
@@ -282,7 +284,8 @@ typedef void (*regcache_log_func_t)(void *arg, int level, const char *msg);
  * and reported) and handed to fn on the next log call or handler change. fn must not
  * call back into regcache. fn NULL restores stderr. */
 REGCACHE_API void regcache_set_log_handler(regcache_log_func_t fn, void *arg);
-/* Sets the level (REGCACHE_LOG_*); overrides REGCACHE_LOG_LEVEL. -EINVAL if out of range. */
+/* Sets the level (REGCACHE_LOG_*); overrides REGCACHE_LOG_LEVEL. -EINVAL if out of
+ * range. */
 REGCACHE_API int regcache_set_log_level(int level);
 
 /* ---------------------------------------------------------------- tunables */

@@ -12,11 +12,11 @@
 //   post_send(region->lkey(), ...);  // Result<Region>: ok() checked first
 //   // the region puts itself back when destroyed
 //
-// Thread safety and semantics: as <regcache/regcache.h>. A Cache must be
-// destroyed before the DriverHandle it was created on... or not: Cache keeps
-// what it needs alive (the C driver is reference-counted, a custom Driver
-// object is shared with every Cache made on it). A Region must be destroyed (or
-// Release()d and put) before its Cache.
+// Thread safety and semantics: as <regcache/regcache.h>. A Cache may outlive
+// the DriverHandle it was created on: it keeps what it needs alive (the C
+// driver is reference-counted, a custom Driver object is shared with every
+// Cache made on it). A Region must be destroyed (or Release()d and put) before
+// its Cache.
 //
 // The classes live in an inline namespace (regcache::v1) so that their mangled
 // names never collide with the library's internal C++ classes when a program

@@ -2,15 +2,16 @@
 // The registration callbacks every contender uses, and the timer.
 //
 // pin (default): mlock/munlock of the range plus a deterministic cost (busy
-// wait of
-//   base_ns + page_ns per 4 KiB page; dereg_ns + dereg_page_ns per page per
-//   deregistration; defaults: regcache/cost_model.h, the rxe guest's fit), so
-//   that a miss costs what ibv_reg_mr costs there and the same for every
-//   contender. Every callback also adds the modeled cost of its call and the
-//   measured time of the driver's own work (busy wait excluded) to counters. Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the pages
+//   wait of base_ns + page_ns per 4 KiB page; dereg_ns + dereg_page_ns per
+//   page per deregistration; defaults: regcache/cost_model.h, the rxe guest's
+//   fit), so that a miss costs what ibv_reg_mr costs there and the same for
+//   every contender. Every callback also adds the modeled cost of its call and
+//   the measured time of the driver's own work (busy wait excluded) to
+//   counters. Without CAP_IPC_LOCK and with a small RLIMIT_MEMLOCK the pages
 //   are touched instead of locked.
 // verbs: ibv_reg_mr/ibv_dereg_mr on the first RDMA device (inside the rxe
-// guest). none:  no-op (for hit-path measurements).
+//   guest).
+// none: no-op (for hit-path measurements).
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>

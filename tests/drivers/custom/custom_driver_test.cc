@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: BSD-3-Clause
-// The custom driver: the host's reg/dereg callbacks behind the Driver
+// The custom driver: the host's reg/dereg callbacks behind the DriverPort
 // interface.
 #include <gtest/gtest.h>
 #include <regcache/regcache.h>
@@ -102,7 +102,7 @@ TEST(CustomDriver, PassesArgumentsAndResultsThrough) {
   ASSERT_EQ(0, regcache_driver_custom_open(&ops, &host, &d));
   ops.reg = nullptr;  // the driver copied the table at open
   char buf[64];
-  Registration r;
+  PortRegistration r;
   ASSERT_EQ(
       0, d->impl->Register(buf, sizeof(buf), REGCACHE_ACCESS_REMOTE_READ, &r));
   EXPECT_EQ(buf, host.last_addr.load());
@@ -129,7 +129,7 @@ TEST(CustomDriver, OutputsTheCallbackLeavesAloneReadZero) {
   regcache_driver_t *d = nullptr;
   Host host;
   ASSERT_EQ(0, regcache_driver_custom_open(&ops, &host, &d));
-  Registration r;
+  PortRegistration r;
   r.lkey = 7;
   r.rkey = 7;
   r.desc = &r;
@@ -147,7 +147,7 @@ TEST(CustomDriver, ErrorsPropagateAsNegativeErrno) {
   regcache_driver_t *d = nullptr;
   ASSERT_EQ(0, regcache_driver_custom_open(&ops, &host, &d));
   char buf[8];
-  Registration r;
+  PortRegistration r;
   r.handle = &r;
   host.fail_with = -ENOMEM;
   EXPECT_EQ(-ENOMEM, d->impl->Register(buf, sizeof(buf), 0, &r));
@@ -174,7 +174,7 @@ TEST(CustomDriver, ConcurrentCallers) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kIters; ++i) {
-        Registration r;
+        PortRegistration r;
         if (d->impl->Register(buf[t], 64, 0, &r) != 0) ++failures;
         if (d->impl->Deregister(r) != 0) ++failures;
       }

@@ -56,7 +56,7 @@ class FabricDriverTest : public ::testing::TestWithParam<Param> {
   void TearDown() override {
     if (driver_) driver_->Unref();
   }
-  Driver &D() { return *driver_->impl; }
+  DriverPort &D() { return *driver_->impl; }
   uint64_t MrMode() const {
     return static_cast<unsigned>(stack_.info->domain_attr->mr_mode);
   }
@@ -90,7 +90,7 @@ TEST_P(FabricDriverTest, RegistersWithDistinctKeysAndDescriptors) {
   constexpr int kN = 8;
   Buffer buf(kN * 65536);
   ASSERT_NE(nullptr, buf.p);
-  std::vector<Registration> regs(kN);
+  std::vector<PortRegistration> regs(kN);
   std::set<uint64_t> keys;
   for (int i = 0; i < kN; ++i) {
     ASSERT_EQ(0, D().Register(buf.p + i * 65536, 65536, REGCACHE_ACCESS_ALL,
@@ -116,7 +116,7 @@ TEST_P(FabricDriverTest, KeysMoveDataWithFiWrite) {
   if (!why.empty()) GTEST_SKIP() << "no loopback endpoint: " << why;
   Buffer src(1 << 16), dst(1 << 16);
   ASSERT_TRUE(src.p && dst.p);
-  Registration rs, rd;
+  PortRegistration rs, rd;
   ASSERT_EQ(0, D().Register(src.p, src.len, 0, &rs));
   ASSERT_EQ(0, D().Register(dst.p, dst.len, REGCACHE_ACCESS_REMOTE_WRITE, &rd));
   for (size_t i = 0; i < src.len; ++i) src.p[i] = static_cast<char>(i * 7 + 1);
@@ -134,7 +134,7 @@ TEST_P(FabricDriverTest, KeysMoveDataWithFiWrite) {
 TEST_P(FabricDriverTest, RequestedKeysSkipKeysTakenByTheApplication) {
   if (MrMode() & FI_MR_PROV_KEY) GTEST_SKIP() << "provider chooses keys";
   Buffer buf(3 * 4096);
-  Registration a, c;
+  PortRegistration a, c;
   ASSERT_EQ(0, D().Register(buf.p, 4096, 0, &a));
   // The application takes the key the driver would request next.
   fid_mr *app = nullptr;
@@ -153,10 +153,10 @@ TEST_P(FabricDriverTest, TwoDriversOnOneDomainGetDistinctKeys) {
   ASSERT_EQ(0, regcache_driver_fabric_open2(stack_.domain, stack_.info, nullptr,
                                             &other));
   Buffer buf(16 * 4096);
-  std::vector<Registration> regs(16);
+  std::vector<PortRegistration> regs(16);
   std::set<uint64_t> keys;
   for (int i = 0; i < 16; ++i) {
-    Driver &d = (i % 2) ? *other->impl : D();
+    DriverPort &d = (i % 2) ? *other->impl : D();
     ASSERT_EQ(0, d.Register(buf.p + i * 4096, 4096, REGCACHE_ACCESS_REMOTE_READ,
                             &regs[i]))
         << i;
@@ -164,7 +164,7 @@ TEST_P(FabricDriverTest, TwoDriversOnOneDomainGetDistinctKeys) {
   }
   EXPECT_EQ(16u, keys.size());
   for (int i = 0; i < 16; ++i) {
-    Driver &d = (i % 2) ? *other->impl : D();
+    DriverPort &d = (i % 2) ? *other->impl : D();
     EXPECT_EQ(0, d.Deregister(regs[i]));
   }
   other->Unref();
@@ -187,7 +187,7 @@ TEST_P(FabricDriverTest, EndpointModeBindsAndEnables) {
       0, regcache_driver_fabric_open2(stack_.domain, info, stack_.ep, &bound));
   fi_freeinfo(info);
   Buffer src(4096), dst(4096);
-  Registration rs, rd;
+  PortRegistration rs, rd;
   int rc =
       bound->impl->Register(dst.p, dst.len, REGCACHE_ACCESS_REMOTE_WRITE, &rd);
   if (rc == -FI_ENOSYS) {
@@ -210,7 +210,7 @@ TEST_P(FabricDriverTest, DeregistersMemoryThatIsAlreadyUnmapped) {
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(MAP_FAILED, p);
   std::memset(p, 1, 1 << 20);
-  Registration r;
+  PortRegistration r;
   ASSERT_EQ(0, D().Register(p, 1 << 20, REGCACHE_ACCESS_ALL, &r));
   ASSERT_EQ(0, munmap(p, 1 << 20));
   EXPECT_EQ(0, D().Deregister(r));
@@ -223,9 +223,9 @@ TEST_P(FabricDriverTest, MrCountLimitGivesEnomemUntilOneIsReleased) {
   ASSERT_EQ(
       0, regcache_driver_fabric_open2(stack_.domain, info, nullptr, &limited));
   fi_freeinfo(info);
-  Driver &d = *limited->impl;
+  DriverPort &d = *limited->impl;
   Buffer buf(3 * 4096);
-  Registration r[3];
+  PortRegistration r[3];
   ASSERT_EQ(0, d.Register(buf.p, 4096, 0, &r[0]));
   ASSERT_EQ(0, d.Register(buf.p + 4096, 4096, 0, &r[1]));
   EXPECT_EQ(-ENOMEM, d.Register(buf.p + 8192, 4096, 0, &r[2]));
@@ -246,7 +246,7 @@ TEST_P(FabricDriverTest, ConcurrentRegistrationsKeepKeysUnique) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kIters; ++i) {
-        Registration r;
+        PortRegistration r;
         if (D().Register(buf.p + t * 4096, 4096, REGCACHE_ACCESS_ALL, &r) !=
             0) {
           ++failures;
@@ -274,14 +274,14 @@ TEST_P(FabricDriverTest, ConcurrentRegistrationsKeepKeysUnique) {
 // its own stack and register.
 TEST_P(FabricDriverTest, ForkedChildLeavesParentMrsAloneAndOpensItsOwn) {
   Buffer buf(2 * 4096);
-  Registration r;
+  PortRegistration r;
   ASSERT_EQ(0, D().Register(buf.p, 4096, REGCACHE_ACCESS_ALL, &r));
   uint64_t key = r.rkey;
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     int code = 0;
-    Registration c;
+    PortRegistration c;
     if (D().Register(buf.p + 4096, 4096, 0, &c) != -EPERM) code |= 1;
     if (D().Deregister(r) != 0) code |= 2;  // no-op in the child
     FabricStack own;

@@ -3,6 +3,7 @@
 // (-ENOMEM), unique keys, per-page pin counts across overlapping registrations,
 // frame records.
 #include "drivers/host/host_driver.h"
+#include "regcache/page.h"
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -19,8 +20,8 @@
 
 namespace {
 
-using regcache::Registration;
-const size_t kPage = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+using regcache::PortRegistration;
+const size_t kPage = regcache::page::Size();
 
 class HostDriverTest : public ::testing::Test {
  protected:
@@ -31,12 +32,12 @@ class HostDriverTest : public ::testing::Test {
     std::memset(mem_, 1, 16 * kPage);
   }
   void TearDown() override { munmap(mem_, 16 * kPage); }
-  std::unique_ptr<regcache::Driver> d_ = regcache::host::NewHostDriver();
+  std::unique_ptr<regcache::DriverPort> d_ = regcache::host::NewHostDriver();
   char *mem_ = nullptr;
 };
 
 TEST_F(HostDriverTest, RegisterDeregisterUniqueKeys) {
-  Registration a, b;
+  PortRegistration a, b;
   ASSERT_EQ(d_->Register(mem_, 2 * kPage, REGCACHE_ACCESS_LOCAL_WRITE, &a), 0);
   ASSERT_EQ(d_->Register(mem_ + 4 * kPage, kPage, 0, &b), 0);
   EXPECT_NE(a.lkey, b.lkey);
@@ -50,7 +51,7 @@ TEST_F(HostDriverTest, RegisterDeregisterUniqueKeys) {
 }
 
 TEST_F(HostDriverTest, UnmappedAndReadOnly) {
-  Registration r;
+  PortRegistration r;
   ASSERT_EQ(mprotect(mem_ + 2 * kPage, kPage, PROT_READ), 0);
   EXPECT_EQ(
       d_->Register(mem_ + 2 * kPage, kPage, REGCACHE_ACCESS_REMOTE_WRITE, &r),
@@ -74,7 +75,7 @@ TEST_F(HostDriverTest, MemlockLimitIsEnomem) {
   lim = old;
   lim.rlim_cur = 4 * kPage;
   ASSERT_EQ(setrlimit(RLIMIT_MEMLOCK, &lim), 0);
-  Registration a, b;
+  PortRegistration a, b;
   EXPECT_EQ(d_->Register(mem_, 5 * kPage, 0, &b), -ENOMEM);
   ASSERT_EQ(d_->Register(mem_, 3 * kPage, 0, &a), 0);
   EXPECT_EQ(d_->Register(mem_ + 8 * kPage, 2 * kPage, 0, &b), -ENOMEM);
@@ -90,7 +91,7 @@ TEST_F(HostDriverTest, MemlockLimitIsEnomem) {
 TEST_F(HostDriverTest, FramesFreshThenStaleAfterRemap) {
   if (!regcache::host::FramesVisible())
     GTEST_SKIP() << "pagemap frames not visible";
-  Registration r;
+  PortRegistration r;
   ASSERT_EQ(d_->Register(mem_, 2 * kPage, REGCACHE_ACCESS_LOCAL_WRITE, &r), 0);
   EXPECT_EQ(regcache::host::CheckFrames(r.handle),
             regcache::host::FrameCheck::kFresh);

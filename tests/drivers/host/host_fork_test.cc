@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <string>
 #include <thread>
 
 #include "drivers/host/host_driver.h"
@@ -26,6 +27,7 @@ using namespace std::chrono_literals;
 using testing::ChildHung;
 using testing::ChildOk;
 using testing::Describe;
+using testing::FirstFailingChild;
 using testing::RunChild;
 
 constexpr size_t kLen = 16 * 4096;
@@ -46,7 +48,7 @@ int RegisterChild() {
   Mapping m;
   if (m.p == MAP_FAILED) return 5;
   auto d = NewHostDriver(/*lock_pages=*/false);
-  Registration reg;
+  PortRegistration reg;
   if (d->Register(m.p, kLen, REGCACHE_ACCESS_LOCAL_WRITE, &reg) != 0) return 3;
   if (LiveRegistrations() != 1) return 6;  // the parent's pins are not here
   if (d->Deregister(reg) != 0) return 4;
@@ -87,7 +89,7 @@ TEST(HostFork, PinTableHammered) {
   Mapping held;
   ASSERT_NE(held.p, MAP_FAILED);
   auto d = NewHostDriver(false);
-  Registration parent_reg;
+  PortRegistration parent_reg;
   ASSERT_EQ(d->Register(held.p, kLen, REGCACHE_ACCESS_LOCAL_WRITE, &parent_reg),
             0);
   std::atomic<bool> stop{false};
@@ -95,23 +97,16 @@ TEST(HostFork, PinTableHammered) {
     Mapping m;
     auto td = NewHostDriver(false);
     while (!stop.load()) {
-      Registration r;
+      PortRegistration r;
       if (td->Register(m.p, kLen, REGCACHE_ACCESS_LOCAL_WRITE, &r) == 0)
         td->Deregister(r);
     }
   });
-  int bad = -1;
-  for (int i = 0; i < 100; ++i) {
-    int st = RunChild(RegisterChild, 10);
-    if (!ChildOk(st)) {
-      bad = i;
-      ADD_FAILURE() << "fork " << i << ": " << Describe(st);
-      break;
-    }
-  }
+  std::string why;
+  const int bad = FirstFailingChild(100, RegisterChild, 10, &why);
   stop.store(true);
   t.join();
-  EXPECT_EQ(bad, -1);
+  EXPECT_EQ(bad, -1) << "fork " << bad << ": " << why;
   int st = RunChild(
       [&] {
         if (LiveRegistrations() != 0) return 6;

@@ -120,7 +120,7 @@ class VerbsDeviceTest : public ::testing::Test {
   void OpenDriver(const verbs::Options &o = {}) {
     ASSERT_EQ(0, verbs::Open(pd_, o, &driver_));
   }
-  Driver &D() { return *driver_->impl; }
+  DriverPort &D() { return *driver_->impl; }
 
   ibv_context *ctx_ = nullptr;
   ibv_pd *pd_ = nullptr;
@@ -160,7 +160,7 @@ TEST_F(VerbsDeviceTest, OdpModesFallBackToPinningWithoutSupport) {
     ASSERT_EQ(0, regcache_driver_verbs_odp(d, &odp));
     EXPECT_EQ(std::strcmp(mode, "off") != 0 && supported ? 1 : 0, odp) << mode;
     // Registration works either way.
-    Registration r;
+    PortRegistration r;
     ASSERT_EQ(0, d->impl->Register(buf_, 4096, REGCACHE_ACCESS_ALL, &r))
         << mode;
     auto *mr = static_cast<ibv_mr *>(r.handle);  // the handle is the MR
@@ -178,7 +178,7 @@ TEST_F(VerbsDeviceTest, OdpModesFallBackToPinningWithoutSupport) {
 TEST_F(VerbsDeviceTest, RegistersWithTheRequestedAccess) {
   OpenDriver();
   for (unsigned access = 0; access <= REGCACHE_ACCESS_ALL; ++access) {
-    Registration r;
+    PortRegistration r;
     ASSERT_EQ(0, D().Register(buf_, buf_len_, access, &r))
         << "access " << access;
     auto *mr = static_cast<ibv_mr *>(r.handle);
@@ -196,7 +196,7 @@ TEST_F(VerbsDeviceTest, MaxMrGivesEnomemUntilOneIsReleased) {
   verbs::Options o;
   o.max_mr = 2;
   OpenDriver(o);
-  Registration r[3];
+  PortRegistration r[3];
   ASSERT_EQ(0, D().Register(buf_, 4096, 0, &r[0]));
   ASSERT_EQ(0, D().Register(buf_ + 4096, 4096, 0, &r[1]));
   EXPECT_EQ(-ENOMEM, D().Register(buf_ + 8192, 4096, 0, &r[2]));
@@ -214,7 +214,7 @@ TEST_F(VerbsDeviceTest, MaxMrSizeIsEnforcedAndReported) {
   o.max_mr_size = 64 * 1024;
   OpenDriver(o);
   EXPECT_EQ(64u * 1024, D().MaxRegionBytes());
-  Registration r;
+  PortRegistration r;
   EXPECT_EQ(-EINVAL, D().Register(buf_, 128 * 1024, 0, &r));
   ASSERT_EQ(0, D().Register(buf_, 64 * 1024, 0, &r));
   EXPECT_EQ(0, D().Deregister(r));
@@ -226,23 +226,23 @@ TEST_F(VerbsDeviceTest, UnmappedMemoryFailsAndDeregAfterUnmapSucceeds) {
                  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(MAP_FAILED, p);
   std::memset(p, 2, 1 << 16);
-  Registration r;
+  PortRegistration r;
   ASSERT_EQ(0, D().Register(p, 1 << 16, REGCACHE_ACCESS_ALL, &r));
   ASSERT_EQ(0, munmap(p, 1 << 16));
   EXPECT_EQ(0, D().Deregister(r));
-  Registration bad;
+  PortRegistration bad;
   EXPECT_EQ(-EFAULT, D().Register(p, 1 << 16, REGCACHE_ACCESS_ALL, &bad));
 }
 
 TEST_F(VerbsDeviceTest, ForkedChildLeavesParentMrsAloneAndOpensItsOwn) {
   OpenDriver();
-  Registration r;
+  PortRegistration r;
   ASSERT_EQ(0, D().Register(buf_, 4096, REGCACHE_ACCESS_ALL, &r));
   pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) {
     int code = 0;
-    Registration c;
+    PortRegistration c;
     if (D().Register(buf_ + 4096, 4096, 0, &c) != -EPERM) code |= 1;
     if (D().Deregister(r) != 0) code |= 2;  // must not destroy the parent's MR
     int n = 0;
