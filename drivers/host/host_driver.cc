@@ -65,6 +65,9 @@ struct Pins {
   std::unordered_map<uintptr_t, uint32_t>
       count;  // page address -> registrations
   size_t live = 0;
+  // The parent's table a fork child replaced (AtforkChild): kept reachable so
+  // that it is leaked on purpose, not reported as a leak (LeakSanitizer).
+  Pins *retired = nullptr;
 };
 // Leaked: deregistration may run during exit teardown.
 std::atomic<Pins *> g_pins{new Pins};
@@ -75,7 +78,9 @@ std::atomic<bool> g_pins_atfork_off{false};
 void AtforkChild() {
   if (g_pins_atfork_off.load(std::memory_order_relaxed)) return;
   // malloc works in atfork child handlers (glibc resets its locks first).
-  g_pins.store(new Pins, std::memory_order_release);
+  Pins *fresh = new Pins;
+  fresh->retired = g_pins.load(std::memory_order_relaxed);
+  g_pins.store(fresh, std::memory_order_release);
   g_fork_gen.fetch_add(1, std::memory_order_relaxed);
 }
 
