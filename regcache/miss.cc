@@ -147,6 +147,11 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
       o = next;
     }
     if (folded_early) c->Count(c->stats_.merges, folded_early);
+    // Dead regions (invalidated, out of the index) are deregistered here,
+    // by a miss, with the unused ones it replaces: a hit that took the slow
+    // path (not in the thread's front table) does not pay for them, as a
+    // UCX hit does not pay for its gc list.
+    c->TakeDeadLocked(&early);
     verdict = c->AdmitLocked(plan, overlaps);
     if (verdict.admit) c->EvictLocked(&early, false, 1, plan.end - plan.start);
     c->DrainAndUnlock();
@@ -410,7 +415,6 @@ int CacheCore::CheckRequest(uintptr_t addr, size_t len, bool sync,
   // memory the caller already unmapped, or the patch source may have been
   // overwritten: settle both before the index is read.
   if (sync) notifier::SyncForLookup();
-  ReapDead();
   if (shutdown_.load(std::memory_order_acquire)) return -ESHUTDOWN;
   *start = page::Down(addr);
   *end = page::Up(addr + len);
@@ -431,7 +435,12 @@ int CacheCore::GetSlow(uintptr_t addr, size_t len, unsigned access,
   // the cache neither looks up nor keeps regions; each get registers the
   // request and its last put deregisters it. Checked again at publication.
   const bool blind = !notifier::CachingSafe();
-  if (blind) Count(stats_.misses);
+  // Dead regions: a cached get deregisters them once it knows it misses
+  // (LookupOrPlan), so that a hit off the front table does not pay for them.
+  if (blind) {
+    ReapDead();
+    Count(stats_.misses);
+  }
   Miss m(this, addr, len, access, start, end, /*index_it=*/!blind);
   return m.Run(out);
 }
@@ -440,6 +449,7 @@ int CacheCore::GetUncached(uintptr_t addr, size_t len, unsigned access,
                            CachedRegion **out) {
   uintptr_t start, end;
   if (int rc = CheckRequest(addr, len, /*sync=*/false, &start, &end)) return rc;
+  ReapDead();
   Miss m(this, addr, len, access, start, end, /*index_it=*/false);
   return m.Run(out);
 }
