@@ -73,6 +73,12 @@ struct Miss {
   bool watch = true;
   int slot = -1;                 // in-flight slot, -1: none
   uint64_t revokes_at_plan = 0;  // c->revokes_ when the plan was made
+  // Nothing indexed overlapped the request when the plan was made (the plan
+  // is the request), and c->index_.inserts() then: while the count is the
+  // same at publication, nothing covers or overlaps the plan still, and
+  // PublishIndexed skips both lookups.
+  bool plan_clear = false;
+  uint64_t inserts_at_plan = 0;
   Eviction::Verdict verdict{true, true};
   RegionBatch early;  // unused regions to deregister before registering
   CachedRegion *nr = nullptr;
@@ -124,6 +130,8 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     } else {
       plan = {req_start, req_end, access, 0};
     }
+    plan_clear = first == nullptr;
+    inserts_at_plan = c->index_.inserts();
     revokes_at_plan = c->revokes_;
     for (int i = 0; i < CacheCore::kInFlight; ++i) {
       if (!c->inflight_[i].used) {
@@ -313,8 +321,12 @@ int Miss::PublishIndexed(CachedRegion **out)
     *out = nr;
     return 0;
   }
+  // No insert since the plan, which nothing overlapped: no other miss won,
+  // nothing to fold (regions only left the index since).
+  const bool clear = plan_clear && c->index_.inserts() == inserts_at_plan;
   uint64_t w;
-  if (CachedRegion *other = c->index_.FindCovering(addr, end, access);
+  if (CachedRegion *other =
+          clear ? nullptr : c->index_.FindCovering(addr, end, access);
       other && c->TryRefLocked(other, &w)) {
     c->Touch(other);
     // A concurrent miss on the same memory won: use its region, drop ours
@@ -341,7 +353,8 @@ int Miss::PublishIndexed(CachedRegion **out)
     return 0;
   }
   size_t folded = 0;
-  while (CachedRegion *o = c->index_.FirstOverlap(plan.start, plan.end)) {
+  while (CachedRegion *o =
+             clear ? nullptr : c->index_.FirstOverlap(plan.start, plan.end)) {
     c->RetireLocked(o, &victims);
     ++folded;
   }
