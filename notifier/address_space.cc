@@ -1206,6 +1206,12 @@ void VerifySources() {
   if (ops == nullptr || ops->intact == nullptr) return;
   if (t_state.cb_depth > 0 || t_state.inflight > 0) return;
   const char *which = nullptr;
+  // The common answer (intact) without the install lock: intact() takes the
+  // source's own lock, and a switch racing with this read leaves nothing for
+  // us to do (it abandoned or re-checked under the install lock). Only a
+  // damaged patch is checked again under the install lock before acting.
+  // Every entry is still compared on every call (ANOTHER PATCHER).
+  if (ops->intact(&which)) return;
   {
     InstallLock g;
     if (g_active.load(std::memory_order_acquire) != ops->id ||

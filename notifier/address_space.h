@@ -199,8 +199,10 @@ void WaitAsyncEvents();
 // MPI's patcher, libfabric's memhooks) overwrites our jumps and calls the
 // syscalls itself: the patch source would go blind without knowing. So the
 // patch source keeps a sentinel: PatchIntact() is one load of libc's munmap
-// entry. VerifySources() (called by every Register and by SyncForLookup())
-// checks every patched entry; when one was overwritten it abandons the patch
+// entry. VerifySources() (called by every Register and by SyncForLookup():
+// a cache's miss checks every entry once, there; ReadBeginInterval checks
+// only the sentinel) checks every patched entry, without the install lock
+// while all are intact; when one was overwritten it abandons the patch
 // source (writing nothing), switches to ucm if libucm owns the entries now,
 // else uffd, else none and blind (notifier/policy.h), and delivers an
 // invalidation of the whole address space to every subscriber, because events

@@ -178,7 +178,10 @@ void CacheCore::InvalidateLocked(uintptr_t start, uintptr_t end) {
   ResetBoundsIfEmptyLocked();
   if (n) Count(stats_.invalidations, n);
   if (dead_.head) {
-    const bool many = dead_.n >= kReapCount || dead_bytes_ >= kReapBytes;
+    const bool many = (dead_.n >= kReapCount &&
+                       index_.count() + dead_.n > params_.max_regions) ||
+                      (dead_bytes_ >= kReapBytes &&
+                       index_.bytes() + dead_bytes_ > params_.max_bytes);
     attention_.fetch_or(kDead | (many ? uint32_t{kDeadMany} : 0u),
                         std::memory_order_release);
   }
@@ -354,12 +357,17 @@ int CacheCore::Flush() {
 void CacheCore::ReapDead() {
   if (!(attention_.load(std::memory_order_acquire) & kDead)) return;
   LockAndDrain();
-  RegionBatch l = dead_.Take();
-  dead_bytes_ = 0;
-  attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
+  RegionBatch l;
+  TakeDeadLocked(&l);
   // May refill dead_ and set kDead again: the next call takes those.
   DrainAndUnlock();
   DeregisterList(&l);
+}
+
+void CacheCore::TakeDeadLocked(RegionBatch *into) {
+  while (CachedRegion *r = dead_.Pop()) into->Push(r);
+  dead_bytes_ = 0;
+  attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
 }
 
 void CacheCore::DeregisterList(RegionBatch *l) {

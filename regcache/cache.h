@@ -134,11 +134,17 @@ class CacheCore {
   };
 
   // The attention word's bits (read on every hit and put).
-  // kDead: dead regions wait for deregistration (every slow path reaps them);
-  // kDeadMany: at least kReapCount of them or kReapBytes wait (puts reap
-  // them too). Below that, hits and their puts stay lock-free after an
-  // invalidation, and the next miss pays the deregistration, as UCX's gc list
-  // does.
+  // kDead: dead regions wait for deregistration (the next miss reaps them,
+  // with the unused regions its plan replaces; find, flush and the blind and
+  // no-cache gets too; a hit off the front table does not);
+  // kDeadMany: at least kReapCount of them (kReapBytes) wait AND the index's
+  // regions plus the dead ones exceed max_regions (max_bytes): puts reap them
+  // too, so dead registrations never hold the device's regions (pinned
+  // bytes) past the cache's limits by more than that floor. Below that, hits
+  // and their puts stay lock-free after an invalidation, and the next miss
+  // pays the deregistration, as UCX's gc list does (churn: ~2x UCX's ns per
+  // hit while puts reaped past 16 regions / 1 MiB regardless of the limits,
+  // ~2.7x while slow-path hits reaped too).
   enum : uint32_t { kPending = 1, kDead = 2, kOverLimit = 4, kDeadMany = 8 };
   static constexpr size_t kReapCount = 16;
   static constexpr size_t kReapBytes = size_t{1} << 20;
@@ -215,6 +221,9 @@ class CacheCore {
   void EvictLocked(RegionBatch *victims, bool all, size_t room_regions = 0,
                    size_t room_bytes = 0) REGCACHE_REQUIRES(mu_);
   void UpdateOverLimitLocked() REGCACHE_REQUIRES(mu_);
+  // Moves the dead regions into *into (the caller deregisters them outside
+  // the lock) and clears kDead / kDeadMany.
+  void TakeDeadLocked(RegionBatch *into) REGCACHE_REQUIRES(mu_);
 
   // ---- outside the lock (cache.cc)
   void ReapDead() REGCACHE_EXCLUDES(mu_);

@@ -73,6 +73,12 @@ struct Miss {
   bool watch = true;
   int slot = -1;                 // in-flight slot, -1: none
   uint64_t revokes_at_plan = 0;  // c->revokes_ when the plan was made
+  // Nothing indexed overlapped the request when the plan was made (the plan
+  // is the request), and c->index_.inserts() then: while the count is the
+  // same at publication, nothing covers or overlaps the plan still, and
+  // PublishIndexed skips both lookups.
+  bool plan_clear = false;
+  uint64_t inserts_at_plan = 0;
   Eviction::Verdict verdict{true, true};
   RegionBatch early;  // unused regions to deregister before registering
   CachedRegion *nr = nullptr;
@@ -124,6 +130,8 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     } else {
       plan = {req_start, req_end, access, 0};
     }
+    plan_clear = first == nullptr;
+    inserts_at_plan = c->index_.inserts();
     revokes_at_plan = c->revokes_;
     for (int i = 0; i < CacheCore::kInFlight; ++i) {
       if (!c->inflight_[i].used) {
@@ -147,6 +155,11 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
       o = next;
     }
     if (folded_early) c->Count(c->stats_.merges, folded_early);
+    // Dead regions (invalidated, out of the index) are deregistered here,
+    // by a miss, with the unused ones it replaces: a hit that took the slow
+    // path (not in the thread's front table) does not pay for them, as a
+    // UCX hit does not pay for its gc list.
+    c->TakeDeadLocked(&early);
     verdict = c->AdmitLocked(plan, overlaps);
     if (verdict.admit) c->EvictLocked(&early, false, 1, plan.end - plan.start);
     c->DrainAndUnlock();
@@ -308,8 +321,12 @@ int Miss::PublishIndexed(CachedRegion **out)
     *out = nr;
     return 0;
   }
+  // No insert since the plan, which nothing overlapped: no other miss won,
+  // nothing to fold (regions only left the index since).
+  const bool clear = plan_clear && c->index_.inserts() == inserts_at_plan;
   uint64_t w;
-  if (CachedRegion *other = c->index_.FindCovering(addr, end, access);
+  if (CachedRegion *other =
+          clear ? nullptr : c->index_.FindCovering(addr, end, access);
       other && c->TryRefLocked(other, &w)) {
     c->Touch(other);
     // A concurrent miss on the same memory won: use its region, drop ours
@@ -336,7 +353,8 @@ int Miss::PublishIndexed(CachedRegion **out)
     return 0;
   }
   size_t folded = 0;
-  while (CachedRegion *o = c->index_.FirstOverlap(plan.start, plan.end)) {
+  while (CachedRegion *o =
+             clear ? nullptr : c->index_.FirstOverlap(plan.start, plan.end)) {
     c->RetireLocked(o, &victims);
     ++folded;
   }
@@ -410,7 +428,6 @@ int CacheCore::CheckRequest(uintptr_t addr, size_t len, bool sync,
   // memory the caller already unmapped, or the patch source may have been
   // overwritten: settle both before the index is read.
   if (sync) notifier::SyncForLookup();
-  ReapDead();
   if (shutdown_.load(std::memory_order_acquire)) return -ESHUTDOWN;
   *start = page::Down(addr);
   *end = page::Up(addr + len);
@@ -431,7 +448,12 @@ int CacheCore::GetSlow(uintptr_t addr, size_t len, unsigned access,
   // the cache neither looks up nor keeps regions; each get registers the
   // request and its last put deregisters it. Checked again at publication.
   const bool blind = !notifier::CachingSafe();
-  if (blind) Count(stats_.misses);
+  // Dead regions: a cached get deregisters them once it knows it misses
+  // (LookupOrPlan), so that a hit off the front table does not pay for them.
+  if (blind) {
+    ReapDead();
+    Count(stats_.misses);
+  }
   Miss m(this, addr, len, access, start, end, /*index_it=*/!blind);
   return m.Run(out);
 }
@@ -440,6 +462,7 @@ int CacheCore::GetUncached(uintptr_t addr, size_t len, unsigned access,
                            CachedRegion **out) {
   uintptr_t start, end;
   if (int rc = CheckRequest(addr, len, /*sync=*/false, &start, &end)) return rc;
+  ReapDead();
   Miss m(this, addr, len, access, start, end, /*index_it=*/false);
   return m.Run(out);
 }

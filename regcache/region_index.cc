@@ -54,6 +54,7 @@ void RegionIndex::Insert(CachedRegion *r) {
   *link = r;
   ++count_;
   bytes_ += r->end - r->start;
+  ++inserts_;
   DebugCheck();
 }
 

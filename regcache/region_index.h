@@ -46,6 +46,10 @@ class RegionIndex {
   bool empty() const { return root_ == nullptr; }
   size_t count() const { return count_; }
   size_t bytes() const { return bytes_; }
+  // Inserts so far. A reader that saw nothing overlap a range, under the
+  // cache's lock, and sees the same count later (under it again) knows that
+  // still nothing overlaps it: only Insert adds regions.
+  uint64_t inserts() const { return inserts_; }
 
   // The invariant walker: "" if the invariant holds, else what is broken.
   // O(n). owner: the cache every region must belong to (nullptr: any).
@@ -65,6 +69,7 @@ class RegionIndex {
   CachedRegion *root_ = nullptr;
   size_t count_ = 0;
   size_t bytes_ = 0;
+  uint64_t inserts_ = 0;
 };
 
 }  // namespace regcache::core

@@ -305,6 +305,30 @@ TEST_F(CacheTest, ReplacedUnusedRegionsAreDeregisteredBeforeRegistering) {
   regcache_put(c, r);
 }
 
+// Issue 14: invalidated (dead) regions are deregistered by the next miss, not
+// by a hit that left the front table nor by its put, while the registered
+// total (indexed + dead) stays within the cache's limits. Every other page:
+// no merge.
+TEST_F(CacheTest, DeadRegionsAreReapedByTheNextMissNotByHits) {
+  regcache_t *c = CreateWith(64, SIZE_MAX, 0);
+  regcache_region_t *keep = Get(c, Page(100), kPage);
+  regcache_put(c, keep);
+  // 20 regions (more than kReapCount = 16): the front table (8 entries)
+  // forgets page 100, so the get below takes the slow path.
+  for (size_t i = 0; i < 20; ++i) regcache_put(c, Get(c, Page(2 * i), kPage));
+  ASSERT_EQ(td_->Live(), 21u);
+  ASSERT_EQ(regcache_notify_unmapped(Page(0), 40 * kPage), 0);
+  const uint64_t hits = Stats(c).hits;
+  regcache_region_t *h = Get(c, Page(100), 64);
+  EXPECT_EQ(h, keep);
+  EXPECT_EQ(Stats(c).hits, hits + 1);
+  EXPECT_EQ(td_->Live(), 21u);  // the slow-path hit left them to a miss
+  regcache_put(c, h);
+  EXPECT_EQ(td_->Live(), 21u);  // 1 indexed + 20 dead <= 64: so did the put
+  regcache_put(c, Get(c, Page(200), kPage));
+  EXPECT_EQ(td_->Live(), 2u);  // the miss reaped them
+}
+
 TEST_F(CacheTest, ConcurrentMissesOnTheSameMemoryRegisterOnce) {
   regcache_t *c = CreateWith(1000, SIZE_MAX, 0);
   std::thread second;
