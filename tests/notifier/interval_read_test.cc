@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "notifier/address_space.h"
+#include "notifier/internal.h"
 
 namespace regcache::notifier {
 namespace {
@@ -298,8 +299,15 @@ TEST_F(IntervalRead, RaceUnrelatedOnlyRarelyRetries) {
   stop.store(true);
   w.join();
   // A retry here is a range caught between its log slot and its entry, or a
-  // wrapped log (a reader descheduled for 256 ranges): rare.
+  // wrapped log (a reader descheduled for 256 ranges): rare. Under TSan the
+  // reader runs several times slower than the writer's loop, so the log wraps
+  // under it far more often (19 % of checks in one CI run): there the bound
+  // is only that unrelated ranges do not make most reads retry.
+#ifdef REGCACHE_UNDER_TSAN
+  EXPECT_LT(retries * 2, checks) << retries << " of " << checks;
+#else
   EXPECT_LT(retries * 20, checks) << retries << " of " << checks;
+#endif
 }
 
 // Under uffd the begin watches the interval, as an interval Register does:
