@@ -33,6 +33,7 @@
 #include <regcache/regcache.h>
 
 #include "tests/bench/regcache_bench/bench.h"
+#include "tests/bench/self_dir.h"
 
 namespace {
 
@@ -55,14 +56,7 @@ int OpenCache(size_t max_regions, uint64_t flags, regcache_t **cache) {
   return regcache_create(g_driver, &p, cache);
 }
 
-std::string SelfDir() {
-  char buf[4096];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
-  buf[n] = 0;
-  std::string s(buf);
-  return s.substr(0, s.find_last_of('/'));
-}
+using regcache::bench::SelfDir;
 
 // UCX's hit path, measured in its own process; median of three runs.
 double MeasureUcx(int threads, uint64_t iters) {

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "tests/bench/miss/miss_loops.h"
+#include "tests/bench/self_dir.h"
 
 namespace {
 
@@ -113,14 +114,7 @@ int Child(int argc, char **argv) {
   return 2;
 }
 
-std::string SelfDir() {
-  char buf[4096];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
-  buf[n] = 0;
-  std::string s(buf);
-  return s.substr(0, s.find_last_of('/'));
-}
+using regcache::bench::SelfDir;
 
 // Runs cmd and returns its RESULT line ("" if it failed).
 std::string Run(const std::string &cmd) {

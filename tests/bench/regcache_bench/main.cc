@@ -29,6 +29,7 @@
 
 #include "tests/bench/regcache_bench/bench.h"
 #include "tests/bench/regcache_bench/report.h"
+#include "tests/bench/self_dir.h"
 
 extern char **environ;
 
@@ -161,14 +162,7 @@ std::vector<std::string> Split(const std::string &s) {
   return v;
 }
 
-std::string SelfDir() {
-  char buf[4096];
-  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
-  if (n <= 0) return ".";
-  buf[n] = 0;
-  std::string s(buf);
-  return s.substr(0, s.find_last_of('/'));
-}
+using regcache::bench::SelfDir;
 
 // Runs one worker; fills r from its RESULT line.
 void RunWorker(const std::string &exe, const std::vector<std::string> &args,
