@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/tunables.h - every REGCACHE_* tunable, declared once (internal).
 //
-// The table in tunables.cc is the only place a REGCACHE_* environment variable
-// is read, with secure_getenv: under AT_SECURE (setuid/setgid programs, file
-// capabilities) the environment is ignored and only regcache_config_set() and
-// the defaults apply. A value comes from, in order: regcache_config_set()
+// The table in tunables_table.cc declares every tunable; tunables.cc is the
+// only place a REGCACHE_* environment variable is read, with secure_getenv:
+// under AT_SECURE (setuid/setgid programs, file capabilities) the environment
+// is ignored and only regcache_config_set() and the defaults apply. A value comes from, in order: regcache_config_set()
 // (in-process override), the environment, the table's default. Values are
 // validated when read; a bad value gives -EINVAL and one error log line naming
 // the variable and the accepted values.
