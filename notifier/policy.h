@@ -24,8 +24,8 @@
 // now, else uffd, else blind.
 //
 // Locking: InstallAuto and AfterPatchLost run under the core's install mutex
-// (address_space.cc's g_install_mu), never under its writer mutex. The state
-// read by CachingSafe() is two atomics (read on every cache miss).
+// (g_install_mu, address_space_state.h), never under its writer mutex. The
+// state read by CachingSafe() is two atomics (read on every cache miss).
 #ifndef REGCACHE_NOTIFIER_POLICY_H_
 #define REGCACHE_NOTIFIER_POLICY_H_
 

@@ -17,7 +17,8 @@
 namespace regcache::notifier::sources {
 
 // ---- the ops table (as libfabric's memory monitors): one row per automatic
-// source. The core (address_space.cc) reaches a source only through it:
+// source. The core (source_install.cc and the other address-space units)
+// reaches a source only through it:
 // installing the configured one, uninstalling, watching an interval
 // subscription's memory, syncing a lookup, checking that it is still intact.
 // Adding a source = its own file defining its SourceOps + one entry in

@@ -102,20 +102,15 @@
 // Register in the child creates a new one (outside any hook), starts new
 // monitor threads and watches again the intervals of the subscriptions that
 // are live (procmap reopens /proc/self/maps for the child by itself).
-#include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <mutex>
 #include <new>
@@ -124,13 +119,7 @@
 #include "notifier/internal.h"
 #include "notifier/procmap.h"
 #include "notifier/sources.h"
-
-#ifndef UFFD_USER_MODE_ONLY
-#define UFFD_USER_MODE_ONLY 1
-#endif
-#ifndef UFFD_FEATURE_WP_ASYNC
-#define UFFD_FEATURE_WP_ASYNC (1 << 15)
-#endif
+#include "notifier/uffd_internal.h"
 
 namespace regcache::notifier::sources {
 
@@ -138,9 +127,24 @@ std::atomic<uint32_t> g_uffd_test_off{0};
 std::atomic<void (*)(uintptr_t, uintptr_t)> g_uffd_after_remove_for_testing{
     nullptr};
 
+inline namespace uffd_impl {
+
+// The state uffd_internal.h declares (its lock rules are there).
+std::mutex g_mu;
+int g_fd = -1;
+int g_stop_fd = -1;
+pthread_t g_threads[kThreads];
+int g_nthreads = 0;
+bool g_installed = false;
+std::atomic<int> g_probe_fd{-1};
+std::atomic<bool> g_need_restart{false};
+std::atomic<uint64_t> g_events{0};
+std::atomic<uint64_t> g_refused{0};
+
+}  // namespace uffd_impl
+
 namespace {
 
-constexpr int kThreads = 2;
 // How long a lookup waits for the kernel to stop changing watched mappings
 // before it invalidates everything instead (see "Bound of the wait").
 // Measured on the 2-vCPU VM (load average 10-14 from other builds), 4 threads
@@ -148,216 +152,13 @@ constexpr int kThreads = 2;
 // thread, woken by the read, waits for a CPU before it decrements).
 constexpr long kProbeDeadlineNs = 50L * 1000 * 1000;
 
-// Lock rule: g_mu serializes install, uninstall, restart and watching. The
-// monitor threads never take it. Never held while waiting for the monitor.
-std::mutex g_mu;
-int g_fd = -1;       // guarded by g_mu (each monitor thread reads its copy)
-int g_stop_fd = -1;  // guarded by g_mu
-pthread_t g_threads[kThreads];
-int g_nthreads = 0;        // guarded by g_mu
-bool g_installed = false;  // guarded by g_mu
-bool g_atfork = false;     // guarded by g_mu
-// The context for lock-free probes: g_fd while the monitor runs, -1 otherwise
-// (before install, after uninstall, in a fork child until it restarts).
-std::atomic<int> g_probe_fd{-1};
-// Set by the fork child handler (the source is installed but has no context in
-// this process); cleared by a successful restart. Read without g_mu by lookups.
-std::atomic<bool> g_need_restart{false};
+bool g_atfork = false;            // guarded by g_mu
 std::atomic<bool> g_exact{true};  // tests: false brings the window back
 std::atomic<bool> g_restart_failed_logged{false};
 std::atomic<bool> g_deadline_logged{false};
-std::atomic<uint64_t> g_events{0};
 std::atomic<uint64_t> g_busy_probes{0};
 std::atomic<uint64_t> g_flushes{0};
 std::atomic<uint64_t> g_restarts{0};
-std::atomic<uint64_t> g_refused{0};
-
-// How long after its dispatch a REMOVE keeps overlapping registrations
-// uncached (see REMOVE IS BEFORE THE ZAP). The madvising thread zaps as soon
-// as it runs after our read; the longest wait for a CPU measured for such a
-// woken thread on the 2-vCPU VM under load average 10-14 was 8-32 ms (EXACT
-// LOOKUPS, FourThreadsRecycle): 8x margin.
-constexpr long kRemoveGraceNs = 250L * 1000 * 1000;
-constexpr int kRecent = 32;
-struct RecentRemove {
-  uintptr_t lo = 0, hi = 0;  // empty when lo == hi
-  long t_ns = 0;             // dispatch time (CLOCK_MONOTONIC)
-};
-// Lock rule: g_recent_mu is a leaf lock held for one scan of the table. Taken
-// by whoever dispatches (monitor threads, a lookup draining the queue) and by
-// Watch (under g_mu). Nothing else is taken or waited for while it is held.
-std::mutex g_recent_mu;
-RecentRemove g_recent[kRecent];  // guarded by g_recent_mu
-// Where an entry still inside its grace goes when the table is full: the hull
-// of every such entry, with the newest time (conservative: never forgets).
-RecentRemove g_recent_hull;  // guarded by g_recent_mu
-
-long NowNs() {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1000000000L + ts.tv_nsec;
-}
-
-void RememberRemove(uintptr_t lo, uintptr_t hi) {
-  const long now = NowNs();
-  std::lock_guard<std::mutex> g(g_recent_mu);
-  RecentRemove *oldest = &g_recent[0];
-  for (RecentRemove &r : g_recent) {
-    if (r.lo == r.hi || now - r.t_ns > kRemoveGraceNs) {
-      r = {lo, hi, now};
-      return;
-    }
-    if (r.t_ns < oldest->t_ns) oldest = &r;
-  }
-  // Full of entries inside their grace: fold the oldest into the hull.
-  RecentRemove &h = g_recent_hull;
-  if (h.lo == h.hi || now - h.t_ns > kRemoveGraceNs) {
-    h = *oldest;
-  } else {
-    h.lo = h.lo < oldest->lo ? h.lo : oldest->lo;
-    h.hi = h.hi > oldest->hi ? h.hi : oldest->hi;
-    h.t_ns = h.t_ns > oldest->t_ns ? h.t_ns : oldest->t_ns;
-  }
-  *oldest = {lo, hi, now};
-}
-
-// True if [lo, hi) overlaps a REMOVE dispatched less than kRemoveGraceNs ago.
-bool OverlapsRecentRemove(uintptr_t lo, uintptr_t hi) {
-  if (g_uffd_test_off.load(std::memory_order_relaxed) & kUffdTestNoRemoveGrace)
-    return false;
-  const long now = NowNs();
-  std::lock_guard<std::mutex> g(g_recent_mu);
-  auto hit = [&](const RecentRemove &r) {
-    return r.lo < hi && lo < r.hi && now - r.t_ns <= kRemoveGraceNs;
-  };
-  if (hit(g_recent_hull)) return true;
-  for (const RecentRemove &r : g_recent)
-    if (hit(r)) return true;
-  return false;
-}
-
-// The last REMOVE this thread dispatched (for g_uffd_after_remove_for_testing).
-thread_local uintptr_t t_last_remove_lo = 0, t_last_remove_hi = 0;
-
-void Dispatch(const uffd_msg &m) {
-  uintptr_t lo = 0, hi = 0;
-  switch (m.event) {
-    case UFFD_EVENT_UNMAP:
-      lo = m.arg.remove.start;
-      hi = m.arg.remove.end;
-      break;
-    case UFFD_EVENT_REMOVE:
-      lo = m.arg.remove.start;
-      hi = m.arg.remove.end;
-      // Before BeginRange moves any sequence (REMOVE IS BEFORE THE ZAP).
-      RememberRemove(lo, hi);
-      break;
-    case UFFD_EVENT_REMAP:  // the old range moved away
-      lo = m.arg.remap.from;
-      hi = m.arg.remap.from + m.arg.remap.len;
-      break;
-    default:
-      return;  // page faults cannot happen: nothing is write-protected
-  }
-  internal::Frame f;
-  internal::BeginRange(&f, lo, hi);
-  internal::EndRange(&f);
-  g_events.fetch_add(1, std::memory_order_relaxed);
-  if (m.event == UFFD_EVENT_REMOVE) {
-    t_last_remove_lo = lo;
-    t_last_remove_hi = hi;
-  }
-}
-
-struct MonitorArgs {
-  int fd;
-  int stop;
-};
-MonitorArgs g_args;  // written before the threads start (guarded by g_mu)
-
-// Reads and dispatches what is queued now, inside a hold (the monitor's inner
-// loop). Also run by a lookup that waits for the kernel (UffdSyncForLookup):
-// it does not have to wait until a monitor thread is scheduled.
-void DrainQueued(int fd) {
-  uffd_msg msgs[16];
-  // In the hold BEFORE read(): the read is what releases the unmapping
-  // thread and lets mmap_changing drop (see EXACT LOOKUPS above).
-  unsigned slot = internal::EnterHold();
-  for (;;) {
-    ssize_t r = read(fd, msgs, sizeof(msgs));
-    if (r <= 0) break;  // EAGAIN: the other thread got it
-    for (size_t i = 0; i < static_cast<size_t>(r) / sizeof(uffd_msg); ++i)
-      Dispatch(msgs[i]);
-    if (static_cast<size_t>(r) < sizeof(msgs)) break;
-  }
-  internal::ExitHold(slot);
-}
-
-void *MonitorMain(void *arg) {
-  const MonitorArgs a = *static_cast<MonitorArgs *>(arg);
-  for (;;) {
-    pollfd p[2] = {{a.fd, POLLIN, 0}, {a.stop, POLLIN, 0}};
-    int n = poll(p, 2, -1);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      internal::Logf(internal::kLogError, "notifier: uffd poll: %s",
-                     strerror(errno));
-      return nullptr;
-    }
-    if (p[1].revents != 0) return nullptr;
-    if (p[0].revents & (POLLERR | POLLNVAL)) return nullptr;
-    if ((p[0].revents & POLLIN) == 0) continue;
-    t_last_remove_hi = 0;
-    DrainQueued(a.fd);
-    if (t_last_remove_hi != 0) [[unlikely]] {
-      // Tests: the window a racing registration lands in (dispatched, out of
-      // the hold, the madvising thread released by our read, its zap maybe
-      // not done yet).
-      if (auto *hook =
-              g_uffd_after_remove_for_testing.load(std::memory_order_acquire))
-        hook(t_last_remove_lo, t_last_remove_hi);
-    }
-  }
-}
-
-int OpenUffd(int *fd_out) {
-  int flags = O_CLOEXEC | O_NONBLOCK;
-  long fd = -1;
-  if (geteuid() == 0) fd = syscall(SYS_userfaultfd, flags);
-  if (fd < 0) fd = syscall(SYS_userfaultfd, flags | UFFD_USER_MODE_ONLY);
-  if (fd < 0) {
-    // Kernels that restrict the syscall may still offer /dev/userfaultfd.
-    int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-    if (dev >= 0) {
-      fd = ioctl(dev, _IO(0xAA, 0x00) /* USERFAULTFD_IOC_NEW */, flags);
-      close(dev);
-    }
-  }
-  if (fd < 0) return errno == ENOSYS ? -ENOSYS : -errno;
-  const uint64_t base = UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE |
-                        UFFD_FEATURE_EVENT_REMAP;
-  uffdio_api api{};
-  api.api = UFFD_API;
-  api.features = base | UFFD_FEATURE_WP_ASYNC;
-  if (ioctl(static_cast<int>(fd), UFFDIO_API, &api) != 0) {
-    // A failed UFFDIO_API poisons the fd (a second one gives EINVAL): start
-    // again.
-    close(static_cast<int>(fd));
-    fd = syscall(SYS_userfaultfd,
-                 flags | (geteuid() == 0 ? 0 : UFFD_USER_MODE_ONLY));
-    if (fd < 0) return -errno;
-    api = {};
-    api.api = UFFD_API;
-    api.features = base;
-    if (ioctl(static_cast<int>(fd), UFFDIO_API, &api) != 0) {
-      int err = errno;
-      close(static_cast<int>(fd));
-      return -err;
-    }
-  }
-  *fd_out = static_cast<int>(fd);
-  return 0;
-}
 
 // 0: no watched mapping is changing; -EAGAIN: one is (its event is not read
 // yet); other -errno: the probe cannot tell (no context). Keeps errno.
@@ -373,22 +174,6 @@ int Probe(int fd) {
   // g_async_in_flight). A compiler barrier on x86, dmb ishld on arm64.
   std::atomic_thread_fence(std::memory_order_acquire);
   return rc;
-}
-
-// REQUIRES g_mu.
-void StopLocked() {
-  g_probe_fd.store(-1, std::memory_order_seq_cst);
-  if (g_stop_fd >= 0) {
-    uint64_t one = 1;
-    if (write(g_stop_fd, &one, sizeof(one)) < 0) {
-      // eventfd writes cannot fail with a small count; nothing to do
-    }
-  }
-  for (int i = 0; i < g_nthreads; ++i) pthread_join(g_threads[i], nullptr);
-  g_nthreads = 0;
-  if (g_fd >= 0) close(g_fd);  // releases any thread blocked on an unread event
-  if (g_stop_fd >= 0) close(g_stop_fd);
-  g_fd = g_stop_fd = -1;
 }
 
 void AtforkChild() {
@@ -407,168 +192,6 @@ void AtforkChild() {
   if (g_installed) g_need_restart.store(true, std::memory_order_relaxed);
   new (&g_mu) std::mutex();         // the parent's holder does not exist here
   new (&g_recent_mu) std::mutex();  // nor does a dispatcher holding this one
-}
-
-// REQUIRES g_mu.
-int StartLocked() {
-  int fd = -1;
-  int rc = OpenUffd(&fd);
-  if (rc != 0) return rc;
-  int stop = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (stop < 0) {
-    rc = -errno;
-    close(fd);
-    return rc;
-  }
-  g_fd = fd;
-  g_stop_fd = stop;
-  g_args = {fd, stop};
-  procmap::Init();  // optional (fallback: /proc/self/maps)
-  for (int i = 0; i < kThreads; ++i) {
-    rc = -pthread_create(&g_threads[i], nullptr, MonitorMain, &g_args);
-    if (rc != 0) {
-      StopLocked();
-      return rc;
-    }
-    ++g_nthreads;
-    pthread_setname_np(g_threads[i], "regcache-uffd");
-  }
-  g_probe_fd.store(fd, std::memory_order_seq_cst);
-  g_need_restart.store(false, std::memory_order_seq_cst);
-  return 0;
-}
-
-int RegisterRange(uintptr_t s, uintptr_t e) {
-  uffdio_register reg{};
-  reg.range.start = s;
-  reg.range.len = e - s;
-  reg.mode = UFFDIO_REGISTER_MODE_WP;
-  if (ioctl(g_fd, UFFDIO_REGISTER, &reg) != 0) return -errno;
-  return 0;
-}
-
-// A UFFDIO_REGISTER error as Watch reports it: the mapping exists but cannot
-// be watched (EBUSY: another userfaultfd owns it; EINVAL: a type the kernel
-// cannot watch, e.g. VM_PFNMAP, or file/SysV without WP_ASYNC; EPERM: shared
-// mapping without VM_MAYWRITE) -> -EBUSY; gone meanwhile -> -EFAULT.
-int WatchError(int rc, uintptr_t s, uintptr_t e) {
-  internal::Logf(internal::kLogDebug,
-                 "notifier: uffd cannot watch mapping %#lx-%#lx: %s",
-                 static_cast<unsigned long>(s), static_cast<unsigned long>(e),
-                 strerror(-rc));
-  if (rc == -EBUSY || rc == -EINVAL || rc == -EPERM) return -EBUSY;
-  if (rc == -ENOMEM || rc == -EFAULT) return rc;
-  return -EBUSY;
-}
-
-// A mapping whose pages can be dropped without any event reaching us: shared
-// (file, memfd, shmem, SysV: truncate, PUNCH_HOLE, shmdt, another process) or
-// file-backed (truncate zaps private copies too; MAP_HUGETLB memory is a
-// hugetlbfs file). See WHAT UFFD CANNOT SEE.
-constexpr uint64_t kVmaShared = 8;  // PROCMAP_QUERY_VMA_SHARED
-bool Unseeable(bool shared, uint64_t inode) {
-  if (g_uffd_test_off.load(std::memory_order_relaxed) & kUffdTestNoRefuseUnseen)
-    return false;
-  return shared || inode != 0;
-}
-
-int RefuseUnseeable(uintptr_t s, uintptr_t e, bool shared) {
-  g_refused.fetch_add(1, std::memory_order_relaxed);
-  internal::Logf(internal::kLogDebug,
-                 "notifier: uffd does not watch %s mapping %#lx-%#lx (its "
-                 "pages can be dropped through the file without an event): "
-                 "registered uncached",
-                 shared ? "shared" : "file-backed",
-                 static_cast<unsigned long>(s), static_cast<unsigned long>(e));
-  return -EBUSY;
-}
-
-// /proc/self/maps fallback for kernels without PROCMAP_QUERY (may allocate: not
-// on the munmap path). Two passes: first that [start, end) is mapped without a
-// hole (else -EFAULT, nothing watched) and that every mapping may be watched
-// (else -EBUSY), then watch.
-int WatchByMaps(uintptr_t start, uintptr_t end) {
-  for (int pass = 0; pass < 2; ++pass) {
-    FILE *f = fopen("/proc/self/maps", "re");
-    if (f == nullptr) return -errno;
-    char line[512];
-    uintptr_t covered = start;
-    int rc = 0;
-    bool unseeable = false, unseeable_shared = false;
-    uintptr_t us = 0, ue = 0;
-    while (rc == 0 && covered < end &&
-           fgets(line, sizeof(line), f) != nullptr) {
-      unsigned long s, e, off, ino;
-      char perms[8];
-      unsigned dmaj, dmin;
-      if (sscanf(line, "%lx-%lx %7s %lx %x:%x %lu", &s, &e, perms, &off, &dmaj,
-                 &dmin, &ino) != 7)
-        continue;
-      if (e <= covered) continue;
-      if (s > covered) break;  // a hole
-      if (pass == 0 && !unseeable && Unseeable(perms[3] == 's', ino)) {
-        unseeable = true;
-        unseeable_shared = perms[3] == 's';
-        us = s;
-        ue = e;
-      }
-      if (pass == 1) {
-        rc = RegisterRange(s, e);
-        if (rc != 0) rc = WatchError(rc, s, e);
-      }
-      covered = e;
-    }
-    fclose(f);
-    if (rc != 0) return rc;
-    if (covered < end) return -EFAULT;
-    if (unseeable) return RefuseUnseeable(us, ue, unseeable_shared);
-  }
-  return 0;
-}
-
-// REQUIRES g_mu. Watches the whole VMAs under [start, end) if all of it is
-// mapped and may be watched. 0, -EFAULT (a hole: nothing is watched), -EBUSY
-// (a mapping cannot be watched, or is refused: nothing is watched), -ENOMEM.
-int WatchLocked(uintptr_t start, uintptr_t end) {
-  procmap::Vma v;
-  int q = procmap::Query(start, true, &v);
-  if (q == -EBADF || q == -ENOTTY || q == -EINVAL)
-    return WatchByMaps(start, end);
-  // Pass 1: mapped without a hole, every mapping private anonymous. A 1 TiB
-  // request must fail here, before any of the unrelated mappings inside its
-  // span is watched.
-  uintptr_t at = start;
-  bool unseeable = false;
-  procmap::Vma u{};
-  while (at < end) {
-    if (procmap::Query(at, true, &v) != 0 || v.start > at) return -EFAULT;
-    if (!unseeable && Unseeable((v.flags & kVmaShared) != 0, v.inode)) {
-      unseeable = true;
-      u = v;
-    }
-    at = v.end;
-  }
-  if (unseeable)
-    return RefuseUnseeable(u.start, u.end, (u.flags & kVmaShared) != 0);
-  // Pass 2: watch.
-  at = start;
-  while (at < end && procmap::Query(at, true, &v) == 0 && v.start < end) {
-    int rc = RegisterRange(v.start, v.end);
-    if (rc != 0) return WatchError(rc, v.start, v.end);
-    at = v.end;
-  }
-  return 0;
-}
-
-void RewatchOne(void *, uintptr_t start, uintptr_t end) {
-  int rc = WatchLocked(start, end);
-  if (rc != 0) {
-    internal::Logf(internal::kLogWarn,
-                   "notifier: uffd: after fork, cannot watch the interval "
-                   "%#lx-%#lx of a live subscription again: %s",
-                   static_cast<unsigned long>(start),
-                   static_cast<unsigned long>(end), strerror(-rc));
-  }
 }
 
 // REQUIRES g_mu. In a fork child: a context, monitor threads, and the live

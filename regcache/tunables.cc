@@ -1,4 +1,8 @@
 // SPDX-License-Identifier: BSD-3-Clause
+// regcache/tunables.cc - the tunables' state and reads: in-process overrides
+// (regcache_config_set), the environment (secure_getenv; ignored under
+// AT_SECURE), typed reads, the warnings logged once, the fork child handler.
+// The table is in tunables_table.cc, the parsers in tunables_parse.cc.
 #include "regcache/tunables.h"
 
 #include <pthread.h>
@@ -16,86 +20,10 @@
 #include <string_view>
 
 #include "regcache/log.h"
+#include "regcache/tunables_internal.h"
 
 namespace regcache::tunables {
 namespace {
-
-// THE table. Later features add their rows here and nowhere else.
-constexpr Spec kTable[] = {
-    {"LOG_LEVEL", Type::kEnum, "warn",
-     "Library log level. Log lines go to stderr, or to the handler set with "
-     "regcache_set_log_handler().",
-     "off|error|warn|info|debug|trace"},
-    {"LOG_FILE", Type::kString, "",
-     "Write log lines to this file (appending) instead of stderr; %h is "
-     "replaced by the host name, %p by the process id, %% by %. Read once, "
-     "when the library initializes. A handler set with "
-     "regcache_set_log_handler() still takes precedence.",
-     nullptr},
-    {"MONITOR", Type::kEnum, "auto",
-     "How the notifier sees memory being unmapped: patch (patch libc's "
-     "munmap/mremap/madvise/brk/shmdt/mmap entry points), uffd (userfaultfd "
-     "monitor thread), ucm (import the events of UCX's libucm, when the "
-     "process loaded it), none (the host reports unmaps with "
-     "regcache_notify_unmap_start/end; caching stays on), auto (patch; ucm if "
-     "libucm patched libc first; uffd; ucm if libucm is loaded; else no "
-     "source: caching is turned off, with one warning).",
-     "auto|patch|uffd|none|ucm"},
-    {"MAX_REGIONS", Type::kUint, "16384",
-     "Most regions a cache keeps registered. Beyond it, unused regions are "
-     "deregistered in REGCACHE_EVICTION's order (regions in use are never "
-     "evicted, and a miss the policy does not cache is held uncached, so "
-     "the "
-     "count can exceed the limit while they are held). Default: well under the "
-     "max_mr of common HCAs (rxe 524287, mlx5 ~16M) and 16x libfabric's 1024, "
-     "which is known to thrash. 0 disables caching.",
-     nullptr},
-    {"MAX_BYTES", Type::kSize, "auto",
-     "Most registered (pinned) bytes a cache keeps; beyond it, unused regions "
-     "are deregistered in REGCACHE_EVICTION's order. auto: 3/4 of "
-     "RLIMIT_MEMLOCK when "
-     "that limit is finite and applies (no CAP_IPC_LOCK), else 1/4 of "
-     "physical RAM.",
-     "auto"},
-    {"MERGE_MAX_BYTES", Type::kSize, "64m",
-     "A region formed by merging overlapping regions never grows "
-     "beyond this "
-     "many bytes (a request larger than this is registered as it is). 0 "
-     "disables merging.",
-     nullptr},
-    {"EVICTION", Type::kEnum, "adaptive",
-     "Which unused regions a full cache deregisters, and whether a miss is "
-     "cached. adaptive: least recently used first, but a region used once is "
-     "cached only while first-time regions have proven worth it (a reuse LRU "
-     "would have hit), so loops over more buffers than fit and one-off scans "
-     "keep the reused set; costlier (larger) regions are kept longer, by "
-     "their modeled registration cost. lru: least recently used first, every "
-     "miss cached (UCX's decisions).",
-     "adaptive|lru"},
-    {"ACCESS_POLICY", Type::kEnum, "all",
-     "Access a cache registers memory with. all: writable memory gets every "
-     "access (local write, remote read, write and atomic), so requests with "
-     "different flags share one registration, as UCX and libfabric do; a key "
-     "then allows remote writes even where the application asked for local "
-     "access only (it grants nothing until the application sends the rkey). "
-     "Read-only memory, or a driver refusing, falls back to the requested "
-     "access. requested: only the union of the requested flags.",
-     "all|requested"},
-    {"ODP", Type::kEnum, "auto",
-     "On-demand paging for the verbs driver (read when a driver is opened). "
-     "auto: register "
-     "with IBV_ACCESS_ON_DEMAND (nothing pinned) when the device's RC ODP caps "
-     "cover send, "
-     "recv, write, read and atomic, else pin (one info line). on: the same, "
-     "but the "
-     "fallback to pinning is a warning. off: always pin.",
-     "auto|on|off"},
-    {"STATS", Type::kBool, "n",
-     "Print each cache's statistics to the log (info level, or stderr) when it "
-     "is "
-     "destroyed or the process exits.",
-     nullptr},
-};
 
 using Overrides = std::map<std::string, std::string>;
 
@@ -175,91 +103,6 @@ __attribute__((constructor(101))) void TunablesAtforkInit() {
   S();  // constructed before any fork
   pthread_atfork(nullptr, nullptr, AtforkChild);
 }
-
-std::string Lower(std::string v) {
-  for (auto &c : v)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return v;
-}
-
-bool HasChoice(const char *choices, const std::string &v, int *index) {
-  if (choices == nullptr) return false;
-  std::string_view all(choices);
-  int i = 0;
-  size_t pos = 0;
-  while (pos <= all.size()) {
-    size_t bar = all.find('|', pos);
-    if (bar == std::string_view::npos) bar = all.size();
-    if (all.substr(pos, bar - pos) == v) {
-      if (index) *index = i;
-      return true;
-    }
-    ++i;
-    pos = bar + 1;
-  }
-  return false;
-}
-
-const char *Accepted(const Spec &s) {
-  switch (s.type) {
-    case Type::kBool:
-      return "y|n|yes|no|1|0|on|off|true|false";
-    case Type::kEnum:
-      return s.choices;
-    case Type::kSize:
-      return s.choices ? "a size like 4096, 64k, 256m, 2g, or inf, or auto"
-                       : "a size like 4096, 64k, 256m, 2g, or inf";
-    case Type::kUint:
-      return s.choices ? "a non-negative integer, inf, or auto"
-                       : "a non-negative integer, or inf";
-    case Type::kString:
-      return "any text (empty: unset)";
-  }
-  return "";
-}
-
-// Validates v for s. 0 or -EINVAL.
-int Validate(const Spec &s, const std::string &raw, int *enum_index,
-             size_t *size_out, bool *is_auto) {
-  std::string v = Lower(raw);
-  switch (s.type) {
-    case Type::kBool: {
-      bool b;
-      return ParseBool(v, &b);
-    }
-    case Type::kEnum:
-      return HasChoice(s.choices, v, enum_index) ? 0 : -EINVAL;
-    case Type::kSize:
-    case Type::kUint: {
-      if (v == "auto") {
-        if (!s.choices) return -EINVAL;
-        if (is_auto) *is_auto = true;
-        return 0;
-      }
-      size_t n;
-      int rc;
-      if (s.type == Type::kSize) {
-        rc = ParseSize(v, &n);
-      } else if (v == "inf") {
-        n = SIZE_MAX;
-        rc = 0;
-      } else {
-        char *end = nullptr;
-        errno = 0;
-        unsigned long long x = std::strtoull(v.c_str(), &end, 10);
-        rc = (v.empty() || v[0] == '-' || *end != '\0' || errno) ? -EINVAL : 0;
-        n = static_cast<size_t>(x);
-      }
-      if (rc == 0 && size_out) *size_out = n;
-      if (rc == 0 && is_auto) *is_auto = false;
-      return rc;
-    }
-    case Type::kString:
-      return 0;
-  }
-  return -EINVAL;
-}
-
 // Secure-execution mode (AT_SECURE: setuid/setgid, file capabilities, an LSM
 // transition). A test seam can force it (SetSecureForTesting).
 int g_force_secure = -1;  // -1: ask the kernel
@@ -269,14 +112,8 @@ bool Secure() {
   return getauxval(AT_SECURE) != 0;
 }
 
-// THE one place the environment is read (every REGCACHE_* variable comes
-// through here). Under AT_SECURE the environment belongs to a less privileged
-// caller: a setuid program would otherwise let it turn invalidation off
-// (REGCACHE_MONITOR=none) or redirect logs, so it is ignored (secure_getenv
-// returns NULL there), with one warning per variable that was set.
-// REQUIRES: S().mu held (the reported set). The warning is not logged here,
-// under the mutex, but by ReportIgnored() after the caller unlocked (a log
-// handler may call back into regcache_config_*).
+// The variable EnvLookup() found ignored (secure mode) and ReportIgnored()
+// is to warn about, on this thread; nullptr when there is none.
 thread_local const Spec *t_ignored = nullptr;
 
 // Whether NAME=... is in the environment, without reading its value: under
@@ -289,6 +126,14 @@ bool IsSet(const std::string &name) {
   return false;
 }
 
+// THE one place the environment is read (every REGCACHE_* variable comes
+// through here). Under AT_SECURE the environment belongs to a less privileged
+// caller: a setuid program would otherwise let it turn invalidation off
+// (REGCACHE_MONITOR=none) or redirect logs, so it is ignored (secure_getenv
+// returns NULL there), with one warning per variable that was set.
+// REQUIRES: S().mu held (the reported set). The warning is not logged here,
+// under the mutex, but by ReportIgnored() after the caller unlocked (a log
+// handler may call back into regcache_config_*).
 const char *EnvLookup(const Spec &s) {
   std::string name = std::string("REGCACHE_") + s.name;
   if (!Secure()) return secure_getenv(name.c_str());
@@ -361,67 +206,6 @@ int Read(const char *name, int *enum_index, size_t *size_out, bool *is_auto,
 }
 
 }  // namespace
-
-const Spec *Table(size_t *count) {
-  *count = sizeof(kTable) / sizeof(kTable[0]);
-  return kTable;
-}
-
-const Spec *Find(const char *name) {
-  if (name == nullptr) return nullptr;
-  std::string_view n(name);
-  if (n.substr(0, 9) == "REGCACHE_") n.remove_prefix(9);
-  for (const auto &s : kTable) {
-    if (n == s.name) return &s;
-  }
-  return nullptr;
-}
-
-int ParseBool(const std::string &raw, bool *out) {
-  std::string v = Lower(raw);
-  if (v == "y" || v == "yes" || v == "1" || v == "on" || v == "true") {
-    *out = true;
-    return 0;
-  }
-  if (v == "n" || v == "no" || v == "0" || v == "off" || v == "false") {
-    *out = false;
-    return 0;
-  }
-  return -EINVAL;
-}
-
-int ParseSize(const std::string &raw, size_t *out) {
-  std::string v = Lower(raw);
-  if (v == "inf") {
-    *out = SIZE_MAX;
-    return 0;
-  }
-  if (v.empty() || !std::isdigit(static_cast<unsigned char>(v[0])))
-    return -EINVAL;
-  char *end = nullptr;
-  errno = 0;
-  unsigned long long n = std::strtoull(v.c_str(), &end, 10);
-  if (errno) return -EINVAL;
-  std::string_view unit(end);
-  if (!unit.empty() && unit.back() == 'b') unit.remove_suffix(1);
-  unsigned shift = 0;
-  if (unit.empty())
-    shift = 0;
-  else if (unit == "k")
-    shift = 10;
-  else if (unit == "m")
-    shift = 20;
-  else if (unit == "g")
-    shift = 30;
-  else if (unit == "t")
-    shift = 40;
-  else
-    return -EINVAL;
-  if (shift && n > (SIZE_MAX >> shift)) return -EINVAL;
-  *out = static_cast<size_t>(n) << shift;
-  return 0;
-}
-
 int GetString(const char *name, std::string *out) {
   const Spec *s = Find(name);
   if (!s) return -ENOENT;
@@ -489,12 +273,9 @@ int GetOrigin(const char *name, std::string *value, const char **origin) {
   *value = RawLocked(*s, origin);
   return 0;
 }
-
-const char *AcceptedValues(const Spec &s) { return Accepted(s); }
-
 int CheckAll() {
   int result = 0;
-  for (const auto &s : kTable) {
+  for (const auto &s : Specs()) {
     int rc = Read(s.name, nullptr, nullptr, nullptr, nullptr);
     if (rc) result = rc;
   }
@@ -515,7 +296,7 @@ void SetAtforkOffForTesting(bool off) {
 int Print(FILE *stream, bool with_help) {
   if (!stream) return -EINVAL;
   static const char *kTypeName[] = {"bool", "enum", "size", "count", "string"};
-  for (const auto &s : kTable) {
+  for (const auto &s : Specs()) {
     std::string v;
     GetString(s.name, &v);
     if (with_help) {

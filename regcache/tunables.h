@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 // regcache/tunables.h - every REGCACHE_* tunable, declared once (internal).
 //
-// The table in tunables.cc is the only place a REGCACHE_* environment variable
-// is read, with secure_getenv: under AT_SECURE (setuid/setgid programs, file
-// capabilities) the environment is ignored and only regcache_config_set() and
-// the defaults apply. A value comes from, in order: regcache_config_set()
-// (in-process override), the environment, the table's default. Values are
+// The table in tunables_table.cc declares every tunable; tunables.cc is the
+// only place a REGCACHE_* environment variable is read, with secure_getenv:
+// under AT_SECURE (setuid/setgid programs, file capabilities) the environment
+// is ignored and only regcache_config_set() and the defaults apply. A value
+// comes from, in order: regcache_config_set() (in-process override), the
+// environment, the table's default. Values are
 // validated when read; a bad value gives -EINVAL and one error log line naming
 // the variable and the accepted values.
 //
@@ -25,11 +26,10 @@
 namespace regcache::tunables {
 
 enum class Type {
-  kBool,  // y|n|yes|no|1|0|on|off|true|false
-  kEnum,  // one of `choices`
-  kSize,  // bytes with optional k/m/g/t suffix (powers of 1024); "inf"; "auto"
-          // if allowed
-  kUint,  // a count: decimal, "inf"; "auto" if allowed
+  kBool,    // y|n|yes|no|1|0|on|off|true|false
+  kEnum,    // one of `choices`
+  kSize,    // bytes, k/m/g/t suffix (powers of 1024); "inf"; "auto" if allowed
+  kUint,    // a count: decimal, "inf"; "auto" if allowed
   kString,  // any text (a path); "" means unset
 };
 

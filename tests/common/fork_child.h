@@ -16,6 +16,16 @@
 //                            RunChild n times in a row, stopping at the first
 //                            child that fails: its index (why: Describe of
 //                            its status), or -1 when all n exited 0.
+//   LockHolder(mu)           a thread that holds mu from Start() until
+//                            Release() (or destruction): the lock a fork
+//                            inherits held by a thread the child lacks.
+//   ForkWhileHeld(mu, fn, timeout_s)
+//                            RunChild while a LockHolder holds mu.
+//   WithAtforkOff(set_off, fn)
+//                            fn() with a lock's atfork child handler switched
+//                            off (set_off(true), then set_off(false) however
+//                            fn returns): the negative control of a fork
+//                            test, whose child must then hang.
 //
 // With REGCACHE_TEST_GDB_HUNG set, a child that is about to time out prints a
 // backtrace of its threads (gdb, if installed) and of the alarm'ed thread.
@@ -30,9 +40,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -114,6 +126,57 @@ inline int FirstFailingChild(int n, const std::function<int()> &fn,
     }
   }
   return -1;
+}
+
+// A thread that holds `mu` from Start() until Release().
+class LockHolder {
+ public:
+  explicit LockHolder(std::mutex &mu) : mu_(mu) {}
+  ~LockHolder() { Release(); }
+  LockHolder(const LockHolder &) = delete;
+  LockHolder &operator=(const LockHolder &) = delete;
+  void Start() {
+    t_ = std::thread([this] {
+      std::lock_guard<std::mutex> g(mu_);
+      held_.store(true);
+      // Bounded: the test releases it right after its fork (or at teardown).
+      while (!release_.load())
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    });
+    while (!held_.load())
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  void Release() {
+    release_.store(true);
+    if (t_.joinable()) t_.join();
+  }
+
+ private:
+  std::mutex &mu_;
+  std::thread t_;
+  std::atomic<bool> held_{false};
+  std::atomic<bool> release_{false};
+};
+
+// RunChild(fn, timeout_s) while another thread holds mu (a LockHolder,
+// released right after the fork returns).
+inline int ForkWhileHeld(std::mutex &mu, const std::function<int()> &fn,
+                         unsigned timeout_s) {
+  LockHolder h(mu);
+  h.Start();
+  const int status = RunChild(fn, timeout_s);
+  h.Release();
+  return status;
+}
+
+// fn() with a lock's atfork child handler off: set_off(true) before,
+// set_off(false) after. Returns fn's result (a wait status).
+inline int WithAtforkOff(void (*set_off)(bool),
+                         const std::function<int()> &fn) {
+  set_off(true);
+  const int st = fn();
+  set_off(false);
+  return st;
 }
 
 }  // namespace regcache::testing

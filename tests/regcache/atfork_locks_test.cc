@@ -2,8 +2,8 @@
 // tests/regcache/atfork_locks_test.cc - fork() while another thread holds (or
 // hammers) one of regcache/'s own locks never blocks the child (issue 13: the
 // library's init mutex, regcache/library.cc; the log sink's mutex,
-// regcache/log.cc; the tunables' mutex, regcache/tunables.cc). The host driver's pin table has its twin in
-// tests/drivers/host/host_fork_test.cc.
+// regcache/log.cc; the tunables' mutex, regcache/tunables.cc). The host
+// driver's pin table has its twin in tests/drivers/host/host_fork_test.cc.
 //
 // Every child runs under alarm() (tests/common/fork_child.h): a hang is a
 // SIGALRM death. Negative controls switch the lock's atfork child handler off
@@ -30,44 +30,16 @@ using testing::ChildHung;
 using testing::ChildOk;
 using testing::Describe;
 using testing::FirstFailingChild;
+using testing::ForkWhileHeld;
 using testing::RunChild;
-
-// A thread that holds `mu` from Start() until Release().
-class Holder {
- public:
-  explicit Holder(std::mutex &mu) : mu_(mu) {}
-  ~Holder() { Release(); }
-  void Start() {
-    t_ = std::thread([this] {
-      std::lock_guard<std::mutex> g(mu_);
-      held_.store(true);
-      // Bounded: the test releases it right after its fork (or at teardown).
-      while (!release_.load()) std::this_thread::sleep_for(1ms);
-    });
-    while (!held_.load()) std::this_thread::sleep_for(1ms);
-  }
-  void Release() {
-    release_.store(true);
-    if (t_.joinable()) t_.join();
-  }
-
- private:
-  std::mutex &mu_;
-  std::thread t_;
-  std::atomic<bool> held_{false};
-  std::atomic<bool> release_{false};
-};
+using testing::WithAtforkOff;
 
 // The child's use of the init mutex: LibraryInit (every regcache_* call that
 // needs the library runs it first).
 int InitChild() { return LibraryInit() == 0 ? 0 : 3; }
 
 int ForkWhileInitHeld(unsigned timeout_s) {
-  Holder h(InitMutexForTesting());
-  h.Start();
-  int status = RunChild(InitChild, timeout_s);
-  h.Release();
-  return status;
+  return ForkWhileHeld(InitMutexForTesting(), InitChild, timeout_s);
 }
 
 TEST(AtforkLocks, InitMutexHeldByAnotherThread) {
@@ -78,9 +50,8 @@ TEST(AtforkLocks, InitMutexHeldByAnotherThread) {
 
 TEST(AtforkLocks, InitMutexNegativeControlHangs) {
   ASSERT_EQ(LibraryInit(), 0);
-  SetInitAtforkOffForTesting(true);
-  int st = ForkWhileInitHeld(2);
-  SetInitAtforkOffForTesting(false);
+  int st = WithAtforkOff(SetInitAtforkOffForTesting,
+                         [] { return ForkWhileInitHeld(2); });
   EXPECT_TRUE(ChildHung(st)) << Describe(st);
 }
 
@@ -146,12 +117,9 @@ TEST(AtforkLocks, TunablesMutexHeldByAnotherThread) {
 }
 
 TEST(AtforkLocks, TunablesMutexNegativeControlHangs) {
-  Holder h(tunables::MutexForTesting());
-  h.Start();
-  tunables::SetAtforkOffForTesting(true);
-  const int st = RunChild(TunablesChild, 2);
-  tunables::SetAtforkOffForTesting(false);
-  h.Release();
+  const int st = WithAtforkOff(tunables::SetAtforkOffForTesting, [] {
+    return ForkWhileHeld(tunables::MutexForTesting(), TunablesChild, 2);
+  });
   EXPECT_TRUE(ChildHung(st)) << Describe(st);
 }
 
@@ -229,9 +197,8 @@ TEST(AtforkLocks, LogSinkBusyInAnotherThread) {
 }
 
 TEST(AtforkLocks, LogSinkNegativeControlHangs) {
-  log::SetSinkAtforkOffForTesting(true);
-  int st = ForkWhileSinkBusy(2);
-  log::SetSinkAtforkOffForTesting(false);
+  int st = WithAtforkOff(log::SetSinkAtforkOffForTesting,
+                         [] { return ForkWhileSinkBusy(2); });
   EXPECT_TRUE(ChildHung(st)) << Describe(st);
 }
 

@@ -227,8 +227,8 @@ namespace regcache {
 namespace {
 
 // MONITOR's choices and the notifier's sources are one list: every choice
-// maps to the source of that name (a choice added to tunables.cc without a
-// source, or a source renamed, fails here), and the library's lookup returns
+// maps to the source of that name (a choice added to tunables_table.cc without
+// a source, or a source renamed, fails here), and the library's lookup returns
 // it.
 TEST_F(TunablesTest, EveryMonitorChoiceIsANotifierSource) {
   const tunables::Spec *s = tunables::Find("MONITOR");

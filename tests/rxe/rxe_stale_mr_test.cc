@@ -516,6 +516,17 @@ void RunCycles(Source source, Path path, int cycles, Tally *t) {
       << "the memory change did not happen as the path intends";
 }
 
+// Every path: the suites below run each of them.
+constexpr Path kAllPaths[] = {
+    Path::kMunmapMmap,      Path::kFreeMalloc, Path::kReallocMove,
+    Path::kMadviseDontneed, Path::kBrkTrim,    Path::kMemfdPunchHole,
+    Path::kMemfdFtruncate,  Path::kGuardPages,
+};
+
+std::string PathParamName(const ::testing::TestParamInfo<Path> &info) {
+  return PathName(info.param);
+}
+
 class RxeStaleMr : public ::testing::TestWithParam<std::tuple<Source, Path>> {};
 
 TEST_P(RxeStaleMr, NoWrongBytes) {
@@ -535,12 +546,9 @@ TEST_P(RxeStaleMr, NoWrongBytes) {
 
 INSTANTIATE_TEST_SUITE_P(
     Sources, RxeStaleMr,
-    ::testing::Combine(
-        ::testing::Values(Source::kPatch, Source::kUffd, Source::kExplicit),
-        ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc,
-                          Path::kReallocMove, Path::kMadviseDontneed,
-                          Path::kBrkTrim, Path::kMemfdPunchHole,
-                          Path::kMemfdFtruncate, Path::kGuardPages)),
+    ::testing::Combine(::testing::Values(Source::kPatch, Source::kUffd,
+                                         Source::kExplicit),
+                       ::testing::ValuesIn(kAllPaths)),
     [](const ::testing::TestParamInfo<std::tuple<Source, Path>> &info) {
       return std::string(SourceName(std::get<0>(info.param))) + "_" +
              PathName(std::get<1>(info.param));
@@ -557,20 +565,12 @@ TEST_P(RxeStaleMrNegativeControl, FindsWrongBytesWithProtectionOff) {
   if (IsSkipped() || HasFatalFailure()) return;
   EXPECT_GT(t.wrong_after_reuse, 0u)
       << "BROKEN TEST: with REGCACHE_MONITOR=none and no explicit calls the "
-         "cache must "
-         "hand out stale registrations on this path, and the check did not see "
-         "any";
+         "cache must hand out stale registrations on this path, and the check "
+         "did not see any";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Paths, RxeStaleMrNegativeControl,
-    ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc, Path::kReallocMove,
-                      Path::kMadviseDontneed, Path::kBrkTrim,
-                      Path::kMemfdPunchHole, Path::kMemfdFtruncate,
-                      Path::kGuardPages),
-    [](const ::testing::TestParamInfo<Path> &info) {
-      return std::string(PathName(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Paths, RxeStaleMrNegativeControl,
+                         ::testing::ValuesIn(kAllPaths), PathParamName);
 
 // The blind default (issue 12): REGCACHE_MONITOR=auto, userfaultfd blocked,
 // libc's munmap patched by someone else first. No source sees the changes, so
@@ -587,15 +587,8 @@ TEST_P(RxeBlindAuto, DoesNotCache) {
   EXPECT_EQ(0u, t.hits) << "blind auto cached";
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Paths, RxeBlindAuto,
-    ::testing::Values(Path::kMunmapMmap, Path::kFreeMalloc, Path::kReallocMove,
-                      Path::kMadviseDontneed, Path::kBrkTrim,
-                      Path::kMemfdPunchHole, Path::kMemfdFtruncate,
-                      Path::kGuardPages),
-    [](const ::testing::TestParamInfo<Path> &info) {
-      return std::string(PathName(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Paths, RxeBlindAuto, ::testing::ValuesIn(kAllPaths),
+                         PathParamName);
 
 // mprotect: the frames stay; the access is what changes. Cycle: get (remote
 // write), WRITE, check, put; mprotect(PROT_READ); get for remote write (patch

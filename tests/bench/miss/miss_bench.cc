@@ -93,25 +93,10 @@ class Regcache {
 
 int Child(int argc, char **argv) {
   Regcache c;
-  if (argc == 2 && strcmp(argv[0], "insert") == 0) {
-    const double ns = missbench::InsertNsPerGet(c, atoi(argv[1]));
-    printf("RESULT insert_ns=%.1f regs=%llu\n", ns, (unsigned long long)g_regs);
-    return 0;
-  }
-  if (argc == 2 && strcmp(argv[0], "evict") == 0) {
-    const double ns = missbench::EvictNsPerGet(c, atoi(argv[1]));
-    printf("RESULT evict_ns=%.1f regs=%llu\n", ns, (unsigned long long)g_regs);
-    return 0;
-  }
-  if (argc == 3 && strcmp(argv[0], "inval") == 0) {
-    double plain, hooked, cached;
-    missbench::Inval(c, atoi(argv[1]), atoi(argv[2]), &plain, &hooked, &cached);
-    printf("RESULT plain_ns=%.1f hooked_ns=%.1f cache_ns=%.1f regs=%llu\n",
-           plain, hooked, cached, (unsigned long long)g_regs);
-    return 0;
-  }
-  fprintf(stderr, "bad --child arguments\n");
-  return 2;
+  const int rc =
+      missbench::RunCommand(c, argc, argv, g_regs, /*with_evict=*/true);
+  if (rc == 2) fprintf(stderr, "bad --child arguments\n");
+  return rc;
 }
 
 using regcache::bench::SelfDir;

@@ -17,8 +17,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 namespace missbench {
@@ -148,6 +150,34 @@ void Inval(C &c, int blocks, int iters, double *plain, double *hooked,
   *plain = Median(p);
   *hooked = Median(h);
   *cached = Median(q);
+}
+
+// A child's command, the same words for both contenders: "insert PASSES",
+// "evict PASSES" (only when with_evict), "inval BLOCKS ITERS" (argv[0] is the
+// command). Prints one RESULT line, with regs (the registrations the
+// contender's callback counted), and returns 0; 2 for arguments it does not
+// know (the caller prints its usage).
+template <class C>
+int RunCommand(C &c, int argc, char **argv, const uint64_t &regs,
+               bool with_evict) {
+  if (argc == 2 && strcmp(argv[0], "insert") == 0) {
+    const double ns = InsertNsPerGet(c, atoi(argv[1]));
+    printf("RESULT insert_ns=%.1f regs=%llu\n", ns, (unsigned long long)regs);
+    return 0;
+  }
+  if (with_evict && argc == 2 && strcmp(argv[0], "evict") == 0) {
+    const double ns = EvictNsPerGet(c, atoi(argv[1]));
+    printf("RESULT evict_ns=%.1f regs=%llu\n", ns, (unsigned long long)regs);
+    return 0;
+  }
+  if (argc == 3 && strcmp(argv[0], "inval") == 0) {
+    double plain, hooked, cached;
+    Inval(c, atoi(argv[1]), atoi(argv[2]), &plain, &hooked, &cached);
+    printf("RESULT plain_ns=%.1f hooked_ns=%.1f cache_ns=%.1f regs=%llu\n",
+           plain, hooked, cached, (unsigned long long)regs);
+    return 0;
+  }
+  return 2;
 }
 
 }  // namespace missbench

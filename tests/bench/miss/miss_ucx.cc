@@ -81,18 +81,9 @@ class Ucx {
 
 int main(int argc, char **argv) {
   Ucx c;
-  if (argc == 3 && strcmp(argv[1], "insert") == 0) {
-    const double ns = missbench::InsertNsPerGet(c, atoi(argv[2]));
-    printf("RESULT insert_ns=%.1f regs=%llu\n", ns, (unsigned long long)g_regs);
-    return 0;
-  }
-  if (argc == 4 && strcmp(argv[1], "inval") == 0) {
-    double plain, hooked, cached;
-    missbench::Inval(c, atoi(argv[2]), atoi(argv[3]), &plain, &hooked, &cached);
-    printf("RESULT plain_ns=%.1f hooked_ns=%.1f cache_ns=%.1f regs=%llu\n",
-           plain, hooked, cached, (unsigned long long)g_regs);
-    return 0;
-  }
-  fprintf(stderr, "usage: %s insert PASSES | inval BLOCKS ITERS\n", argv[0]);
-  return 2;
+  const int rc = missbench::RunCommand(c, argc - 1, argv + 1, g_regs,
+                                       /*with_evict=*/false);
+  if (rc == 2)
+    fprintf(stderr, "usage: %s insert PASSES | inval BLOCKS ITERS\n", argv[0]);
+  return rc;
 }

@@ -13,7 +13,6 @@
 #include <sys/mman.h>
 
 #include <atomic>
-#include <chrono>
 #include <string>
 #include <thread>
 
@@ -23,12 +22,13 @@
 namespace regcache::host {
 namespace {
 
-using namespace std::chrono_literals;
 using testing::ChildHung;
 using testing::ChildOk;
 using testing::Describe;
 using testing::FirstFailingChild;
+using testing::ForkWhileHeld;
 using testing::RunChild;
+using testing::WithAtforkOff;
 
 constexpr size_t kLen = 16 * 4096;
 
@@ -56,18 +56,7 @@ int RegisterChild() {
 }
 
 int ForkWhilePinsHeld(unsigned timeout_s) {
-  std::atomic<int> stage{0};
-  std::thread t([&] {
-    std::lock_guard<std::mutex> g(PinsMutexForTesting());
-    stage.store(1);
-    // Bounded: released right after the fork below.
-    while (stage.load() != 2) std::this_thread::sleep_for(1ms);
-  });
-  while (stage.load() != 1) std::this_thread::sleep_for(1ms);
-  int status = RunChild(RegisterChild, timeout_s);
-  stage.store(2);
-  t.join();
-  return status;
+  return ForkWhileHeld(PinsMutexForTesting(), RegisterChild, timeout_s);
 }
 
 TEST(HostFork, PinTableHeldByAnotherThread) {
@@ -76,9 +65,8 @@ TEST(HostFork, PinTableHeldByAnotherThread) {
 }
 
 TEST(HostFork, PinTableNegativeControlHangs) {
-  SetPinsAtforkOffForTesting(true);
-  int st = ForkWhilePinsHeld(2);
-  SetPinsAtforkOffForTesting(false);
+  int st = WithAtforkOff(SetPinsAtforkOffForTesting,
+                         [] { return ForkWhilePinsHeld(2); });
   EXPECT_TRUE(ChildHung(st)) << Describe(st);
 }
 
