@@ -11,12 +11,14 @@
 #        script, every listed name is declared, and each library exports exactly its
 #        script's names (nothing by glob, nothing forgotten);
 #     2. every symbol of the baseline is still exported under the same version node
-#        (symbols never move, docs/versioning.md);
+#        (symbols never move, docs/versioning.md), and every symbol added since the
+#        baseline is in the newest node of its script (never in a released one);
 #     3. abidiff baseline vs build: an incompatible change fails; added functions are
 #        listed (they must be in the newest node: step 2 of the next release's baseline).
 #   --update: rewrites the baselines from the build (at a release, after review).
 #   --self-test: abidiff on two tiny libraries, one with a changed signature, must report
-#     an incompatible change (the negative control of step 3).
+#     an incompatible change (the negative control of step 3); a symbol added since the
+#     baseline in an older node must be caught (the negative control of step 2).
 set -euo pipefail
 mode=--check
 if [[ ${1:-} == --* ]]; then mode=$1; shift; fi
@@ -44,6 +46,31 @@ verdict() {
   if ((rc & 4)); then echo added; else echo identical; fi
 }
 
+# new_in_old_node <baseline "name node" lines> <exported "name node" lines> <newest node>:
+# prints every exported symbol the baseline does not have that is not in the newest node
+# (a symbol added since the baseline belongs to the release in development; one put in
+# an older node would claim to have existed in that release: the glob problem of 0.1).
+new_in_old_node() {
+  local base=$1 have=$2 newest=$3 name node
+  while read -r name node; do
+    [[ -n $name ]] || continue
+    grep -q "^$name " <<<"$base" && continue
+    [[ $node == "$newest" ]] || echo "$name@$node"
+  done <<<"$have"
+}
+
+# newest_node <map>: the last public version node the script defines.
+newest_node() {
+  sed 's|/\*.*\*/||' "$1" | grep -oE '^REGCACHE_[0-9]+\.[0-9]+ *\{' | tail -n1 | grep -oE 'REGCACHE_[0-9.]+'
+}
+
+# readable <abi file>: abilint parses it and it describes at least one symbol. abidiff
+# given an unparsable file compares nothing and exits 0 (0.2's first baseline had
+# comp-dir-path='<build>/...' in it: every check passed without comparing anything).
+readable() {
+  abilint "$1" >/dev/null 2>&1 && grep -q '<elf-symbol name=' "$1"
+}
+
 if [[ $mode == --self-test ]]; then
   t=$(mktemp -d)
   trap 'rm -rf "$t"' EXIT
@@ -66,6 +93,22 @@ if [[ $mode == --self-test ]]; then
   [[ $(verdict "$rc" "$(cat "$t/out")") == added ]] ||
     { echo "abi self-test: an added function was not classified as an addition"; cat "$t/out"; exit 1; }
   echo "abi self-test: an added function is a compatible addition"
+  base=$'regcache_a REGCACHE_0.1\nregcache_b REGCACHE_0.1'
+  good=$'regcache_a REGCACHE_0.1\nregcache_b REGCACHE_0.1\nregcache_c REGCACHE_0.2'
+  bad=$'regcache_a REGCACHE_0.1\nregcache_b REGCACHE_0.1\nregcache_c REGCACHE_0.1'
+  [[ -z $(new_in_old_node "$base" "$good" REGCACHE_0.2) ]] ||
+    { echo "abi self-test: a new symbol in the newest node was refused"; exit 1; }
+  [[ $(new_in_old_node "$base" "$bad" REGCACHE_0.2) == regcache_c@REGCACHE_0.1 ]] ||
+    { echo "abi self-test: a new symbol in an old node was not caught"; exit 1; }
+  printf 'REGCACHE_0.1 {\n global: regcache_a;\n local: *;\n};\nREGCACHE_0.2 {\n} REGCACHE_0.1;\n' \
+    >"$t/x.map"
+  [[ $(newest_node "$t/x.map") == REGCACHE_0.2 ]] ||
+    { echo "abi self-test: newest node of a script not found"; exit 1; }
+  echo "abi self-test: a symbol added since the baseline must be in the newest node"
+  readable "$t/v1.abi" || { echo "abi self-test: a good corpus was called unreadable"; exit 1; }
+  sed "s|<elf-symbol name='f'|<elf-symbol name='<f>'|" "$t/v1.abi" >"$t/bad.abi"
+  if readable "$t/bad.abi"; then echo "abi self-test: an unparsable baseline was accepted"; exit 1; fi
+  echo "abi self-test: an unparsable baseline is refused"
   exit 0
 fi
 
@@ -86,8 +129,9 @@ dump() {  # <lib> <out>
   abidw --exported-interfaces-only --headers-dir "$hdr" --drop-private-types \
     --no-corpus-path --no-show-locs --suppressions "$suppr" --out-file "$2" \
     "$build/regcache/$1.so.0"
-  # Paths of this checkout are noise in a checked-in file.
-  sed -i -e "s|$build|<build>|g" -e "s|$root/||g" "$2"
+  # Paths of this checkout are noise in a checked-in file (replaced by a plain word: the
+  # file is XML, a '<' in an attribute would make it unreadable).
+  sed -i -e "s|$build|BUILD|g" -e "s|$root/||g" "$2"
 }
 
 if [[ $mode == --update ]]; then
@@ -134,6 +178,7 @@ done
 for l in "${libs[@]}"; do
   base=$abidir/$l.abi
   [[ -f $base ]] || { echo "no baseline abi/$l.abi (scripts/abi.sh --update)"; fail=1; continue; }
+  readable "$base" || { echo "abi/$l.abi: abilint cannot read it (or it has no symbol)"; fail=1; continue; }
   while read -r name ver; do
     got=$(nm -D --defined-only "$build/regcache/$l.so.0" | awk '{print $3}' |
           grep -E "^$name@@?" | sed 's/.*@@\{0,1\}//' || true)
@@ -141,8 +186,24 @@ for l in "${libs[@]}"; do
     elif [[ $got != "$ver" ]]; then echo "$l: $name moved from $ver to $got"; fail=1; fi
   done < <(grep -o "<elf-symbol name='[^']*' version='[^']*'" "$base" |
            sed "s/<elf-symbol name='\([^']*\)' version='\([^']*\)'/\1 \2/")
+  case $l in
+    libregcache) map=${maps[0]} ;;
+    libregcache-verbs) map=${maps[1]} ;;
+    libregcache-fabric) map=${maps[2]} ;;
+  esac
+  newest=$(newest_node "$map")
+  basesyms=$(grep -o "<elf-symbol name='[^']*' version='[^']*'" "$base" |
+             sed "s/<elf-symbol name='\([^']*\)' version='\([^']*\)'/\1 \2/")
+  havesyms=$(nm -D --defined-only "$build/regcache/$l.so.0" | awk '{print $3}' |
+             grep '^regcache_' | sed 's/@@\{0,1\}/ /' || true)
+  if misplaced=$(new_in_old_node "$basesyms" "$havesyms" "$newest") && [[ -n $misplaced ]]; then
+    echo "$l: symbols added since abi/$l.abi must be in the newest node, $newest"
+    echo "  ($(basename "$map"), docs/versioning.md), not in an older one:"
+    sed 's/^/    /' <<<"$misplaced"; fail=1
+  fi
   cur=$(mktemp)
   dump "$l" "$cur"
+  readable "$cur" || { echo "$l: abidw's description of the build is unreadable"; fail=1; }
   rc=0
   out=$(abidiff --suppressions "$suppr" "$base" "$cur" 2>&1) || rc=$?
   rm -f "$cur"
