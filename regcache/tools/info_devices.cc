@@ -9,7 +9,7 @@
 #include <set>
 #include <string>
 
-#include "info.h"
+#include "tools/info.h"
 
 #ifdef REGCACHE_HAVE_VERBS
 #include <infiniband/verbs.h>

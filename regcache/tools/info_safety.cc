@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "info.h"
+#include "tools/info.h"
 
 namespace regcache_info {
 namespace {

@@ -16,7 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "info.h"
+#include "tools/info.h"
 
 #ifdef REGCACHE_HAVE_LIBFABRIC
 #include <rdma/fabric.h>
