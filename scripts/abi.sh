@@ -27,7 +27,7 @@ build=${1:-$root/build/release}
 abidir=$root/abi
 suppr=$abidir/regcache.suppr
 maps=("$root/regcache/regcache.map" "$root/drivers/verbs/regcache-verbs.map"
-      "$root/drivers/fabric/regcache-fabric.map")
+      "$root/drivers/fabric/regcache-fabric.map" "$root/drivers/fabric/regcache-fi-monitor.map")
 headers=("$root"/regcache/include/regcache/*.h "$root"/notifier/include/regcache/*.h
          "$root"/drivers/*/include/regcache/*.h)
 
@@ -120,15 +120,31 @@ mkdir -p "$hdr/regcache"
 cp "${headers[@]}" "$hdr/regcache/"
 
 libs=()
-for l in libregcache libregcache-verbs libregcache-fabric; do
-  [[ -e $build/regcache/$l.so.0 ]] && libs+=("$l")
+# libfile <lib>: the built file. libregcache-fi-monitor.so is a module loaded by name
+# (LD_PRELOAD): no number in its SONAME, built in drivers/fabric.
+libfile() {
+  case $1 in
+    libregcache-fi-monitor) echo "$build/drivers/fabric/$1.so" ;;
+    *) echo "$build/regcache/$1.so.0" ;;
+  esac
+}
+mapof() {
+  case $1 in
+    libregcache) echo "${maps[0]}" ;;
+    libregcache-verbs) echo "${maps[1]}" ;;
+    libregcache-fabric) echo "${maps[2]}" ;;
+    libregcache-fi-monitor) echo "${maps[3]}" ;;
+  esac
+}
+for l in libregcache libregcache-verbs libregcache-fabric libregcache-fi-monitor; do
+  [[ -e $(libfile "$l") ]] && libs+=("$l")
 done
 ((${#libs[@]})) || { echo "abi.sh: no library in $build/regcache (build first)"; exit 1; }
 
 dump() {  # <lib> <out>
   abidw --exported-interfaces-only --headers-dir "$hdr" --drop-private-types \
     --no-corpus-path --no-show-locs --suppressions "$suppr" --out-file "$2" \
-    "$build/regcache/$1.so.0"
+    "$(libfile "$1")"
   # Paths of this checkout are noise in a checked-in file (replaced by a plain word: the
   # file is XML, a '<' in an attribute would make it unreadable).
   sed -i -e "s|$build|BUILD|g" -e "s|$root/||g" "$2"
@@ -146,7 +162,7 @@ fi
 
 fail=0
 # ---- 1. headers <-> version scripts <-> exports
-declared=$(cat "${headers[@]}" | tr '\n' ' ' | grep -o 'REGCACHE_API[^(;]*(' |
+declared=$(cat "${headers[@]}" | tr '\n' ' ' | grep -oE 'REGCACHE_(FI_MONITOR_)?API[^(;]*\(' |
            grep -o 'regcache_[a-z0-9_]*($' | tr -d '(' | sort -u)
 listed=$(sed 's|/\*.*\*/||' "${maps[@]}" | grep -o '^ *regcache_[a-z0-9_]*;' | tr -d ' ;' | sort)
 if dup=$(uniq -d <<<"$listed") && [[ -n $dup ]]; then echo "listed twice in the version scripts: $dup"; fail=1; fi
@@ -159,13 +175,9 @@ if stale=$(comm -13 <(echo "$declared") <(sort -u <<<"$listed")) && [[ -n $stale
   echo "version scripts list functions no public header declares:"; sed 's/^/  /' <<<"$stale"; fail=1
 fi
 for l in "${libs[@]}"; do
-  case $l in
-    libregcache) map=${maps[0]} ;;
-    libregcache-verbs) map=${maps[1]} ;;
-    libregcache-fabric) map=${maps[2]} ;;
-  esac
+  map=$(mapof "$l")
   want=$(sed 's|/\*.*\*/||' "$map" | grep -o '^ *regcache_[a-z0-9_]*;' | tr -d ' ;' | sort)
-  have=$(nm -D --defined-only "$build/regcache/$l.so.0" | awk '{print $3}' | grep '^regcache_' |
+  have=$(nm -D --defined-only "$(libfile "$l")" | awk '{print $3}' | grep '^regcache_' |
          sed 's/@.*//' | sort)
   if [[ "$want" != "$have" ]]; then
     echo "$l exports differ from $(basename "$map") (< script, > library):"
@@ -180,21 +192,17 @@ for l in "${libs[@]}"; do
   [[ -f $base ]] || { echo "no baseline abi/$l.abi (scripts/abi.sh --update)"; fail=1; continue; }
   readable "$base" || { echo "abi/$l.abi: abilint cannot read it (or it has no symbol)"; fail=1; continue; }
   while read -r name ver; do
-    got=$(nm -D --defined-only "$build/regcache/$l.so.0" | awk '{print $3}' |
+    got=$(nm -D --defined-only "$(libfile "$l")" | awk '{print $3}' |
           grep -E "^$name@@?" | sed 's/.*@@\{0,1\}//' || true)
     if [[ -z $got ]]; then echo "$l: $name@$ver removed"; fail=1
     elif [[ $got != "$ver" ]]; then echo "$l: $name moved from $ver to $got"; fail=1; fi
   done < <(grep -o "<elf-symbol name='[^']*' version='[^']*'" "$base" |
            sed "s/<elf-symbol name='\([^']*\)' version='\([^']*\)'/\1 \2/")
-  case $l in
-    libregcache) map=${maps[0]} ;;
-    libregcache-verbs) map=${maps[1]} ;;
-    libregcache-fabric) map=${maps[2]} ;;
-  esac
+  map=$(mapof "$l")
   newest=$(newest_node "$map")
   basesyms=$(grep -o "<elf-symbol name='[^']*' version='[^']*'" "$base" |
              sed "s/<elf-symbol name='\([^']*\)' version='\([^']*\)'/\1 \2/")
-  havesyms=$(nm -D --defined-only "$build/regcache/$l.so.0" | awk '{print $3}' |
+  havesyms=$(nm -D --defined-only "$(libfile "$l")" | awk '{print $3}' |
              grep '^regcache_' | sed 's/@@\{0,1\}/ /' || true)
   if misplaced=$(new_in_old_node "$basesyms" "$havesyms" "$newest") && [[ -n $misplaced ]]; then
     echo "$l: symbols added since abi/$l.abi must be in the newest node, $newest"

@@ -66,6 +66,13 @@ for d in verbs fabric; do
     drivers+=("$d")
   fi
 done
+# libregcache-fi-monitor.so (a module loaded by name: no number in its SONAME) versions
+# its functions like the libraries (drivers/fabric/regcache-fi-monitor.map).
+if [[ -e $libdir/libregcache-fi-monitor.so ]]; then
+  bad=$(nm -D --defined-only "$libdir/libregcache-fi-monitor.so" | awk '{print $3}' |
+        grep -v '^regcache_fi_monitor_.*@@REGCACHE_[0-9]' | grep -v '^REGCACHE_' || true)
+  [[ -z $bad ]] || { echo "libregcache-fi-monitor.so: unversioned or foreign exports:"; echo "$bad"; exit 1; }
+fi
 echo "exports and SONAMEs ok: libregcache${drivers[*]/#/ libregcache-}"
 
 # ---- 2. every layout
