@@ -114,7 +114,7 @@ void PrintResolved() {
 }  // namespace
 
 // 0: caching safe; 1: blind (caching off); 2: the configured source cannot
-// be installed; 3: REGCACHE_MONITOR=none, safe only if the program reports
+// be installed or the configuration is invalid; 3: REGCACHE_MONITOR=none, safe only if the program reports
 // every unmap.
 int SafetyReport() {
   char monitor[32] = "?";
@@ -154,6 +154,15 @@ int SafetyReport() {
         "CAP_IPC_LOCK)\n",
         fmt(rl.rlim_cur).c_str(), fmt(rl.rlim_max).c_str(),
         StatusField("CapEff").c_str());
+  }
+  // A bad REGCACHE_* value: the library's own error names the variable and the
+  // accepted values (on stderr, before the capture below would swallow it).
+  if (int bad = regcache_config_check()) {
+    std::printf(
+        "caching: UNKNOWN: the configuration is rejected (%s; the message on "
+        "stderr names the variable)\n",
+        regcache_strerror(bad));
+    return 2;
   }
   // The library's decision, with its reasons (its info lines).
   regcache_set_log_handler(SafetyLog, nullptr);
