@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: BSD-3-Clause
 # check_man.sh <man source dir> <regcache-info> [<installed man dir>]
 # Each page must parse (lexgrog finds its NAME line, `man -l` renders it without a groff
-# warning), regcache(7) must document every tunable regcache-info -c prints, regcache-info(1)
+# warning), regcache(7) must document every tunable regcache-info -c prints, regcache(3)
+# must name every function the version scripts export, regcache-info(1)
 # must document exactly the options regcache-info --help lists (each one accepted by the
 # tool), and, if given, the installed man dir must hold each page in its section directory.
 set -euo pipefail
@@ -20,6 +21,14 @@ done
 missing=0
 for v in $("$info" -c 2>/dev/null | sed -n 's/^\(REGCACHE_[A-Z0-9_]*\)=.*/\1/p'); do
   grep -q "^\.BR $v\b" "$src/regcache.7" || { echo "regcache.7 does not document $v"; missing=1; }
+done
+((missing == 0)) || exit 1
+# regcache(3) names every public function: each one a version script exports (the
+# scripts sit next to the man dir's siblings: <src>/../regcache, <src>/../drivers).
+top=$(cd "$src/.." && pwd)
+for f in $(sed 's|/\*.*\*/||' "$top"/regcache/regcache.map "$top"/drivers/*/*.map |
+           grep -o '^ *regcache_[a-z0-9_]*;' | tr -d ' ;'); do
+  grep -qw "$f" "$src/regcache.3" || { echo "regcache.3 does not name $f"; missing=1; }
 done
 ((missing == 0)) || exit 1
 # regcache-info(1) against the tool: the options --help lists and the ones the OPTIONS
