@@ -34,7 +34,8 @@ major=${version%%.*} minor=${version#*.} minor=${minor%%.*}
 
 # ---- 0. tools and man pages are installed
 for f in bin/regcache-info bin/regcache-bench share/man/man1/regcache-info.1 \
-         share/man/man3/regcache.3 share/man/man7/regcache.7; do
+         share/man/man3/regcache.3 share/man/man7/regcache.7 share/doc/regcache/LICENSE \
+         share/doc/regcache/NEWS.md share/doc/regcache/SECURITY.md; do
   [[ -e $prefix/$f ]] || { echo "not installed: $f"; exit 1; }
 done
 
