@@ -90,11 +90,21 @@ consume() {  # <label> <pkgconfig dir> <cmake prefix> <expected libdir> <expecte
   # shellcheck disable=SC2046
   gcc -std=c99 -Wall -Werror -o "$out/pc-consumer" "$src/consumer.c" $(pkg-config --cflags --libs regcache)
   LD_LIBRARY_PATH=$wantlib "$out/pc-consumer" >/dev/null
+  # As installed: the host-only consumer's dependency closure (ldd) has no RDMA stack;
+  # the verbs consumer's has libibverbs (the control: ldd sees the installed closure).
+  if grep -E 'libibverbs|libfabric|libpsm|librdmacm' <<<"$(LD_LIBRARY_PATH=$wantlib ldd "$out/pc-consumer")"; then
+    echo "$label: the host-only pkg-config consumer needs an RDMA library"; exit 1
+  fi
   for d in "${drivers[@]}"; do
     # shellcheck disable=SC2046
     gcc -std=c99 -Wall -Werror -DCONSUMER_DRIVER_"$d" -o "$out/pc-consumer-$d" \
       "$src/consumer_driver.c" $(pkg-config --cflags --libs "regcache-$d")
     LD_LIBRARY_PATH=$wantlib "$out/pc-consumer-$d" >/dev/null
+    # (ldd's output captured first: grep -q closing the pipe early would fail it under
+    # pipefail.)
+    if [[ $d == verbs ]] && ! grep -q libibverbs <<<"$(LD_LIBRARY_PATH=$wantlib ldd "$out/pc-consumer-$d")"; then
+      echo "$label: control: ldd does not show libibverbs for the verbs consumer"; exit 1
+    fi
   done
   local dl
   dl=$(IFS=';'; echo "${drivers[*]}")
