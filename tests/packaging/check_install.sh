@@ -165,6 +165,8 @@ layout() {  # <label> <prefix> <libdir> [destdir]
   done
   LD_LIBRARY_PATH=$root/$ld "$root/bin/regcache-info" --version >/dev/null ||
     { echo "$label: installed regcache-info --version failed"; exit 1; }
+  LD_LIBRARY_PATH=$root/$ld "$root/bin/regcache-bench" --help >/dev/null ||
+    { echo "$label: installed regcache-bench --help failed"; exit 1; }
   man -l "$root/share/man/man1/regcache-info.1" >/dev/null 2>&1 ||
     { echo "$label: installed regcache-info.1 does not render"; exit 1; }
   consume "$label" "$root/$ld/pkgconfig" "$root" "$root/$ld" "$root/include"
