@@ -64,6 +64,14 @@ newest_node() {
   sed 's|/\*.*\*/||' "$1" | grep -oE '^REGCACHE_[0-9]+\.[0-9]+ *\{' | tail -n1 | grep -oE 'REGCACHE_[0-9.]+'
 }
 
+# globs <version script>: every name pattern with a wildcard (comments and quoted exact
+# C++ names removed); "local: *;" is the one allowed. A glob exports whatever matches it
+# tomorrow, in whatever node it sits in: the 0.1 problem.
+globs() {
+  sed -e ':a;N;$!ba' -e 's|/\*[^*]*\*\+\([^/*][^*]*\*\+\)*/||g' "$1" | sed 's|"[^"]*"||g' |
+    grep -nE '[A-Za-z0-9_:?]\*|\*[A-Za-z0-9_:]|\?|\[' || true
+}
+
 # readable <abi file>: abilint parses it and it describes at least one symbol. abidiff
 # given an unparsable file compares nothing and exits 0 (0.2's first baseline had
 # comp-dir-path='<build>/...' in it: every check passed without comparing anything).
@@ -105,6 +113,11 @@ if [[ $mode == --self-test ]]; then
   [[ $(newest_node "$t/x.map") == REGCACHE_0.2 ]] ||
     { echo "abi self-test: newest node of a script not found"; exit 1; }
   echo "abi self-test: a symbol added since the baseline must be in the newest node"
+  printf '/* regcache_* in a comment */\nN {\n global:\n  regcache_a;\n  extern "C++" { "ns::f(int*)"; };\n local:\n  *;\n};\n' >"$t/ok.map"
+  [[ -z $(globs "$t/ok.map") ]] || { echo "abi self-test: a glob-free script was refused"; globs "$t/ok.map"; exit 1; }
+  printf 'N {\n global:\n  extern "C++" { ns::Write*; };\n local:\n  *;\n};\n' >"$t/glob.map"
+  [[ -n $(globs "$t/glob.map") ]] || { echo "abi self-test: a glob in a script was not caught"; exit 1; }
+  echo "abi self-test: a name glob in a version script is caught"
   readable "$t/v1.abi" || { echo "abi self-test: a good corpus was called unreadable"; exit 1; }
   sed "s|<elf-symbol name='f'|<elf-symbol name='<f>'|" "$t/v1.abi" >"$t/bad.abi"
   if readable "$t/bad.abi"; then echo "abi self-test: an unparsable baseline was accepted"; exit 1; fi
@@ -165,6 +178,12 @@ fail=0
 declared=$(cat "${headers[@]}" | tr '\n' ' ' | grep -oE 'REGCACHE_(FI_MONITOR_)?API[^(;]*\(' |
            grep -o 'regcache_[a-z0-9_]*($' | tr -d '(' | sort -u)
 listed=$(sed 's|/\*.*\*/||' "${maps[@]}" | grep -o '^ *regcache_[a-z0-9_]*;' | tr -d ' ;' | sort)
+for m in "${maps[@]}"; do
+  if g=$(globs "$m") && [[ -n $g ]]; then
+    echo "$(basename "$m"): names must be listed exactly, not by pattern (docs/versioning.md):"
+    sed 's/^/  line /' <<<"$g"; fail=1
+  fi
+done
 if dup=$(uniq -d <<<"$listed") && [[ -n $dup ]]; then echo "listed twice in the version scripts: $dup"; fail=1; fi
 if miss=$(comm -23 <(echo "$declared") <(sort -u <<<"$listed")) && [[ -n $miss ]]; then
   echo "public functions missing from the version scripts (add them to the newest node,"
