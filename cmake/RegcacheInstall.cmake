@@ -41,6 +41,11 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/regcacheConfigVersi
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/regcacheConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/regcacheConfigVersion.cmake DESTINATION ${_cmakedir})
 
+# The licence travels with the binaries (BSD-3-Clause, clause 2), with the release notes
+# and the security notes: <prefix>/share/doc/regcache/.
+install(FILES ${PROJECT_SOURCE_DIR}/LICENSE ${PROJECT_SOURCE_DIR}/NEWS.md
+  ${PROJECT_SOURCE_DIR}/SECURITY.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+
 # pkg-config files, relocatable: prefix is ${pcfiledir} plus the relative path from
 # <libdir>/pkgconfig back to the prefix, computed here for the configured libdir (lib:
 # ../.., lib/x86_64-linux-gnu: ../../..). An absolute libdir/includedir is written as is.

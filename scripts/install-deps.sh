@@ -20,7 +20,8 @@ PKGS=(
 )
 if [[ "${REGCACHE_DEPS_EXTRA:-}" == *rxe* ]]; then
   PKGS+=(qemu-system-x86 busybox-static kmod cpio iproute2 rdma-core ibverbs-providers
-         ibverbs-utils rdmacm-utils perftest libopenmpi-dev openmpi-bin)
+         ibverbs-utils rdmacm-utils perftest libopenmpi-dev openmpi-bin
+         xz-utils zstd)  # tests/rxe/rxe-setup.sh unpacks .ko.xz / .ko.zst modules
 fi
 
 missing=()

@@ -67,7 +67,7 @@ typedef struct regcache_driver regcache_driver_t;
 
 /* ---------------------------------------------------------------- version */
 #define REGCACHE_VERSION_MAJOR 0
-#define REGCACHE_VERSION_MINOR 1
+#define REGCACHE_VERSION_MINOR 2
 #define REGCACHE_VERSION_PATCH 0
 /* The library's version at run time (may be newer than the header). Any pointer may be
  * NULL. */
