@@ -164,10 +164,10 @@ class CacheCore {
   // ---- hit path (hit_path.cc)
   void CountHit();
   void Remember(CachedRegion *r, uint64_t word);
-  // One front-table entry (a FrontEntry, private to hit_path.cc): 1 hit
-  // (*out referenced), 0 not applicable, -1 applicable but stale.
-  int TryFront(const void *entry, uintptr_t addr, uintptr_t end,
-               unsigned access, CachedRegion **out);
+  // The front-table entry (a FrontEntry, private to hit_path.cc) that
+  // covers the request: true and *out referenced if its region is unchanged.
+  bool TryFront(const void *entry, uintptr_t addr, uintptr_t end,
+                unsigned access, CachedRegion **out);
   void DoublePut(CachedRegion *r);
   void PutSlow();
   void ReleaseOrphan(CachedRegion *r);

@@ -161,16 +161,21 @@ void CacheCore::Remember(CachedRegion *r, uint64_t word) {
   way[0] = fe;
 }
 
-// One front-table entry: the region referenced (*out) if the entry is of this
-// cache, covers the request and still names a valid region of that generation.
-// Returns 1 on a hit, 0 if the entry does not apply, -1 if it applied but the
-// region changed (the caller then takes the slow path).
-int CacheCore::TryFront(const void *entry, uintptr_t addr, uintptr_t end,
-                        unsigned access, CachedRegion **out) {
+namespace {
+// Whether a front-table entry is of this cache and covers the request.
+inline bool Applies(const FrontEntry &e, uint64_t cache_id, uintptr_t addr,
+                    uintptr_t end, unsigned access) {
+  return e.cache_id == cache_id && e.start <= addr && end <= e.end &&
+         (access & ~e.access) == 0;
+}
+}  // namespace
+
+// The entry that applies: the region referenced (*out) if it still names a
+// valid region of that generation. false: the region changed (the caller
+// then takes the slow path).
+bool CacheCore::TryFront(const void *entry, uintptr_t addr, uintptr_t end,
+                         unsigned access, CachedRegion **out) {
   const FrontEntry &e = *static_cast<const FrontEntry *>(entry);
-  if (e.cache_id != id_ || addr < e.start || end > e.end ||
-      (access & ~e.access))
-    return 0;
   CachedRegion *r = e.region;
   const uint64_t want =
       (static_cast<uint64_t>(e.gen) << CachedRegion::kGenShift) |
@@ -189,13 +194,13 @@ int CacheCore::TryFront(const void *entry, uintptr_t addr, uintptr_t end,
         Touch(r);
         CountHit();
         *out = r;
-        return 1;
+        return true;
       }
       r->cache->Put(r);
-      return -1;
+      return false;
     }
   }
-  return -1;
+  return false;
 }
 
 int CacheCore::Get(uintptr_t addr, size_t len, unsigned access,
@@ -208,17 +213,20 @@ int CacheCore::Get(uintptr_t addr, size_t len, unsigned access,
       !(attention_.load(std::memory_order_acquire) & kHitSlowMask) &&
       notifier::FastPathOk()) {
     const uintptr_t end = addr + len;
-    // The first entry that applies decides: a hit, or the slow path if its
-    // region changed since it was remembered.
-    for (const FrontEntry &e : ts->e) {
-      const int rc = TryFront(&e, addr, end, access, out);
-      if (rc > 0) return 0;
-      if (rc < 0) return GetSlow(addr, len, access, out);
+    // The hashed set first: one probe finds a buffer reused from its start
+    // among up to 128; then the 8 recent entries, which cover sub-ranges. An
+    // entry whose region changed since (evicted, invalidated, merged into a
+    // bigger one) is forgotten and the search goes on: another entry may
+    // know the region that replaced it.
+    for (FrontEntry &e : ts->set[FrontSet(addr)]) {
+      if (!Applies(e, id_, addr, end, access)) continue;
+      if (TryFront(&e, addr, end, access, out)) return 0;
+      e.cache_id = 0;
     }
-    for (const FrontEntry &e : ts->set[FrontSet(addr)]) {
-      const int rc = TryFront(&e, addr, end, access, out);
-      if (rc > 0) return 0;
-      if (rc < 0) break;
+    for (FrontEntry &e : ts->e) {
+      if (!Applies(e, id_, addr, end, access)) continue;
+      if (TryFront(&e, addr, end, access, out)) return 0;
+      e.cache_id = 0;
     }
   }
   return GetSlow(addr, len, access, out);
