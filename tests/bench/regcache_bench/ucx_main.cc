@@ -94,8 +94,9 @@ ucs_status_t CreateRcache(const Capacity &cap, const char *name,
   p.alignment = 4096;  // page-aligned registrations, as regcache's
   p.max_alignment = 4096;
   // RCBENCH_UCX_NO_EVENTS=1: no UCM events, for callgrind only (UCM installs
-  // no hooks under valgrind, so ucm_set_event_handler fails there); valid only
-  // for workloads that unmap nothing (pool-fit, mixed, scan, ...): docs/bench.md.
+  // no hooks under valgrind, so ucm_set_event_handler fails there); valid
+  // only for workloads that unmap nothing (pool-fit, mixed, scan, ...):
+  // docs/bench.md.
   p.ucm_events = NoEvents() ? 0 : UCM_EVENT_VM_UNMAPPED;
   p.ucm_event_priority = 1000;
   p.ops = &kOps;
