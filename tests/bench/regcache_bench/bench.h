@@ -158,8 +158,9 @@ struct Result {
   // reg_real_ns replayed: regs + deregs and reg_pages priced by the line fitted
   // to every run's measured host time (FitHostReplay, report.cc); 0: none.
   double reg_host_replay_ns = 0;
-  // get+put times, ns, of the pairs timed: every hit / get that was put,
-  // less the pairs during which the thread was preempted (executor.cc).
+  // get+put times, ns, of the pairs timed (every hit / get that was put),
+  // less the thread's run delay during the calls (executor.cc); preempted:
+  // pairs that had some.
   double hit_ns_sum = 0, all_ns_sum = 0;
   uint64_t timed_gets = 0, timed_hits = 0, preempted = 0;
   double wall_s = 0;

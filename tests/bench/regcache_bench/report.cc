@@ -166,7 +166,7 @@ void PrintPolicyGoals(FILE *f, const std::vector<std::string> &workloads,
 
 // Issue 14's churn goal lines: ns per hit and ns per op <= UCX's in every
 // workload at the default capacity (each the median of --time-runs runs,
-// preempted pairs dropped; each line names the worst workload).
+// run delay subtracted; each line names the worst workload).
 void PrintTimeGoals(FILE *f, const std::vector<std::string> &workloads,
                     const std::vector<Result> &results) {
   auto goal = [&](const char *what, double (Result::*ns)() const,
@@ -217,9 +217,9 @@ void PrintTimeGoals(FILE *f, const std::vector<std::string> &workloads,
   if (runs)
     fprintf(f,
             "  (time columns: median of %d interleaved runs per cache; "
-            "%llu get+put pairs preempted by the scheduler left out, "
-            "%llu timed in the first runs; widest ns/hit spread over the "
-            "runs: %.0f%% of the median, %s)\n",
+            "%llu get+put pairs had run delay (preemption) subtracted, of "
+            "%llu per run; widest ns/hit spread over the runs: %.0f%% of the "
+            "median, %s)\n",
             runs, (unsigned long long)preempted, (unsigned long long)timed,
             100 * spread, spread_at.empty() ? "-" : spread_at.c_str());
 }
