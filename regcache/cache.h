@@ -164,6 +164,10 @@ class CacheCore {
   // ---- hit path (hit_path.cc)
   void CountHit();
   void Remember(CachedRegion *r, uint64_t word);
+  // The front-table entry (a FrontEntry, private to hit_path.cc) that
+  // covers the request: true and *out referenced if its region is unchanged.
+  bool TryFront(const void *entry, uintptr_t addr, uintptr_t end,
+                unsigned access, CachedRegion **out);
   void DoublePut(CachedRegion *r);
   void PutSlow();
   void ReleaseOrphan(CachedRegion *r);
@@ -341,7 +345,8 @@ class CacheCore {
   CacheCore *list_next_ = nullptr;
 };
 
-// Front-table size per thread (entries are scanned linearly).
+// Front-table size per thread (entries are scanned linearly; a second,
+// hashed level follows them: hit_path.cc).
 inline constexpr int kFrontEntries = 8;
 
 }  // namespace regcache::core

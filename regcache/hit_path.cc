@@ -22,8 +22,26 @@ struct FrontEntry {
   uint32_t access;
 };
 
+// The second level of the front table: kFrontSets sets of two entries,
+// direct-mapped by the page number of a region's start (Fibonacci hashing:
+// buffers laid out at a fixed stride land in distinct sets). A request is
+// looked up by the page of its own address, so it finds the region that
+// starts at that page: the common reuse of a message buffer from its start.
+// The 8 scanned entries above stay first: they cover any sub-range of the
+// few most recent regions (subrange, growing). Without this level a thread
+// cycling over more than 8 buffers (pool-fit: 24, scan: 24, mixed: 68) took
+// the cache mutex and the index on every hit (regcache-bench, docs/bench.md).
+constexpr int kFrontSetBits = 6;
+constexpr int kFrontSets = 1 << kFrontSetBits;
+
+inline unsigned FrontSet(uintptr_t addr) {
+  return static_cast<unsigned>(((addr >> 12) * 0x9E3779B97F4A7C15ull) >>
+                               (64 - kFrontSetBits));
+}
+
 struct ThreadState {
   FrontEntry e[kFrontEntries] = {};
+  FrontEntry set[kFrontSets][2] = {};
   unsigned next = 0;
   int slot = 0;
 };
@@ -131,7 +149,58 @@ void CacheCore::Remember(CachedRegion *r, uint64_t word) {
     }
   }
   if (slot == nullptr) slot = &ts->e[ts->next++ % kFrontEntries];
-  *slot = {id_, r->start, r->end, r, CachedRegion::Gen(word), r->access};
+  const FrontEntry fe{id_,      r->start, r->end, r, CachedRegion::Gen(word),
+                      r->access};
+  *slot = fe;
+  // The set of the region's start page: most recent first; an entry for the
+  // same region or start moves to the front instead of taking both ways.
+  FrontEntry *way = ts->set[FrontSet(r->start)];
+  if (!(way[0].region == r ||
+        (way[0].cache_id == id_ && way[0].start == r->start)))
+    way[1] = way[0];
+  way[0] = fe;
+}
+
+namespace {
+// Whether a front-table entry is of this cache and covers the request.
+inline bool Applies(const FrontEntry &e, uint64_t cache_id, uintptr_t addr,
+                    uintptr_t end, unsigned access) {
+  return e.cache_id == cache_id && e.start <= addr && end <= e.end &&
+         (access & ~e.access) == 0;
+}
+}  // namespace
+
+// The entry that applies: the region referenced (*out) if it still names a
+// valid region of that generation. false: the region changed (the caller
+// then takes the slow path).
+bool CacheCore::TryFront(const void *entry, uintptr_t addr, uintptr_t end,
+                         unsigned access, CachedRegion **out) {
+  const FrontEntry &e = *static_cast<const FrontEntry *>(entry);
+  CachedRegion *r = e.region;
+  const uint64_t want =
+      (static_cast<uint64_t>(e.gen) << CachedRegion::kGenShift) |
+      CachedRegion::kValid;
+  uint64_t w = r->word.load(std::memory_order_relaxed);
+  while ((w & ~(CachedRegion::kRefMask | CachedRegion::kAccessed)) == want &&
+         CachedRegion::Refs(w) < CachedRegion::kRefMask) {
+    if (r->word.compare_exchange_weak(w, (w + 1) | CachedRegion::kAccessed,
+                                      std::memory_order_acquire,
+                                      std::memory_order_relaxed)) {
+      // The generation is 32 bits: after 2^32 reuses of this slot a stale
+      // entry could match again. The range check makes that harmless (a
+      // matching region is a correct answer whatever its history).
+      if (r->cache == this && r->start <= addr && end <= r->end &&
+          (access & ~r->access) == 0) {
+        Touch(r);
+        CountHit();
+        *out = r;
+        return true;
+      }
+      r->cache->Put(r);
+      return false;
+    }
+  }
+  return false;
 }
 
 int CacheCore::Get(uintptr_t addr, size_t len, unsigned access,
@@ -144,36 +213,20 @@ int CacheCore::Get(uintptr_t addr, size_t len, unsigned access,
       !(attention_.load(std::memory_order_acquire) & kHitSlowMask) &&
       notifier::FastPathOk()) {
     const uintptr_t end = addr + len;
-    for (const FrontEntry &e : ts->e) {
-      if (e.cache_id != id_ || addr < e.start || end > e.end ||
-          (access & ~e.access))
-        continue;
-      CachedRegion *r = e.region;
-      const uint64_t want =
-          (static_cast<uint64_t>(e.gen) << CachedRegion::kGenShift) |
-          CachedRegion::kValid;
-      uint64_t w = r->word.load(std::memory_order_relaxed);
-      while ((w & ~(CachedRegion::kRefMask | CachedRegion::kAccessed)) ==
-                 want &&
-             CachedRegion::Refs(w) < CachedRegion::kRefMask) {
-        if (r->word.compare_exchange_weak(w, (w + 1) | CachedRegion::kAccessed,
-                                          std::memory_order_acquire,
-                                          std::memory_order_relaxed)) {
-          // The generation is 32 bits: after 2^32 reuses of this slot a stale
-          // entry could match again. The range check makes that harmless (a
-          // matching region is a correct answer whatever its history).
-          if (r->cache == this && r->start <= addr && end <= r->end &&
-              (access & ~r->access) == 0) {
-            Touch(r);
-            CountHit();
-            *out = r;
-            return 0;
-          }
-          r->cache->Put(r);
-          break;
-        }
-      }
-      break;
+    // The hashed set first: one probe finds a buffer reused from its start
+    // among up to 128; then the 8 recent entries, which cover sub-ranges. An
+    // entry whose region changed since (evicted, invalidated, merged into a
+    // bigger one) is forgotten and the search goes on: another entry may
+    // know the region that replaced it.
+    for (FrontEntry &e : ts->set[FrontSet(addr)]) {
+      if (!Applies(e, id_, addr, end, access)) continue;
+      if (TryFront(&e, addr, end, access, out)) return 0;
+      e.cache_id = 0;
+    }
+    for (FrontEntry &e : ts->e) {
+      if (!Applies(e, id_, addr, end, access)) continue;
+      if (TryFront(&e, addr, end, access, out)) return 0;
+      e.cache_id = 0;
     }
   }
   return GetSlow(addr, len, access, out);

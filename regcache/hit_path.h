@@ -3,8 +3,9 @@
 //
 // INVARIANT: each thread has at most one ThreadState, heap-allocated on its
 // first slow path and found through one initial-exec TLS pointer; its entries
-// {cache id, range, access, region, generation} are hints only: an entry is
-// used only if the region's word still has that generation and is valid, and
+// (8 recent ones and a hashed level of 64 sets x 2 keyed by a region's start
+// page) {cache id, range, access, region, generation} are hints only: an entry
+// is used only if the region's word still has that generation and is valid, and
 // the region's range still covers the request (generations are 32 bits; the
 // range check makes a wrapped one harmless). Cache ids are never reused.
 // LOCK RULE: a thread's table is read and written by that thread only (no

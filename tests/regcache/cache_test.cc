@@ -313,13 +313,15 @@ TEST_F(CacheTest, DeadRegionsAreReapedByTheNextMissNotByHits) {
   regcache_t *c = CreateWith(64, SIZE_MAX, 0);
   regcache_region_t *keep = Get(c, Page(100), kPage);
   regcache_put(c, keep);
-  // 20 regions (more than kReapCount = 16): the front table (8 entries)
-  // forgets page 100, so the get below takes the slow path.
+  // 20 regions (more than kReapCount = 16).
   for (size_t i = 0; i < 20; ++i) regcache_put(c, Get(c, Page(2 * i), kPage));
   ASSERT_EQ(td_->Live(), 21u);
   ASSERT_EQ(regcache_notify_unmapped(Page(0), 40 * kPage), 0);
   const uint64_t hits = Stats(c).hits;
-  regcache_region_t *h = Get(c, Page(100), 64);
+  // A thread of its own has an empty front table: the get takes the slow
+  // path (this one's hashed level may still know page 100).
+  regcache_region_t *h = nullptr;
+  std::thread([&] { h = Get(c, Page(100), 64); }).join();
   EXPECT_EQ(h, keep);
   EXPECT_EQ(Stats(c).hits, hits + 1);
   EXPECT_EQ(td_->Live(), 21u);  // the slow-path hit left them to a miss
@@ -327,6 +329,42 @@ TEST_F(CacheTest, DeadRegionsAreReapedByTheNextMissNotByHits) {
   EXPECT_EQ(td_->Live(), 21u);  // 1 indexed + 20 dead <= 64: so did the put
   regcache_put(c, Get(c, Page(200), kPage));
   EXPECT_EQ(td_->Live(), 2u);  // the miss reaped them
+}
+
+// Issue 14: a thread cycling over more regions than the 8 recent front-table
+// entries still hits without the cache's lock: the front table's hashed level
+// (keyed by a region's start page) knows all 24 (regcache-bench's pool-fit and
+// scan cycle over 24 buffers). Inside the thread's own unmap bracket every slow
+// path returns -EDEADLK, a lock-free hit does not. Control: a get from a
+// region's second page, which neither the 8 recent entries (regions 16..23) nor
+// the hashed level (keyed by start pages) hold, takes the slow path.
+TEST_F(CacheTest, HitsBeyondTheRecentEntriesStayLockFree) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 0);
+  constexpr size_t kRegions = 24;
+  std::vector<regcache_region_t *> regs;
+  for (size_t i = 0; i < kRegions; ++i) {
+    regs.push_back(Get(c, Page(3 * i), 2 * kPage));  // a gap page: no merge
+    regcache_put(c, regs.back());
+  }
+  static char unrelated[4096] __attribute__((aligned(4096)));
+  ASSERT_EQ(regcache_notify_unmap_start(unrelated, sizeof unrelated), 0);
+  int rcs[kRegions];
+  regcache_region_t *got[kRegions] = {};
+  for (size_t i = 0; i < kRegions; ++i) {
+    rcs[i] = regcache_get(c, Page(3 * i) + 8, 64, REGCACHE_ACCESS_LOCAL_WRITE,
+                          &got[i]);
+    if (rcs[i] == 0) regcache_put(c, got[i]);
+  }
+  regcache_region_t *second = nullptr;
+  const int control =
+      regcache_get(c, Page(1) + 8, 64, REGCACHE_ACCESS_LOCAL_WRITE, &second);
+  if (control == 0) regcache_put(c, second);
+  ASSERT_EQ(regcache_notify_unmap_end(unrelated, sizeof unrelated), 0);
+  for (size_t i = 0; i < kRegions; ++i) {
+    EXPECT_EQ(rcs[i], 0) << "region " << i << " took the slow path";
+    EXPECT_EQ(got[i], regs[i]);
+  }
+  EXPECT_EQ(control, -EDEADLK);
 }
 
 TEST_F(CacheTest, ConcurrentMissesOnTheSameMemoryRegisterOnce) {

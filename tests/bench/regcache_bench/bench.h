@@ -158,14 +158,26 @@ struct Result {
   // reg_real_ns replayed: regs + deregs and reg_pages priced by the line fitted
   // to every run's measured host time (FitHostReplay, report.cc); 0: none.
   double reg_host_replay_ns = 0;
-  double hit_ns_sum = 0, all_ns_sum = 0;  // get+put times, ns
+  // get+put times, ns, of the pairs timed (every hit / get that was put),
+  // less the thread's run delay during the calls (executor.cc); preempted:
+  // pairs that had some.
+  double hit_ns_sum = 0, all_ns_sum = 0;
+  uint64_t timed_gets = 0, timed_hits = 0, preempted = 0;
   double wall_s = 0;
+  // Orchestrator only: the time columns are the median of time_runs runs
+  // (main.cc, --time-runs); the spread of ns/hit and ns/op over them.
+  int time_runs = 1;
+  double hit_ns_lo = 0, hit_ns_hi = 0, all_ns_lo = 0, all_ns_hi = 0;
   std::string extra;
   bool ok = false;
   std::string error;
   double HitRate() const { return gets ? double(hits) / double(gets) : 0; }
-  double HitNs() const { return hits ? hit_ns_sum / double(hits) : 0; }
-  double AllNs() const { return gets ? all_ns_sum / double(gets) : 0; }
+  double HitNs() const {
+    return timed_hits ? hit_ns_sum / double(timed_hits) : 0;
+  }
+  double AllNs() const {
+    return timed_gets ? all_ns_sum / double(timed_gets) : 0;
+  }
 };
 std::string FormatResult(const Result &r);  // one "RESULT k=v ..." line
 bool ParseResult(const std::string &line, Result *r);

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: BSD-3-Clause
 // Executes a workload's operations on a contender and measures every get and
 // put.
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -25,12 +27,50 @@ struct Held {
   uint64_t off, len;
   void *handle;
   uint64_t get_ticks;
+  double delay_ns;  // the get's run delay (RunDelay)
   bool hit, ok;
 };
 
 struct ThreadStats {
   uint64_t gets = 0, hits = 0, errors = 0, stale_hits = 0, stale_misses = 0;
-  double hit_ticks = 0, all_ticks = 0;
+  uint64_t timed_gets = 0, timed_hits = 0, preempted = 0;
+  double hit_ns = 0, all_ns = 0;
+};
+
+// The calling thread's run delay so far, ns: the time it spent runnable but
+// waiting for a CPU (second field of /proc/thread-self/schedstat, accounted
+// when it runs again). Read right before and right after each timed call,
+// outside the window: the increase is time the scheduler gave to something
+// else (another process on this loaded machine), not the cache's work, and is
+// subtracted from that call's time. Sleeping (a cache waiting on a lock) is
+// not run delay: it stays counted. Without schedstat (or with
+// RCBENCH_KEEP_PREEMPTED=1: the measurement before 2026-11-30) nothing is
+// subtracted. Until then a preemption inside one call (2-8 ms here) decided a
+// whole run's mean; dropping such pairs instead biased ns/op low, since long
+// calls (a 16 MiB miss: 1.5 ms) are the ones preempted.
+bool g_subtract_delay = true;
+class RunDelay {
+ public:
+  RunDelay() {
+    if (g_subtract_delay)
+      fd_ = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+  }
+  ~RunDelay() {
+    if (fd_ >= 0) close(fd_);
+  }
+  uint64_t Ns() const {
+    if (fd_ < 0) return 0;
+    char b[128];
+    const ssize_t n = pread(fd_, b, sizeof b - 1, 0);
+    if (n <= 0) return 0;
+    b[n] = 0;
+    char *p;
+    strtoull(b, &p, 10);  // time on the CPU
+    return strtoull(p, nullptr, 10);
+  }
+
+ private:
+  int fd_ = -1;
 };
 
 class Allocator;
@@ -155,6 +195,7 @@ void LogGet(const Op *op, const void *addr, void *reg, bool hit, int stale) {
 void RunThread(const std::vector<const Op *> &ops, Buffers *b, Contender *c,
                ThreadStats *st) {
   const double floor = HarnessFloorTicks();
+  const RunDelay delay;  // this thread's
   std::vector<Held> held;
   held.reserve(16);
   for (const Op *op : ops) {
@@ -184,16 +225,19 @@ void RunThread(const std::vector<const Op *> &ops, Buffers *b, Contender *c,
         void *addr = b->ptr[op->buf] + op->off;
         void *h = nullptr;
         uint64_t regs0 = ThreadRegs();
+        const uint64_t d0 = delay.Ns();
         uint64_t t0 = Ticks();
         int rc = c->Get(addr, op->len, op->access, &h);
         uint64_t t1 = Ticks();
+        const double get_delay = double(delay.Ns() - d0);
         bool hit = rc == 0 && ThreadRegs() == regs0;
         // Outside the timed pair: does the registration handed out still map
         // the request's pages (page frames recorded at registration)?
         int stale = rc == 0 ? CheckFrames(c->RegHandle(h), addr, op->len) : -1;
         if (stale == 1) ++(hit ? st->stale_hits : st->stale_misses);
         if (g_oplog) LogGet(op, addr, c->RegHandle(h), hit, stale);
-        held.push_back({op->buf, op->off, op->len, h, t1 - t0, hit, rc == 0});
+        held.push_back(
+            {op->buf, op->off, op->len, h, t1 - t0, get_delay, hit, rc == 0});
         st->gets++;
         if (rc != 0) {
           st->errors++;
@@ -211,14 +255,23 @@ void RunThread(const std::vector<const Op *> &ops, Buffers *b, Contender *c,
         Held h = *it;
         held.erase(std::next(it).base());
         if (!h.ok) break;
+        const uint64_t d0 = delay.Ns();
         uint64_t t0 = Ticks();
         c->Put(h.handle);
         uint64_t t1 = Ticks();
-        double pair = std::max(0.0, double(h.get_ticks + (t1 - t0)) - floor);
-        st->all_ticks += pair;
+        const double put_delay = double(delay.Ns() - d0);
+        const double off_cpu = h.delay_ns + put_delay;
+        if (off_cpu > 0) st->preempted++;
+        const double pair = std::max(
+            0.0,
+            TicksToNs(std::max(0.0, double(h.get_ticks + (t1 - t0)) - floor)) -
+                off_cpu);
+        if (h.hit) st->hits++;
+        st->all_ns += pair;
+        st->timed_gets++;
         if (h.hit) {
-          st->hits++;
-          st->hit_ticks += pair;
+          st->timed_hits++;
+          st->hit_ns += pair;
         }
         break;
       }
@@ -246,6 +299,8 @@ void Execute(const Workload &w, Contender *c, Result *r) {
   for (; i < w.ops.size(); i++) per[w.ops[i].thread].push_back(&w.ops[i]);
 
   g_op0 = w.ops.data();
+  if (const char *k = getenv("RCBENCH_KEEP_PREEMPTED"); k && *k == '1')
+    g_subtract_delay = false;
   if (const char *log = getenv("RCBENCH_OPLOG"); log && *log && per.size() == 1)
     g_oplog = fopen(log, "w");
   HarnessFloorTicks();  // calibrate before the clock starts
@@ -282,8 +337,11 @@ void Execute(const Workload &w, Contender *c, Result *r) {
     r->errors += s.errors;
     if (FramesChecked()) r->stale_hits += int64_t(s.stale_hits);
     stale_misses += s.stale_misses;
-    r->hit_ns_sum += TicksToNs(s.hit_ticks);
-    r->all_ns_sum += TicksToNs(s.all_ticks);
+    r->timed_gets += s.timed_gets;
+    r->timed_hits += s.timed_hits;
+    r->preempted += s.preempted;
+    r->hit_ns_sum += s.hit_ns;
+    r->all_ns_sum += s.all_ns;
   }
   if (stale_misses)  // a fresh registration that is not: a harness bug
     fprintf(stderr, "regcache-bench: %s: %llu stale misses\n", c->name(),

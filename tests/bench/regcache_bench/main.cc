@@ -25,6 +25,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "tests/bench/regcache_bench/bench.h"
@@ -111,6 +112,53 @@ Contender *MakeContender(const std::string &name) {
   return nullptr;
 }
 
+// The repeats of one (workload, contender, level) fold into its first
+// result: ns/hit and ns/op become the median over the runs (their spread is
+// kept); counts and hit rates stay the first run's (the same in every run of
+// a deterministic workload).
+void MergeTimeRuns(std::vector<Result> *results) {
+  std::map<std::tuple<std::string, std::string, int>, std::vector<size_t>> runs;
+  for (size_t i = 0; i < results->size(); i++) {
+    const Result &r = (*results)[i];
+    if (r.ok) runs[{r.workload, r.contender, r.level}].push_back(i);
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+  };
+  std::vector<bool> drop(results->size(), false);
+  for (auto &[key, idx] : runs) {
+    if (idx.size() < 2) continue;
+    std::vector<double> hit, all;
+    for (size_t i : idx) {
+      const Result &r = (*results)[i];
+      if (r.timed_hits) hit.push_back(r.HitNs());
+      if (r.timed_gets) all.push_back(r.AllNs());
+    }
+    Result &first = (*results)[idx[0]];
+    first.time_runs = int(idx.size());
+    if (!hit.empty()) {
+      first.hit_ns_sum = median(hit) * double(first.timed_hits);
+      first.hit_ns_lo = *std::min_element(hit.begin(), hit.end());
+      first.hit_ns_hi = *std::max_element(hit.begin(), hit.end());
+    }
+    if (!all.empty()) {
+      first.all_ns_sum = median(all) * double(first.timed_gets);
+      first.all_ns_lo = *std::min_element(all.begin(), all.end());
+      first.all_ns_hi = *std::max_element(all.begin(), all.end());
+    }
+    for (size_t k = 1; k < idx.size(); k++) {
+      first.preempted += (*results)[idx[k]].preempted;
+      drop[idx[k]] = true;
+    }
+  }
+  std::vector<Result> kept;
+  for (size_t i = 0; i < results->size(); i++)
+    if (!drop[i]) kept.push_back(std::move((*results)[i]));
+  *results = std::move(kept);
+}
+
 // ------------------------------------------------------------------
 // orchestrator
 struct Options {
@@ -119,6 +167,7 @@ struct Options {
   std::string csv, plot, dump_dir;
   std::vector<std::string> pass;  // forwarded to every worker
   int timeout_s = 600;
+  int time_runs = 5;
 };
 
 void Usage(FILE *f) {
@@ -150,7 +199,11 @@ void Usage(FILE *f) {
       "0: host costs only)\n"
       "  --seed N  --scale K    generator seed; multiply the operation counts "
       "by K\n"
-      "  --timeout S            per-run limit in seconds (default 600)\n");
+      "  --timeout S            per-run limit in seconds (default 600)\n"
+      "  --time-runs N          runs of each cache at the default capacity, "
+      "interleaved;\n"
+      "                         ns/hit and ns/op are their medians (default "
+      "5)\n");
 }
 
 std::vector<std::string> Split(const std::string &s) {
@@ -312,6 +365,8 @@ int Orchestrate(int argc, char **argv) {
       o.plot = val();
     } else if (a == "--timeout") {
       o.timeout_s = atoi(val().c_str());
+    } else if (a == "--time-runs") {
+      o.time_runs = std::max(1, atoi(val().c_str()));
     } else if (a == "--driver" || a == "--reg-ns" || a == "--page-ns" ||
                a == "--dereg-ns" || a == "--dereg-page-ns" || a == "--seed" ||
                a == "--scale") {
@@ -360,6 +415,7 @@ int Orchestrate(int argc, char **argv) {
   struct Job {
     std::string workload, trace, contender;
     int level;
+    int rep = 0;  // > 0: a repeat for the time columns only
   };
   std::vector<Job> jobs;
   std::vector<std::pair<std::string, std::string>> wl;  // name, trace
@@ -370,7 +426,22 @@ int Orchestrate(int argc, char **argv) {
       bool sweeps =
           o.sweep && (c == "regcache" || c == "ucx" || c == "regcache-lru");
       for (int l = 0; l < kLevels; l++)
-        if (sweeps || l == kDefaultLevel) jobs.push_back({name, trace, c, l});
+        if (sweeps || l == kDefaultLevel)
+          jobs.push_back({name, trace, c, l, 0});
+    }
+  // The time columns (ns/hit, ns/op) of the caches at the default capacity:
+  // time_runs runs each, the caches of a workload back to back, their order
+  // reversed every round (no contender always runs first, on a machine that
+  // just ran the other), and the median taken (MergeTimeRuns).
+  std::vector<std::string> timed;
+  for (auto &c : o.contenders)
+    if (c == "regcache" || c == "ucx" || c == "regcache-lru")
+      timed.push_back(c);
+  for (int rep = 1; rep < o.time_runs; rep++)
+    for (auto &[name, trace] : wl) {
+      for (size_t k = 0; k < timed.size(); k++)
+        jobs.push_back({name, trace, timed[rep % 2 ? timed.size() - 1 - k : k],
+                        kDefaultLevel, rep});
     }
 
   printf("regcache-bench: %zu workloads x %zu contenders, %s run, driver %s\n",
@@ -418,6 +489,7 @@ int Orchestrate(int argc, char **argv) {
     results.push_back(r);
   }
   progress.Done();
+  MergeTimeRuns(&results);
 
   std::vector<std::string> names;
   for (auto &w : wl) names.push_back(w.first);

@@ -63,18 +63,20 @@ Contender *NewNoCache() { return new NoCache; }
 Contender *NewPreRegistered() { return new PreRegistered; }
 
 std::string FormatResult(const Result &r) {
-  char buf[1024];
-  snprintf(buf, sizeof buf,
-           "RESULT workload=%s contender=%s level=%d regions=%zu bytes=%zu "
-           "gets=%" PRIu64 " hits=%" PRIu64 " errors=%" PRIu64 " regs=%" PRIu64
-           " deregs=%" PRIu64 " peak=%" PRIu64 " stale=%" PRId64
-           " hit_ns_sum=%.1f all_ns_sum=%.1f reg_model_ns=%.0f"
-           " reg_real_ns=%.0f reg_pages=%" PRIu64 " wall=%.6f ok=%d extra=%s",
-           r.workload.c_str(), r.contender.c_str(), r.level, r.cap.regions,
-           r.cap.bytes, r.gets, r.hits, r.errors, r.regs, r.deregs,
-           r.peak_pinned, r.stale_hits, r.hit_ns_sum, r.all_ns_sum,
-           r.reg_model_ns, r.reg_real_ns, r.reg_pages, r.wall_s, r.ok ? 1 : 0,
-           r.extra.empty() ? "-" : r.extra.c_str());
+  char buf[2048];
+  snprintf(
+      buf, sizeof buf,
+      "RESULT workload=%s contender=%s level=%d regions=%zu bytes=%zu "
+      "gets=%" PRIu64 " hits=%" PRIu64 " errors=%" PRIu64 " regs=%" PRIu64
+      " deregs=%" PRIu64 " peak=%" PRIu64 " stale=%" PRId64
+      " hit_ns_sum=%.1f all_ns_sum=%.1f reg_model_ns=%.0f"
+      " reg_real_ns=%.0f reg_pages=%" PRIu64 " timed_gets=%" PRIu64
+      " timed_hits=%" PRIu64 " preempted=%" PRIu64 " wall=%.6f ok=%d extra=%s",
+      r.workload.c_str(), r.contender.c_str(), r.level, r.cap.regions,
+      r.cap.bytes, r.gets, r.hits, r.errors, r.regs, r.deregs, r.peak_pinned,
+      r.stale_hits, r.hit_ns_sum, r.all_ns_sum, r.reg_model_ns, r.reg_real_ns,
+      r.reg_pages, r.timed_gets, r.timed_hits, r.preempted, r.wall_s,
+      r.ok ? 1 : 0, r.extra.empty() ? "-" : r.extra.c_str());
   std::string s = buf;
   if (!r.error.empty()) s += " error=" + r.error;
   return s;
@@ -129,6 +131,12 @@ bool ParseResult(const std::string &line, Result *r) {
       r->reg_real_ns = strtod(v.c_str(), nullptr);
     else if (k == "reg_pages")
       r->reg_pages = strtoull(v.c_str(), nullptr, 10);
+    else if (k == "timed_gets")
+      r->timed_gets = u();
+    else if (k == "timed_hits")
+      r->timed_hits = u();
+    else if (k == "preempted")
+      r->preempted = u();
     else if (k == "wall")
       r->wall_s = strtod(v.c_str(), nullptr);
     else if (k == "ok")
