@@ -89,7 +89,11 @@ class CacheCore {
   void Destroy();
 
   // REQUIRES: validated input (len > 0, no wrap after page alignment, known
-  // access bits).
+  // access bits). 0: *out came from the cache (a hit, or a concurrent miss's
+  // region); kRegistered: *out is a registration this call made (a miss: the
+  // driver answered from the memory's protection now, so the uffd protection
+  // check skips it, protection_check.h); else a negative errno.
+  static constexpr int kRegistered = 1;
   int Get(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
   void Put(CachedRegion *r);
   int Flush();
@@ -220,6 +224,9 @@ class CacheCore {
   // (a miss makes room for its region before registering it).
   void EvictLocked(RegionBatch *victims, bool all, size_t room_regions = 0,
                    size_t room_bytes = 0) REGCACHE_REQUIRES(mu_);
+  // EvictLocked's sampling loop, when something must go.
+  void EvictSampledLocked(RegionBatch *victims, bool all, size_t room_regions,
+                          size_t room_bytes) REGCACHE_REQUIRES(mu_);
   void UpdateOverLimitLocked() REGCACHE_REQUIRES(mu_);
   // Moves the dead regions into *into (the caller deregisters them outside
   // the lock) and clears kDead / kDeadMany.
@@ -283,7 +290,15 @@ class CacheCore {
     bool revoked;
   };
   InFlight inflight_[kInFlight] REGCACHE_GUARDED_BY(mu_) = {};
+  // Slots of inflight_ in use: a miss with none in flight (the common one)
+  // skips the scan for a covering one.
+  int inflight_used_ REGCACHE_GUARDED_BY(mu_) = 0;
   std::atomic<uint32_t> inflight_done_{0};
+  // Misses waiting for inflight_done_ to change (counted in under mu_ before
+  // they unlock to wait, out when they lock again): a miss ending its slot
+  // bumps and notifies only while one waits (one locked instruction and the
+  // waiter-table probe less per miss otherwise).
+  uint32_t inflight_waiters_ REGCACHE_GUARDED_BY(mu_) = 0;
   // Invalidate calls so far (under mu_): a miss that found no in-flight slot
   // retries when it changed while it registered.
   uint64_t revokes_ REGCACHE_GUARDED_BY(mu_) = 0;

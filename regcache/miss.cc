@@ -86,18 +86,28 @@ struct Miss {
   bool evicted_all = false;
   bool unmerged = true;
   bool widened_by_hint = false;  // access widened on the cached span alone
+  // Publication handed out a concurrent miss's region, not nr.
+  bool reused = false;
   int retries = 0;
 };
 
 int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  bool waited = false;
   for (;;) {
     c->LockAndDrain();
+    if (waited) --c->inflight_waiters_;
+    waited = false;
     if (c->shutdown_.load(std::memory_order_relaxed)) {
       c->DrainAndUnlock();
       return -ESHUTDOWN;
     }
+    // Nothing indexed overlaps the request (the common miss): nothing covers
+    // it either (no second descent), and the plan is the request, no merge
+    // to look for.
+    CachedRegion *first = c->index_.FirstOverlap(req_start, req_end);
     uint64_t w;
-    CachedRegion *r = c->index_.FindCovering(addr, end, access);
+    CachedRegion *r =
+        first ? c->index_.FindCovering(addr, end, access) : nullptr;
     if (r && c->TryRefLocked(r, &w)) {
       c->Touch(r);
       ++c->slow_hits_;
@@ -110,20 +120,21 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     // the lock, then look again (its region, or a miss of our own if it
     // failed or was invalidated).
     bool covered = false;
-    for (const CacheCore::InFlight &f : c->inflight_)
-      covered |= f.used && f.start <= req_start && req_end <= f.end &&
-                 (access & ~f.access) == 0;
+    if (c->inflight_used_ != 0) {
+      for (const CacheCore::InFlight &f : c->inflight_)
+        covered |= f.used && f.start <= req_start && req_end <= f.end &&
+                   (access & ~f.access) == 0;
+    }
     if (covered) {
       const uint32_t seen = c->inflight_done_.load(std::memory_order_relaxed);
+      ++c->inflight_waiters_;  // that miss's end bumps inflight_done_
+      waited = true;
       c->DrainAndUnlock();
       // Bounded by that miss: it ends (EndInFlight bumps the counter) after
       // its own bounded register / publish steps, or the fork child resets.
       c->inflight_done_.wait(seen, std::memory_order_acquire);
       continue;
     }
-    // Nothing indexed overlaps the request (the common miss): the plan is the
-    // request, no merge to look for.
-    CachedRegion *first = c->index_.FirstOverlap(req_start, req_end);
     if (first != nullptr) {
       plan = c->PlanLocked(req_start, req_end, access);
       first = c->index_.FirstOverlap(plan.start, plan.end);
@@ -136,6 +147,7 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     for (int i = 0; i < CacheCore::kInFlight; ++i) {
       if (!c->inflight_[i].used) {
         c->inflight_[i] = {plan.start, plan.end, plan.access, true, false};
+        ++c->inflight_used_;
         slot = i;
         break;
       }
@@ -252,10 +264,14 @@ int Miss::Retry() {
 
 void Miss::UnlockEnded() {
   const bool ended = slot >= 0;
-  if (ended) c->inflight_[slot].used = false;
+  if (ended) {
+    c->inflight_[slot].used = false;
+    --c->inflight_used_;
+  }
+  const bool wake = ended && c->inflight_waiters_ != 0;
   slot = -1;
   c->DrainAndUnlock();
-  if (ended) {
+  if (wake) {
     c->inflight_done_.fetch_add(1, std::memory_order_release);
     c->inflight_done_.notify_all();
   }
@@ -336,6 +352,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     c->DeregisterOne(nr);
     nr = nullptr;
     c->Remember(other, w);
+    reused = true;
     *out = other;
     return 0;
   }
@@ -375,7 +392,7 @@ int Miss::PublishIndexed(CachedRegion **out)
 int Miss::Run(CachedRegion **out) {
   if (cached) {
     const int rc = LookupOrPlan(out);
-    if (rc != kPlanned) return rc;
+    if (rc != kPlanned) return rc;  // 0: a cached region (or an error)
   }
   // Failure exits before publication end the in-flight slot here (the
   // publishing exits ended it under their own lock: UnlockEnded).
@@ -414,7 +431,7 @@ int Miss::Run(CachedRegion **out) {
     int rc = Register();
     if (rc) return Fail(rc);
     rc = Publish(out);
-    if (rc != kRetry) return rc;
+    if (rc != kRetry) return rc == 0 && !reused ? CacheCore::kRegistered : rc;
   }
 }
 
@@ -464,13 +481,17 @@ int CacheCore::GetUncached(uintptr_t addr, size_t len, unsigned access,
   if (int rc = CheckRequest(addr, len, /*sync=*/false, &start, &end)) return rc;
   ReapDead();
   Miss m(this, addr, len, access, start, end, /*index_it=*/false);
-  return m.Run(out);
+  const int rc = m.Run(out);
+  return rc == kRegistered ? 0 : rc;
 }
 
 void CacheCore::EndInFlight(int slot) {
   LockAndDrain();
   inflight_[slot].used = false;
+  --inflight_used_;
+  const bool wake = inflight_waiters_ != 0;
   DrainAndUnlock();
+  if (!wake) return;
   inflight_done_.fetch_add(1, std::memory_order_release);
   inflight_done_.notify_all();
 }
