@@ -107,7 +107,9 @@ void CacheCore::Destroy() {
   dead = dead_.Take();
   dead_bytes_ = 0;
   attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
+  RegionBatch stash = stash_.Take();
   DrainAndUnlock();
+  while (CachedRegion *r = stash.Pop()) FreeRegion(r);
   ListUnlink();  // unsubscribed and unlocked: no fork handler needs it now
   if (held.n) {
     REGCACHE_LOG(
@@ -404,7 +406,11 @@ void CacheCore::DeregisterOne(CachedRegion *r) {
   FreeRegion(r);
 }
 
-CachedRegion *CacheCore::AllocRegion() {
+CachedRegion *CacheCore::AllocRegion(RegionBatch *spare) {
+  if (spare != nullptr && params_.host_data_bytes == 0) {
+    Slab::Get().AllocBatch(spare, kStashRefill);
+    return spare->Pop();
+  }
   CachedRegion *r = Slab::Get().Alloc();
   if (r == nullptr || params_.host_data_bytes == 0) return r;
   // Outside mu_ (allocation may unmap and re-enter the notifier). Zeroed: a

@@ -237,7 +237,9 @@ class CacheCore {
   void DeregisterList(RegionBatch *l) REGCACHE_EXCLUDES(mu_);
   void DeregisterOne(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
   // A slab region plus its host storage (params_.host_data_bytes), and back.
-  CachedRegion *AllocRegion();
+  // With `spare` (a cached miss, no host storage): up to kStashRefill - 1
+  // more regions under the same slab lock, pushed on *spare for stash_.
+  CachedRegion *AllocRegion(RegionBatch *spare = nullptr);
   static void FreeRegion(CachedRegion *r);
 
   // ---- fork (cache_fork.cc)
@@ -294,6 +296,15 @@ class CacheCore {
   // skips the scan for a covering one.
   int inflight_used_ REGCACHE_GUARDED_BY(mu_) = 0;
   std::atomic<uint32_t> inflight_done_{0};
+  // Free slab regions kept for this cache's misses (none when regions carry
+  // host storage): a miss takes one under mu_ in its plan step instead of
+  // taking the slab's lock each time; one that finds none takes kStashRefill
+  // from the slab under one lock and leaves the rest here when it publishes
+  // (at most kStashMax kept). Never registered, never indexed, not counted as
+  // regions of the cache; Destroy gives them back to the slab.
+  static constexpr size_t kStashRefill = 8;
+  static constexpr size_t kStashMax = 2 * kStashRefill;
+  RegionBatch stash_ REGCACHE_GUARDED_BY(mu_);
   // Misses waiting for inflight_done_ to change (counted in under mu_ before
   // they unlock to wait, out when they lock again): a miss ending its slot
   // bumps and notifies only while one waits (one locked instruction and the

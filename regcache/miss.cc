@@ -36,6 +36,10 @@ struct Miss {
         req_end(re),
         cached(index_it),
         plan{rs, re, acc, 0} {}
+  ~Miss() {
+    // Spare slab regions publication did not stash (an early exit).
+    while (CachedRegion *r = spare.Pop()) CacheCore::FreeRegion(r);
+  }
 
   int Run(CachedRegion **out);
   // Under mu_: a covering region (0, *out referenced), a covering miss in
@@ -82,6 +86,7 @@ struct Miss {
   Eviction::Verdict verdict{true, true};
   RegionBatch early;  // unused regions to deregister before registering
   CachedRegion *nr = nullptr;
+  RegionBatch spare;  // slab regions taken with nr, for c->stash_
   MissRead read;
   bool evicted_all = false;
   bool unmerged = true;
@@ -174,6 +179,7 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     c->TakeDeadLocked(&early);
     verdict = c->AdmitLocked(plan, overlaps);
     if (verdict.admit) c->EvictLocked(&early, false, 1, plan.end - plan.start);
+    nr = c->stash_.Pop();  // nullptr: Run takes it from the slab
     c->DrainAndUnlock();
     return kPlanned;
   }
@@ -305,6 +311,8 @@ int Miss::PublishIndexed(CachedRegion **out)
     nr = nullptr;
     return -ESHUTDOWN;
   }
+  while (spare.head != nullptr && c->stash_.n < CacheCore::kStashMax)
+    c->stash_.Push(spare.Pop());
   // Widen the callback's filter before checking the sequence. Paired with the
   // fence in OnInvalidateStart: either that callback sees the new bounds, or
   // ReadRetry sees its invalidation.
@@ -425,7 +433,7 @@ int Miss::Run(CachedRegion **out) {
     unmerged = plan.start == req_start && plan.end == req_end &&
                needed_access == access;
   }
-  nr = c->AllocRegion();
+  if (nr == nullptr) nr = c->AllocRegion(cached ? &spare : nullptr);
   if (nr == nullptr) return Fail(-ENOMEM);
   for (;;) {
     int rc = Register();
