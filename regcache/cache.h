@@ -167,6 +167,10 @@ class CacheCore {
 
   // ---- hit path (hit_path.cc)
   void CountHit();
+  struct HitSlot;
+  // +1 in this thread's slot (HitSlot): member is &HitSlot::n, ::misses or
+  // ::registrations.
+  void CountInSlot(std::atomic<uint64_t> HitSlot::*member);
   void Remember(CachedRegion *r, uint64_t word);
   void DoublePut(CachedRegion *r);
   void PutSlow();
@@ -356,8 +360,14 @@ class CacheCore {
     c.fetch_add(n, std::memory_order_relaxed);
   }
 
+  // Per-thread counters: a thread bumps its own slot with a plain load and
+  // store (no locked instruction); slot kSlots, shared, with an atomic add.
+  // GetStats sums them: hits, and the misses and registrations of cached
+  // misses (added to stats_'s, which count the rarer paths).
   struct alignas(64) HitSlot {
     std::atomic<uint64_t> n{0};
+    std::atomic<uint64_t> misses{0};
+    std::atomic<uint64_t> registrations{0};
   };
   HitSlot hit_slots_[kSlots + 1];
 

@@ -413,7 +413,7 @@ int Miss::Run(CachedRegion **out) {
   c->DeregisterList(&early);
   needed_access = plan.access;
   if (cached) {
-    c->Count(c->stats_.misses);
+    c->CountInSlot(&CacheCore::HitSlot::misses);
     // The access the plan needs (request, union of overlapping regions); with
     // ACCESS_POLICY=all writable memory is registered with every access so
     // that a later request with other flags is a hit (UCX's and libfabric's
@@ -505,7 +505,7 @@ void CacheCore::EndInFlight(int slot) {
 }
 
 void CacheCore::CountRegistered(uint64_t len) {
-  Count(stats_.registrations);
+  CountInSlot(&HitSlot::registrations);
   Count(stats_.regions);
   const uint64_t now =
       stats_.bytes.fetch_add(len, std::memory_order_relaxed) + len;
