@@ -401,7 +401,7 @@ void CacheCore::DeregisterOne(CachedRegion *r) {
   driver()->Deregister(r->reg);  // the driver logs its own failures
   Count(stats_.deregistrations);
   stats_.regions.fetch_sub(1, std::memory_order_relaxed);
-  stats_.bytes.fetch_sub(len, std::memory_order_relaxed);
+  DropBytes(len);
   r->reg = PortRegistration();
   FreeRegion(r);
 }

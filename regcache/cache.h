@@ -191,8 +191,11 @@ class CacheCore {
   Eviction::Verdict AdmitLocked(const Plan &plan, bool overlaps)
       REGCACHE_REQUIRES(mu_);
   void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
-  // Stats of one new registration of len bytes (registrations, bytes, peak).
+  // Stats of one new registration of len bytes (registrations, regions,
+  // bytes).
   void CountRegistered(uint64_t len);
+  // stats_.bytes -= len, recording the value before as peak_bytes if higher.
+  void DropBytes(uint64_t len);
   // Hands out a registered region without indexing it: not valid, one
   // reference, on the orphan list (Destroy finds it); its last put
   // deregisters it (ReleaseOrphan).

@@ -99,9 +99,8 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
   stats_.regions.fetch_sub(
       std::min<uint64_t>(n, stats_.regions.load(std::memory_order_relaxed)),
       std::memory_order_relaxed);
-  stats_.bytes.fetch_sub(
-      std::min<uint64_t>(bytes, stats_.bytes.load(std::memory_order_relaxed)),
-      std::memory_order_relaxed);
+  DropBytes(
+      std::min<uint64_t>(bytes, stats_.bytes.load(std::memory_order_relaxed)));
   dead_bytes_ = 0;
   attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
   // Misses in flight on the parent's threads never finish here.

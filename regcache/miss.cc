@@ -264,7 +264,7 @@ int Miss::Retry() {
   nr->reg = PortRegistration();
   c->Count(c->stats_.deregistrations);
   c->stats_.regions.fetch_sub(1, std::memory_order_relaxed);
-  c->stats_.bytes.fetch_sub(plen, std::memory_order_relaxed);
+  c->DropBytes(plen);
   return kRetry;
 }
 
@@ -507,10 +507,20 @@ void CacheCore::EndInFlight(int slot) {
 void CacheCore::CountRegistered(uint64_t len) {
   CountInSlot(&HitSlot::registrations);
   Count(stats_.regions);
-  const uint64_t now =
-      stats_.bytes.fetch_add(len, std::memory_order_relaxed) + len;
+  // peak_bytes is recorded where bytes drops (DropBytes), not here: growth
+  // to a new peak on every miss was a compare-exchange per miss.
+  stats_.bytes.fetch_add(len, std::memory_order_relaxed);
+}
+
+void CacheCore::DropBytes(uint64_t len) {
+  // Every change of bytes is one read-modify-write, so the value just before
+  // each drop is exact: the highest bytes ever seen is the highest of those
+  // and the current value (GetStats takes the max).
+  const uint64_t before =
+      stats_.bytes.fetch_sub(len, std::memory_order_relaxed);
   uint64_t peak = stats_.peak_bytes.load(std::memory_order_relaxed);
-  while (now > peak && !stats_.peak_bytes.compare_exchange_weak(peak, now)) {
+  while (before > peak && !stats_.peak_bytes.compare_exchange_weak(
+                              peak, before, std::memory_order_relaxed)) {
   }
 }
 

@@ -31,6 +31,9 @@ void CacheCore::GetStats(regcache_stats_t *s) {
 #undef REGCACHE_STATS_COPY
   s->misses += misses;
   s->registrations += registrations;
+  // Recorded only where bytes drops (DropBytes): a peak not dropped from yet
+  // is the current value.
+  if (s->bytes > s->peak_bytes) s->peak_bytes = s->bytes;
 }
 
 int CacheCore::PrintStats(FILE *f) {
