@@ -144,16 +144,46 @@ uint8_t *g_tramp = nullptr;  // never unmapped once mapped
 bool g_installed = false;
 bool g_atfork_registered = false;
 
+// PatchIntact's lock-free copy of the active targets' (entry, patched) pairs,
+// a seqlock: written only under g_mu, by SetGuardLocked (install) and
+// ClearGuardLocked (emptied before uninstall or abandon changes a target), so
+// it holds exactly the active targets while g_installed. A reader that sees
+// the sequence odd or changed answers from g_targets under g_mu instead.
+struct IntactView {
+  std::atomic<uint32_t> seq{0};  // odd while being rewritten
+  std::atomic<size_t> n{0};
+  std::atomic<uint64_t *> entry[kTargets] = {};
+  std::atomic<uint64_t> patched[kTargets] = {};
+} g_view;
+
+void WriteViewLocked(bool installed) {
+  const uint32_t s = g_view.seq.load(std::memory_order_relaxed);
+  g_view.seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  size_t n = 0;
+  for (const Target &t : g_targets) {
+    if (!installed || !t.active) continue;
+    g_view.entry[n].store(reinterpret_cast<uint64_t *>(t.entry),
+                          std::memory_order_relaxed);
+    g_view.patched[n].store(t.patched, std::memory_order_relaxed);
+    ++n;
+  }
+  g_view.n.store(n, std::memory_order_relaxed);
+  g_view.seq.store(s + 2, std::memory_order_release);
+}
+
 void SetGuardLocked() {
   // munmap's entry is the sentinel lock-free lookups check (FastPathOk()).
   internal::g_patch_guard_word = g_targets[0].patched;
   internal::g_patch_guard.store(
       reinterpret_cast<uint64_t *>(g_targets[0].entry),
       std::memory_order_release);
+  WriteViewLocked(true);
 }
 
 void ClearGuardLocked() {
   internal::g_patch_guard.store(nullptr, std::memory_order_release);
+  WriteViewLocked(false);
 }
 
 void RestoreLocked() {
@@ -314,6 +344,23 @@ int PatchInstall() {
 }
 
 bool PatchIntact(const char **which) {
+  // Every miss asks (VerifySources): the common answer, intact, from the
+  // view without g_mu (a mutex round trip was ~60 of a miss's ~2 400
+  // instructions). Every active entry is still compared (ANOTHER PATCHER).
+  // Damaged, or the view changing under us: the locked compare below
+  // decides, and names the entry.
+  if (const uint32_t s = g_view.seq.load(std::memory_order_acquire);
+      (s & 1) == 0) {
+    const size_t n = g_view.n.load(std::memory_order_relaxed);
+    uint64_t diff = 0;  // no branch per entry: damage is the rare answer
+    for (size_t i = 0; i < n; ++i)
+      diff |= __atomic_load_n(g_view.entry[i].load(std::memory_order_relaxed),
+                              __ATOMIC_SEQ_CST) ^
+              g_view.patched[i].load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (diff == 0 && g_view.seq.load(std::memory_order_relaxed) == s)
+      return true;
+  }
   std::lock_guard<std::mutex> g(g_mu);
   if (!g_installed) return true;
   for (const Target &t : g_targets) {

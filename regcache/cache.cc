@@ -107,7 +107,9 @@ void CacheCore::Destroy() {
   dead = dead_.Take();
   dead_bytes_ = 0;
   attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
+  RegionBatch stash = stash_.Take();
   DrainAndUnlock();
+  while (CachedRegion *r = stash.Pop()) FreeRegion(r);
   ListUnlink();  // unsubscribed and unlocked: no fork handler needs it now
   if (held.n) {
     REGCACHE_LOG(
@@ -264,6 +266,18 @@ std::string CacheCore::CheckInvariants() {
 void CacheCore::EvictLocked(RegionBatch *victims, bool all, size_t room_regions,
                             size_t room_bytes) {
   mu_.AssertHeld();
+  // Within the limits with the room asked for (every miss asks twice, and
+  // almost always is): nothing to evict, no sample on the stack.
+  if (all || index_.count() + room_regions > params_.max_regions ||
+      index_.bytes() + room_bytes > params_.max_bytes) [[unlikely]]
+    EvictSampledLocked(victims, all, room_regions, room_bytes);
+  ResetBoundsIfEmptyLocked();
+  UpdateOverLimitLocked();
+}
+
+void CacheCore::EvictSampledLocked(RegionBatch *victims, bool all,
+                                   size_t room_regions, size_t room_bytes) {
+  mu_.AssertHeld();
   // Every CAS below fails only when a hit raced us, and each pass either
   // evicts or rotates a sample to the tail: the budget bounds the work when
   // everything is in use.
@@ -325,8 +339,6 @@ void CacheCore::EvictLocked(RegionBatch *victims, bool all, size_t room_regions,
     victims->Push(victim);
     Count(stats_.evictions);
   }
-  ResetBoundsIfEmptyLocked();
-  UpdateOverLimitLocked();
 }
 
 void CacheCore::UpdateOverLimitLocked() {
@@ -334,8 +346,14 @@ void CacheCore::UpdateOverLimitLocked() {
   // than max_bytes may stay cached alone until the next miss needs room (as
   // UCX does); evicting it at its put made every reuse a miss (growing
   // workload at 8 MiB). The count limit (a device resource) is kept at put.
-  if (index_.count() > params_.max_regions ||
-      (index_.bytes() > params_.max_bytes && index_.count() > 1)) {
+  // kOverLimit changes only under mu_: the read-modify-write (a locked
+  // instruction, twice per miss) only when the bit changes.
+  const bool over = index_.count() > params_.max_regions ||
+                    (index_.bytes() > params_.max_bytes && index_.count() > 1);
+  const bool was =
+      (attention_.load(std::memory_order_relaxed) & kOverLimit) != 0;
+  if (over == was) return;
+  if (over) {
     attention_.fetch_or(kOverLimit, std::memory_order_relaxed);
   } else {
     attention_.fetch_and(~uint32_t{kOverLimit}, std::memory_order_relaxed);
@@ -365,6 +383,10 @@ void CacheCore::ReapDead() {
 }
 
 void CacheCore::TakeDeadLocked(RegionBatch *into) {
+  // kDead and kDeadMany are set (InvalidateLocked) and cleared only under
+  // mu_: with dead_ empty they are clear already (every miss comes here), and
+  // the read-modify-write is skipped.
+  if (dead_.head == nullptr) return;
   while (CachedRegion *r = dead_.Pop()) into->Push(r);
   dead_bytes_ = 0;
   attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
@@ -379,12 +401,16 @@ void CacheCore::DeregisterOne(CachedRegion *r) {
   driver()->Deregister(r->reg);  // the driver logs its own failures
   Count(stats_.deregistrations);
   stats_.regions.fetch_sub(1, std::memory_order_relaxed);
-  stats_.bytes.fetch_sub(len, std::memory_order_relaxed);
+  DropBytes(len);
   r->reg = PortRegistration();
   FreeRegion(r);
 }
 
-CachedRegion *CacheCore::AllocRegion() {
+CachedRegion *CacheCore::AllocRegion(RegionBatch *spare) {
+  if (spare != nullptr && params_.host_data_bytes == 0) {
+    Slab::Get().AllocBatch(spare, kStashRefill);
+    return spare->Pop();
+  }
   CachedRegion *r = Slab::Get().Alloc();
   if (r == nullptr || params_.host_data_bytes == 0) return r;
   // Outside mu_ (allocation may unmap and re-enter the notifier). Zeroed: a

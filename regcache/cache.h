@@ -89,7 +89,11 @@ class CacheCore {
   void Destroy();
 
   // REQUIRES: validated input (len > 0, no wrap after page alignment, known
-  // access bits).
+  // access bits). 0: *out came from the cache (a hit, or a concurrent miss's
+  // region); kRegistered: *out is a registration this call made (a miss: the
+  // driver answered from the memory's protection now, so the uffd protection
+  // check skips it, protection_check.h); else a negative errno.
+  static constexpr int kRegistered = 1;
   int Get(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
   void Put(CachedRegion *r);
   int Flush();
@@ -163,6 +167,10 @@ class CacheCore {
 
   // ---- hit path (hit_path.cc)
   void CountHit();
+  struct HitSlot;
+  // +1 in this thread's slot (HitSlot): member is &HitSlot::n, ::misses or
+  // ::registrations.
+  void CountInSlot(std::atomic<uint64_t> HitSlot::*member);
   void Remember(CachedRegion *r, uint64_t word);
   // The front-table entry (a FrontEntry, private to hit_path.cc) that
   // covers the request: true and *out referenced if its region is unchanged.
@@ -187,8 +195,11 @@ class CacheCore {
   Eviction::Verdict AdmitLocked(const Plan &plan, bool overlaps)
       REGCACHE_REQUIRES(mu_);
   void EndInFlight(int slot) REGCACHE_EXCLUDES(mu_);
-  // Stats of one new registration of len bytes (registrations, bytes, peak).
+  // Stats of one new registration of len bytes (registrations, regions,
+  // bytes).
   void CountRegistered(uint64_t len);
+  // stats_.bytes -= len, recording the value before as peak_bytes if higher.
+  void DropBytes(uint64_t len);
   // Hands out a registered region without indexing it: not valid, one
   // reference, on the orphan list (Destroy finds it); its last put
   // deregisters it (ReleaseOrphan).
@@ -224,6 +235,9 @@ class CacheCore {
   // (a miss makes room for its region before registering it).
   void EvictLocked(RegionBatch *victims, bool all, size_t room_regions = 0,
                    size_t room_bytes = 0) REGCACHE_REQUIRES(mu_);
+  // EvictLocked's sampling loop, when something must go.
+  void EvictSampledLocked(RegionBatch *victims, bool all, size_t room_regions,
+                          size_t room_bytes) REGCACHE_REQUIRES(mu_);
   void UpdateOverLimitLocked() REGCACHE_REQUIRES(mu_);
   // Moves the dead regions into *into (the caller deregisters them outside
   // the lock) and clears kDead / kDeadMany.
@@ -234,7 +248,9 @@ class CacheCore {
   void DeregisterList(RegionBatch *l) REGCACHE_EXCLUDES(mu_);
   void DeregisterOne(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
   // A slab region plus its host storage (params_.host_data_bytes), and back.
-  CachedRegion *AllocRegion();
+  // With `spare` (a cached miss, no host storage): up to kStashRefill - 1
+  // more regions under the same slab lock, pushed on *spare for stash_.
+  CachedRegion *AllocRegion(RegionBatch *spare = nullptr);
   static void FreeRegion(CachedRegion *r);
 
   // ---- fork (cache_fork.cc)
@@ -287,7 +303,24 @@ class CacheCore {
     bool revoked;
   };
   InFlight inflight_[kInFlight] REGCACHE_GUARDED_BY(mu_) = {};
+  // Slots of inflight_ in use: a miss with none in flight (the common one)
+  // skips the scan for a covering one.
+  int inflight_used_ REGCACHE_GUARDED_BY(mu_) = 0;
   std::atomic<uint32_t> inflight_done_{0};
+  // Free slab regions kept for this cache's misses (none when regions carry
+  // host storage): a miss takes one under mu_ in its plan step instead of
+  // taking the slab's lock each time; one that finds none takes kStashRefill
+  // from the slab under one lock and leaves the rest here when it publishes
+  // (at most kStashMax kept). Never registered, never indexed, not counted as
+  // regions of the cache; Destroy gives them back to the slab.
+  static constexpr size_t kStashRefill = 8;
+  static constexpr size_t kStashMax = 2 * kStashRefill;
+  RegionBatch stash_ REGCACHE_GUARDED_BY(mu_);
+  // Misses waiting for inflight_done_ to change (counted in under mu_ before
+  // they unlock to wait, out when they lock again): a miss ending its slot
+  // bumps and notifies only while one waits (one locked instruction and the
+  // waiter-table probe less per miss otherwise).
+  uint32_t inflight_waiters_ REGCACHE_GUARDED_BY(mu_) = 0;
   // Invalidate calls so far (under mu_): a miss that found no in-flight slot
   // retries when it changed while it registered.
   uint64_t revokes_ REGCACHE_GUARDED_BY(mu_) = 0;
@@ -334,8 +367,14 @@ class CacheCore {
     c.fetch_add(n, std::memory_order_relaxed);
   }
 
+  // Per-thread counters: a thread bumps its own slot with a plain load and
+  // store (no locked instruction); slot kSlots, shared, with an atomic add.
+  // GetStats sums them: hits, and the misses and registrations of cached
+  // misses (added to stats_'s, which count the rarer paths).
   struct alignas(64) HitSlot {
     std::atomic<uint64_t> n{0};
+    std::atomic<uint64_t> misses{0};
+    std::atomic<uint64_t> registrations{0};
   };
   HitSlot hit_slots_[kSlots + 1];
 

@@ -99,14 +99,15 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
   stats_.regions.fetch_sub(
       std::min<uint64_t>(n, stats_.regions.load(std::memory_order_relaxed)),
       std::memory_order_relaxed);
-  stats_.bytes.fetch_sub(
-      std::min<uint64_t>(bytes, stats_.bytes.load(std::memory_order_relaxed)),
-      std::memory_order_relaxed);
+  DropBytes(
+      std::min<uint64_t>(bytes, stats_.bytes.load(std::memory_order_relaxed)));
   dead_bytes_ = 0;
   attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
   // Misses in flight on the parent's threads never finish here.
   for (InFlight &f : inflight_) f = {};
+  inflight_used_ = 0;
   inflight_done_.fetch_add(1, std::memory_order_relaxed);
+  inflight_waiters_ = 0;  // they were the parent's threads
   wspan_.store(0, std::memory_order_relaxed);
   lo_.store(UINTPTR_MAX, std::memory_order_relaxed);
   hi_.store(0, std::memory_order_relaxed);

@@ -104,8 +104,20 @@ void HitSlotsAfterFork() {
                     std::memory_order_relaxed);
 }
 
-void CacheCore::CountHit() {
+void CacheCore::CountInSlot(std::atomic<uint64_t> HitSlot::*member) {
   static_assert(kSlots == kSlotsForThreads);
+  ThreadState *ts = t_state;
+  const int slot = ts ? ts->slot : kSlotsForThreads;
+  auto &n = hit_slots_[slot].*member;
+  if (slot < kSlotsForThreads) {
+    n.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  } else {
+    n.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+// CountInSlot(&HitSlot::n), written out: the hit path's own copy.
+void CacheCore::CountHit() {
   ThreadState *ts = t_state;
   const int slot = ts ? ts->slot : kSlotsForThreads;
   auto &n = hit_slots_[slot].n;

@@ -36,6 +36,10 @@ struct Miss {
         req_end(re),
         cached(index_it),
         plan{rs, re, acc, 0} {}
+  ~Miss() {
+    // Spare slab regions publication did not stash (an early exit).
+    while (CachedRegion *r = spare.Pop()) CacheCore::FreeRegion(r);
+  }
 
   int Run(CachedRegion **out);
   // Under mu_: a covering region (0, *out referenced), a covering miss in
@@ -82,22 +86,33 @@ struct Miss {
   Eviction::Verdict verdict{true, true};
   RegionBatch early;  // unused regions to deregister before registering
   CachedRegion *nr = nullptr;
+  RegionBatch spare;  // slab regions taken with nr, for c->stash_
   MissRead read;
   bool evicted_all = false;
   bool unmerged = true;
   bool widened_by_hint = false;  // access widened on the cached span alone
+  // Publication handed out a concurrent miss's region, not nr.
+  bool reused = false;
   int retries = 0;
 };
 
 int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
+  bool waited = false;
   for (;;) {
     c->LockAndDrain();
+    if (waited) --c->inflight_waiters_;
+    waited = false;
     if (c->shutdown_.load(std::memory_order_relaxed)) {
       c->DrainAndUnlock();
       return -ESHUTDOWN;
     }
+    // Nothing indexed overlaps the request (the common miss): nothing covers
+    // it either (no second descent), and the plan is the request, no merge
+    // to look for.
+    CachedRegion *first = c->index_.FirstOverlap(req_start, req_end);
     uint64_t w;
-    CachedRegion *r = c->index_.FindCovering(addr, end, access);
+    CachedRegion *r =
+        first ? c->index_.FindCovering(addr, end, access) : nullptr;
     if (r && c->TryRefLocked(r, &w)) {
       c->Touch(r);
       ++c->slow_hits_;
@@ -110,20 +125,21 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     // the lock, then look again (its region, or a miss of our own if it
     // failed or was invalidated).
     bool covered = false;
-    for (const CacheCore::InFlight &f : c->inflight_)
-      covered |= f.used && f.start <= req_start && req_end <= f.end &&
-                 (access & ~f.access) == 0;
+    if (c->inflight_used_ != 0) {
+      for (const CacheCore::InFlight &f : c->inflight_)
+        covered |= f.used && f.start <= req_start && req_end <= f.end &&
+                   (access & ~f.access) == 0;
+    }
     if (covered) {
       const uint32_t seen = c->inflight_done_.load(std::memory_order_relaxed);
+      ++c->inflight_waiters_;  // that miss's end bumps inflight_done_
+      waited = true;
       c->DrainAndUnlock();
       // Bounded by that miss: it ends (EndInFlight bumps the counter) after
       // its own bounded register / publish steps, or the fork child resets.
       c->inflight_done_.wait(seen, std::memory_order_acquire);
       continue;
     }
-    // Nothing indexed overlaps the request (the common miss): the plan is the
-    // request, no merge to look for.
-    CachedRegion *first = c->index_.FirstOverlap(req_start, req_end);
     if (first != nullptr) {
       plan = c->PlanLocked(req_start, req_end, access);
       first = c->index_.FirstOverlap(plan.start, plan.end);
@@ -136,6 +152,7 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     for (int i = 0; i < CacheCore::kInFlight; ++i) {
       if (!c->inflight_[i].used) {
         c->inflight_[i] = {plan.start, plan.end, plan.access, true, false};
+        ++c->inflight_used_;
         slot = i;
         break;
       }
@@ -162,6 +179,7 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     c->TakeDeadLocked(&early);
     verdict = c->AdmitLocked(plan, overlaps);
     if (verdict.admit) c->EvictLocked(&early, false, 1, plan.end - plan.start);
+    nr = c->stash_.Pop();  // nullptr: Run takes it from the slab
     c->DrainAndUnlock();
     return kPlanned;
   }
@@ -246,16 +264,20 @@ int Miss::Retry() {
   nr->reg = PortRegistration();
   c->Count(c->stats_.deregistrations);
   c->stats_.regions.fetch_sub(1, std::memory_order_relaxed);
-  c->stats_.bytes.fetch_sub(plen, std::memory_order_relaxed);
+  c->DropBytes(plen);
   return kRetry;
 }
 
 void Miss::UnlockEnded() {
   const bool ended = slot >= 0;
-  if (ended) c->inflight_[slot].used = false;
+  if (ended) {
+    c->inflight_[slot].used = false;
+    --c->inflight_used_;
+  }
+  const bool wake = ended && c->inflight_waiters_ != 0;
   slot = -1;
   c->DrainAndUnlock();
-  if (ended) {
+  if (wake) {
     c->inflight_done_.fetch_add(1, std::memory_order_release);
     c->inflight_done_.notify_all();
   }
@@ -289,6 +311,8 @@ int Miss::PublishIndexed(CachedRegion **out)
     nr = nullptr;
     return -ESHUTDOWN;
   }
+  while (spare.head != nullptr && c->stash_.n < CacheCore::kStashMax)
+    c->stash_.Push(spare.Pop());
   // Widen the callback's filter before checking the sequence. Paired with the
   // fence in OnInvalidateStart: either that callback sees the new bounds, or
   // ReadRetry sees its invalidation.
@@ -336,6 +360,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     c->DeregisterOne(nr);
     nr = nullptr;
     c->Remember(other, w);
+    reused = true;
     *out = other;
     return 0;
   }
@@ -375,7 +400,7 @@ int Miss::PublishIndexed(CachedRegion **out)
 int Miss::Run(CachedRegion **out) {
   if (cached) {
     const int rc = LookupOrPlan(out);
-    if (rc != kPlanned) return rc;
+    if (rc != kPlanned) return rc;  // 0: a cached region (or an error)
   }
   // Failure exits before publication end the in-flight slot here (the
   // publishing exits ended it under their own lock: UnlockEnded).
@@ -388,7 +413,7 @@ int Miss::Run(CachedRegion **out) {
   c->DeregisterList(&early);
   needed_access = plan.access;
   if (cached) {
-    c->Count(c->stats_.misses);
+    c->CountInSlot(&CacheCore::HitSlot::misses);
     // The access the plan needs (request, union of overlapping regions); with
     // ACCESS_POLICY=all writable memory is registered with every access so
     // that a later request with other flags is a hit (UCX's and libfabric's
@@ -408,13 +433,13 @@ int Miss::Run(CachedRegion **out) {
     unmerged = plan.start == req_start && plan.end == req_end &&
                needed_access == access;
   }
-  nr = c->AllocRegion();
+  if (nr == nullptr) nr = c->AllocRegion(cached ? &spare : nullptr);
   if (nr == nullptr) return Fail(-ENOMEM);
   for (;;) {
     int rc = Register();
     if (rc) return Fail(rc);
     rc = Publish(out);
-    if (rc != kRetry) return rc;
+    if (rc != kRetry) return rc == 0 && !reused ? CacheCore::kRegistered : rc;
   }
 }
 
@@ -464,24 +489,38 @@ int CacheCore::GetUncached(uintptr_t addr, size_t len, unsigned access,
   if (int rc = CheckRequest(addr, len, /*sync=*/false, &start, &end)) return rc;
   ReapDead();
   Miss m(this, addr, len, access, start, end, /*index_it=*/false);
-  return m.Run(out);
+  const int rc = m.Run(out);
+  return rc == kRegistered ? 0 : rc;
 }
 
 void CacheCore::EndInFlight(int slot) {
   LockAndDrain();
   inflight_[slot].used = false;
+  --inflight_used_;
+  const bool wake = inflight_waiters_ != 0;
   DrainAndUnlock();
+  if (!wake) return;
   inflight_done_.fetch_add(1, std::memory_order_release);
   inflight_done_.notify_all();
 }
 
 void CacheCore::CountRegistered(uint64_t len) {
-  Count(stats_.registrations);
+  CountInSlot(&HitSlot::registrations);
   Count(stats_.regions);
-  const uint64_t now =
-      stats_.bytes.fetch_add(len, std::memory_order_relaxed) + len;
+  // peak_bytes is recorded where bytes drops (DropBytes), not here: growth
+  // to a new peak on every miss was a compare-exchange per miss.
+  stats_.bytes.fetch_add(len, std::memory_order_relaxed);
+}
+
+void CacheCore::DropBytes(uint64_t len) {
+  // Every change of bytes is one read-modify-write, so the value just before
+  // each drop is exact: the highest bytes ever seen is the highest of those
+  // and the current value (GetStats takes the max).
+  const uint64_t before =
+      stats_.bytes.fetch_sub(len, std::memory_order_relaxed);
   uint64_t peak = stats_.peak_bytes.load(std::memory_order_relaxed);
-  while (now > peak && !stats_.peak_bytes.compare_exchange_weak(peak, now)) {
+  while (before > peak && !stats_.peak_bytes.compare_exchange_weak(
+                              peak, before, std::memory_order_relaxed)) {
   }
 }
 

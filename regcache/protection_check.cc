@@ -42,6 +42,7 @@ int RecheckGet(CacheCore *c, uintptr_t addr, size_t len, unsigned access,
   // that failed the check).
   constexpr int kTries = 3;
   for (int i = 0;; ++i) {
+    if (rc == CacheCore::kRegistered) return 0;  // made now: not checked
     if (rc != 0 || StillAllowed(*out)) return rc;
     Revoke(c, *out);
     *out = nullptr;

@@ -5,13 +5,19 @@
 // The patch source hooks mprotect: removing access invalidates the overlapping
 // regions, so the next get re-registers and the driver answers from the new
 // protection (-EACCES for write of read-only memory, -EFAULT for PROT_NONE).
-// userfaultfd sends no event for mprotect. So under uffd a region handed out
-// by CacheCore::Get or Find is checked (notifier/protection.h): do its pages
+// userfaultfd sends no event for mprotect. So under uffd a region a hit hands
+// out (CacheCore::Get's front table or slow-path lookup, a concurrent miss's
+// region, or Find) is checked (notifier/protection.h): do its pages
 // still lie in VMAs allowing its registered access (write for LOCAL_WRITE,
 // REMOTE_WRITE, REMOTE_ATOMIC; read otherwise)? When not, the region is put
 // back, its range invalidated (the seed's mprotect semantics: every region
 // overlapping it) and the get misses, so the driver refuses or registers from
-// the new protection. Patch, ucm and none: one relaxed load and a branch.
+// the new protection. A registration the get has just made
+// (CacheCore::kRegistered) is not checked: the driver registered it from the
+// protection now (a device refuses write access to read-only memory; an
+// access widened on a stale writability hint is refused likewise, cache.h).
+// Patch, ucm and none: one relaxed load and a branch on a hit, nothing more
+// on a miss.
 // Without PROCMAP_QUERY (Linux < 6.11) the kernel cannot tell cheaply: the
 // documented miss stays (docs/notifier.md).
 #ifndef REGCACHE_REGCACHE_PROTECTION_CHECK_H_
@@ -31,12 +37,14 @@ int RecheckGet(CacheCore *c, uintptr_t addr, size_t len, unsigned access,
 int RecheckFind(CacheCore *c, uintptr_t addr, size_t len, unsigned access,
                 CachedRegion **out, int rc);
 
-// CacheCore::Get, then (uffd only) the protection check of what it returned.
+// CacheCore::Get, then (uffd only) the protection check of a region it took
+// from the cache. 0 or a negative errno.
 inline int GetCheckingProtection(CacheCore *c, uintptr_t addr, size_t len,
                                  unsigned access, CachedRegion **out) {
   const int rc = c->Get(addr, len, access, out);
-  if (rc != 0 || !notifier::HitNeedsProtectionCheck()) [[likely]]
-    return rc;
+  if (rc != 0) return rc == CacheCore::kRegistered ? 0 : rc;
+  if (!notifier::HitNeedsProtectionCheck()) [[likely]]
+    return 0;
   return RecheckGet(c, addr, len, access, out, rc);
 }
 

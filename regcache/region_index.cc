@@ -99,10 +99,23 @@ CachedRegion *RegionIndex::LowerBound(uintptr_t key) const {
 }
 
 CachedRegion *RegionIndex::FirstOverlap(uintptr_t start, uintptr_t end) const {
-  CachedRegion *r = Floor(start);
-  if (r && r->end > start) return r;
-  r = LowerBound(start);
-  if (r && r->start < end) return r;
+  // Floor(start) and LowerBound(start) in one descent (every miss asks: one
+  // walk of ~20 levels at 16 384 regions instead of two): the search path for
+  // start passes both. A region starting at start is both, and overlaps.
+  CachedRegion *floor = nullptr, *above = nullptr;
+  for (CachedRegion *t = root_; t;) {
+    if (t->start <= start) {
+      floor = t;
+      if (t->start == start) break;
+      t = t->right;
+    } else {
+      above = t;  // the least start > start seen so far
+      t = t->left;
+    }
+  }
+  if (floor && floor->end > start) return floor;
+  // floor->start < start here, so the least start >= start is `above`.
+  if (above && above->start < end) return above;
   return nullptr;
 }
 

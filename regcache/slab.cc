@@ -30,6 +30,19 @@ CachedRegion *Slab::Alloc() {
   return r;
 }
 
+size_t Slab::AllocBatch(RegionBatch *out, size_t n) {
+  MutexLock l(&mu_);
+  size_t got = 0;
+  for (; got < n; ++got) {
+    if (free_ == nullptr && !GrowLocked()) break;
+    CachedRegion *r = free_;
+    free_ = r->next;
+    --nfree_;
+    out->Push(r);
+  }
+  return got;
+}
+
 void Slab::Free(CachedRegion *r) {
   REGCACHE_DCHECK(
       CachedRegion::Refs(r->word.load(std::memory_order_relaxed)) == 0 &&

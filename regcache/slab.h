@@ -16,6 +16,7 @@
 #include <cstddef>
 
 #include "regcache/region.h"
+#include "regcache/region_list.h"
 #include "regcache/thread_annotations.h"
 
 namespace regcache::core {
@@ -27,6 +28,9 @@ class Slab {
 
   // A region owned by the caller, or nullptr (mmap failed).
   CachedRegion *Alloc() REGCACHE_EXCLUDES(mu_);
+  // Up to n regions (at least one unless mmap failed) under one lock, pushed
+  // on *out; how many.
+  size_t AllocBatch(RegionBatch *out, size_t n) REGCACHE_EXCLUDES(mu_);
   // Back to the free list. REQUIRES: no references, in no index or list.
   void Free(CachedRegion *r) REGCACHE_EXCLUDES(mu_);
   size_t Total() REGCACHE_EXCLUDES(mu_);

@@ -13,9 +13,12 @@ namespace regcache::core {
 
 void CacheCore::GetStats(regcache_stats_t *s) {
   std::memset(s, 0, sizeof(*s));
-  uint64_t hits = 0;
-  for (const auto &slot : hit_slots_)
+  uint64_t hits = 0, misses = 0, registrations = 0;
+  for (const auto &slot : hit_slots_) {
     hits += slot.n.load(std::memory_order_relaxed);
+    misses += slot.misses.load(std::memory_order_relaxed);
+    registrations += slot.registrations.load(std::memory_order_relaxed);
+  }
   {
     MutexLock l(&mu_);
     hits += slow_hits_;
@@ -26,6 +29,11 @@ void CacheCore::GetStats(regcache_stats_t *s) {
 #define REGCACHE_STATS_COPY(f) s->f = stats_.f.load(std::memory_order_relaxed);
   REGCACHE_STATS_COUNTERS(REGCACHE_STATS_COPY)
 #undef REGCACHE_STATS_COPY
+  s->misses += misses;
+  s->registrations += registrations;
+  // Recorded only where bytes drops (DropBytes): a peak not dropped from yet
+  // is the current value.
+  if (s->bytes > s->peak_bytes) s->peak_bytes = s->bytes;
 }
 
 int CacheCore::PrintStats(FILE *f) {
