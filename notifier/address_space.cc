@@ -105,6 +105,7 @@ namespace regcache::notifier {
 PaddedCounter g_inflight[2];
 alignas(64) std::atomic<uint64_t> g_ranges[kRangeEntries];
 std::atomic<unsigned> g_next_home{0};
+std::atomic<uint32_t> g_lines_used{0};
 HotWords g_hot;
 alignas(64) std::atomic<uint64_t> g_log_next{0};
 alignas(64) LogEntry g_range_log[kIntervalLogEntries];

@@ -127,6 +127,17 @@ extern std::atomic<uint64_t> g_ranges[kRangeEntries];
 static_assert(sizeof(g_ranges[0]) * kRangesPerLine == 64, "8 words per line");
 // Round-robin counter that hands each thread its home line (PickHome).
 extern std::atomic<unsigned> g_next_home;
+// Bit L set: some range has claimed (or may claim) a word of line L. Set, by a
+// seq_cst RMW, before a thread's first claim on a line (PickHome for its home
+// line, ClaimElsewhere for any other); never cleared. So a word that is not 0
+// lies in a line whose bit is set, and a reader that loads this mask (seq_cst)
+// and then scans only those lines misses no claim its Dekker pairs need: a
+// claim on a line not in the mask comes after the mask load in the seq_cst
+// order, exactly as a claim the full scan read as 0 would. Interval reads (every
+// cache miss) scan one or two lines instead of eight in a process whose ranges
+// come from a few threads. Written only on those cold paths, never by the munmap
+// path's common case.
+extern std::atomic<uint32_t> g_lines_used;
 // What every range reads and (almost) never writes, in one cache line: after
 // the kernel's munmap has run, each distinct line the hook touches is a likely
 // L1 miss, so the read-mostly words share one (g_waiters only changes when a

@@ -22,6 +22,7 @@ namespace regcache::notifier {
 REGCACHE_COLD std::atomic<uint64_t> *PickHome() {
   const unsigned line =
       g_next_home.fetch_add(1, std::memory_order_relaxed) % kRangeLines;
+  NoteLineUsed(line);
   t_state.home = &g_ranges[line * kRangesPerLine];
   return t_state.home;
 }
@@ -31,8 +32,9 @@ REGCACHE_COLD std::atomic<uint64_t> *PickHome() {
 REGCACHE_COLD unsigned ClaimElsewhere(uint64_t w, unsigned slot) {
   for (unsigned i = 0; i < kRangeEntries; ++i) {
     uint64_t cur = g_ranges[i].load(std::memory_order_relaxed);
-    if (cur == 0 &&
-        g_ranges[i].compare_exchange_strong(cur, w, std::memory_order_seq_cst))
+    if (cur != 0) continue;
+    NoteLineUsed(i / kRangesPerLine);  // before the claim (g_lines_used)
+    if (g_ranges[i].compare_exchange_strong(cur, w, std::memory_order_seq_cst))
       return i;
   }
   g_inflight[slot].v.fetch_add(1, std::memory_order_seq_cst);

@@ -31,10 +31,15 @@ bool TableOverlapInFlight(uintptr_t start, uintptr_t end) {
   // word: about a third of the instructions of the scan below) decides that.
   // Each word is still one seq_cst load, read once per pass.
   // Unrolled by one line of 8 words (the compilers do not unroll it at -O2).
+  // Only the lines some range has used (g_lines_used: a claim on another line
+  // is ordered after this load, as one the scan read as 0 would be).
+  static_assert(kRangeLines <= 32);
+  const uint32_t lines = g_lines_used.load(std::memory_order_seq_cst);
   uint64_t any = 0;
-  for (unsigned i = 0; i < kRangeEntries; i += kRangesPerLine) {
+  for (uint32_t m = lines; m != 0; m &= m - 1) {
     static_assert(kRangesPerLine == 8 && kRangeEntries % 8 == 0);
-    std::atomic<uint64_t> *l = &g_ranges[i];
+    std::atomic<uint64_t> *l =
+        &g_ranges[static_cast<unsigned>(__builtin_ctz(m)) * kRangesPerLine];
     any |= l[0].load(std::memory_order_seq_cst) |
            l[1].load(std::memory_order_seq_cst) |
            l[2].load(std::memory_order_seq_cst) |
@@ -45,9 +50,13 @@ bool TableOverlapInFlight(uintptr_t start, uintptr_t end) {
            l[7].load(std::memory_order_seq_cst);
   }
   if (any == 0) return false;
-  for (std::atomic<uint64_t> &e : g_ranges) {
-    const uint64_t w = e.load(std::memory_order_seq_cst);
-    if (w != 0 && RangeOverlaps(w, start, end)) return true;
+  for (uint32_t m = lines; m != 0; m &= m - 1) {
+    const unsigned first =
+        static_cast<unsigned>(__builtin_ctz(m)) * kRangesPerLine;
+    for (unsigned i = first; i < first + kRangesPerLine; ++i) {
+      const uint64_t w = g_ranges[i].load(std::memory_order_seq_cst);
+      if (w != 0 && RangeOverlaps(w, start, end)) return true;
+    }
   }
   return false;
 }

@@ -47,6 +47,15 @@ inline bool RangeOverlaps(uint64_t w, uintptr_t start, uintptr_t end) {
 uint64_t InflightInSlot(unsigned i);
 uint64_t InflightTotal();
 
+// Sets line's bit in g_lines_used before a first claim there (seq_cst RMW,
+// ordered before the claim's CAS); a load first, so only the first claim on a
+// line pays the RMW.
+inline void NoteLineUsed(unsigned line) {
+  const uint32_t bit = 1u << line;
+  if ((g_lines_used.load(std::memory_order_seq_cst) & bit) == 0)
+    g_lines_used.fetch_or(bit, std::memory_order_seq_cst);
+}
+
 // This thread's home line, picked on its first range.
 REGCACHE_COLD std::atomic<uint64_t> *PickHome();
 // Slow part of Claim: the home line is full (nested ranges, or more than 8
