@@ -151,6 +151,37 @@ TEST_F(AttackTest, MremapShrinkThenRefillTail) {
   munmap(p, len);
 }
 
+// mremap DONTUNMAP: the pages move to the new address and the old range stays
+// mapped but empty (new zero pages on the next touch); then MAYMOVE away and
+// new memory at the old address.
+TEST_F(AttackTest, MremapDontunmapThenMoveAway) {
+  if (Explicit()) GTEST_SKIP() << "the explicit source sees what the host says";
+  const size_t len = 16 * kPage;
+  char *p = static_cast<char *>(mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  ASSERT_NE(p, MAP_FAILED);
+  std::memset(p, 1, len);
+  Cache(p, len);
+  void *q = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+  if (q == MAP_FAILED) {
+    munmap(p, len);
+    GTEST_SKIP() << "MREMAP_DONTUNMAP: " << strerror(errno);
+  }
+  std::memset(p, 2, len);
+  EXPECT_FALSE(StaleNow(p, len)) << "old range after DONTUNMAP";
+  Cache(q, len);
+  void *r = mremap(q, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, p);
+  ASSERT_EQ(r, p);
+  void *t = mmap(q, len, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  ASSERT_EQ(t, q);
+  std::memset(q, 3, len);
+  EXPECT_FALSE(StaleNow(q, len)) << "new memory where the moved pages were";
+  EXPECT_FALSE(StaleNow(p, len)) << "pages moved onto the old range";
+  munmap(p, len);
+  munmap(q, len);
+}
+
 // A signal handler that remaps registered memory (mmap MAP_FIXED: new frames)
 // while the interrupted thread is anywhere, including inside get/put and the
 // cache's lock. Must neither hang (child under alarm) nor hand out a stale
