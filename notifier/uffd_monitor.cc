@@ -6,7 +6,6 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
-#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -195,29 +194,15 @@ int StartLocked() {
   g_stop_fd = stop;
   g_args = {fd, stop};
   procmap::Init();  // optional (fallback: /proc/self/maps)
-  // The monitor threads start with every signal blocked (they inherit the
-  // creator's mask; blocked here, restored below, so there is no window).
-  // Else a process-directed signal (SIGALRM, SIGPROF, SIGCHLD...) may run the
-  // program's handler on a monitor thread, in the middle of a hold: a handler
-  // that unmaps or remaps memory there left stale registrations cached
-  // (tests/regcache/attack_test.cc, SignalHandlerRemapsDuringGetPut: ~1 in 3
-  // remaps), and the program's handlers are not ours to run.
-  sigset_t all, old_mask;
-  sigfillset(&all);
-  if (g_uffd_test_off.load(std::memory_order_relaxed) & kUffdTestSignalsOpen)
-    sigemptyset(&all);  // negative control: nothing blocked
-  pthread_sigmask(SIG_BLOCK, &all, &old_mask);
   for (int i = 0; i < kThreads; ++i) {
     rc = -pthread_create(&g_threads[i], nullptr, MonitorMain, &g_args);
     if (rc != 0) {
-      pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
       StopLocked();
       return rc;
     }
     ++g_nthreads;
     pthread_setname_np(g_threads[i], "regcache-uffd");
   }
-  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
   g_probe_fd.store(fd, std::memory_order_seq_cst);
   g_need_restart.store(false, std::memory_order_seq_cst);
   return 0;
