@@ -10,6 +10,7 @@
 // fork followed by a parent write.
 #include <dlfcn.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <regcache/notifier.h>
 #include <regcache/regcache.h>
 #include <signal.h>
@@ -179,6 +180,72 @@ TEST_F(AttackTest, MremapDontunmapThenMoveAway) {
   EXPECT_FALSE(StaleNow(p, len)) << "pages moved onto the old range";
   munmap(p, len);
   munmap(q, len);
+}
+
+// free() of a chunk above the mmap threshold, then malloc of the same size
+// (usually the same address, new pages); realloc that moves.
+TEST_F(AttackTest, FreeLargeThenMallocAgainAndRealloc) {
+  if (Explicit()) GTEST_SKIP() << "the explicit source sees what the host says";
+  const size_t len = 64 * kPage;
+  char *p = static_cast<char *>(malloc(len));
+  ASSERT_NE(p, nullptr);
+  std::memset(p, 1, len);
+  char *a = p + (kPage - reinterpret_cast<uintptr_t>(p) % kPage) % kPage;
+  Cache(a, 16 * kPage);
+  const uint64_t old_frame = o_.Frame(reinterpret_cast<uintptr_t>(a));
+  free(p);
+  char *q = static_cast<char *>(malloc(len));
+  ASSERT_NE(q, nullptr);
+  std::memset(q, 2, len);
+  if (a >= q && a + 16 * kPage <= q + len) {
+    EXPECT_NE(o_.Frame(reinterpret_cast<uintptr_t>(a)), old_frame);
+    EXPECT_FALSE(StaleNow(a, 16 * kPage)) << "malloc after free";
+  }
+  char *b = q + (kPage - reinterpret_cast<uintptr_t>(q) % kPage) % kPage;
+  Cache(b, 16 * kPage);
+  char *r = static_cast<char *>(realloc(q, 64 * len));  // moves (mremap)
+  ASSERT_NE(r, nullptr);
+  void *t = mmap(b, 16 * kPage, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  if (t == b) {
+    std::memset(b, 3, 16 * kPage);
+    EXPECT_FALSE(StaleNow(b, 16 * kPage)) << "new memory where realloc was";
+    munmap(b, 16 * kPage);
+  } else if (t != MAP_FAILED) {
+    munmap(t, 16 * kPage);
+  }
+  free(r);
+}
+
+// malloc_trim: madvise(DONTNEED) of the free pages inside the heap, which the
+// next malloc hands out again (zero pages, new frames).
+TEST_F(AttackTest, MallocTrimThenReuse) {
+  if (Explicit()) GTEST_SKIP() << "the explicit source sees what the host says";
+  const size_t len = 64 * kPage;  // below the (dynamic) mmap threshold?
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);  // no trim at free: only malloc_trim
+  char *guard = static_cast<char *>(malloc(64));
+  char *p = static_cast<char *>(malloc(len));
+  char *after = static_cast<char *>(malloc(64));  // keeps p off the top
+  ASSERT_NE(p, nullptr);
+  std::memset(p, 1, len);
+  char *a = p + (kPage - reinterpret_cast<uintptr_t>(p) % kPage) % kPage;
+  const size_t alen = 32 * kPage;
+  Cache(a, alen);
+  const uint64_t old_frame = o_.Frame(reinterpret_cast<uintptr_t>(a) + kPage);
+  free(p);
+  malloc_trim(0);
+  char *q = static_cast<char *>(malloc(len));
+  ASSERT_EQ(q, p) << "malloc did not reuse the chunk";
+  std::memset(q, 2, len);
+  // The attack happened: malloc_trim gave the pages back (new frames now).
+  EXPECT_NE(o_.Frame(reinterpret_cast<uintptr_t>(a) + kPage), old_frame);
+  EXPECT_FALSE(StaleNow(a, alen)) << "heap pages malloc_trim gave back";
+  free(q);
+  free(after);
+  free(guard);
+  mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 128 * 1024);
 }
 
 // A signal handler that remaps registered memory (mmap MAP_FIXED: new frames)
