@@ -90,6 +90,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sys/auxv.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 
@@ -131,6 +132,10 @@ Target g_targets[] = {
     {"ftruncate64", reinterpret_cast<void *>(&HookFtruncate), false},
     {"truncate", reinterpret_cast<void *>(&HookTruncate), false},
     {"truncate64", reinterpret_cast<void *>(&HookTruncate), false},
+    // Not libc: ld.so unmaps a dlclose'd object with its own munmap, which
+    // no libc hook sees (patch_dl_hook.cc).
+    {"_dl_debug_state", reinterpret_cast<void *>(&HookDlDebugState), false,
+     true},
 };
 
 std::mutex g_mu;
@@ -210,8 +215,19 @@ void RestoreLocked() {
 
 // Why a target is skipped, or 0 to patch it. Required targets make install
 // fail instead.
-int CheckTargetLocked(Target &t, void *libc, uintptr_t *lo, uintptr_t *hi) {
-  t.entry = static_cast<uint8_t *>(dlsym(libc, t.name));
+int CheckTargetLocked(Target &t, void *libc, void *ldso, uintptr_t *lo,
+                      uintptr_t *hi) {
+  if (t.in_ldso) {
+    // A handle of ld.so finds nothing through dlsym (its map has no search
+    // list): the global scope, and dladdr says whether that is ld.so.
+    t.entry = static_cast<uint8_t *>(dlsym(RTLD_DEFAULT, t.name));
+    Dl_info info;
+    if (t.entry == nullptr || dladdr(t.entry, &info) == 0 ||
+        info.dli_fbase != ldso)
+      t.entry = nullptr;
+  } else {
+    t.entry = static_cast<uint8_t *>(dlsym(libc, t.name));
+  }
   if (t.entry == nullptr) return -ENOSYS;
   for (const Target &o : g_targets) {
     if (&o == &t) break;
@@ -244,13 +260,18 @@ int PatchInstall() {
   if (g_installed) return 0;
   void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
   if (libc == nullptr) return -ENOSYS;
+  // ld.so's load address, for _dl_debug_state (0: that target is skipped).
+  void *ldso = reinterpret_cast<void *>(getauxval(AT_BASE));
+  auto close_libs = [&] {
+    dlclose(libc);  // RTLD_NOLOAD took a reference; libc stays loaded
+  };
   // Resolve in libc itself: RTLD_DEFAULT could give an interposer (e.g. a
   // sanitizer's).
   uintptr_t lo = UINTPTR_MAX, hi = 0;
   bool skip[kTargets] = {};
   for (size_t i = 0; i < kTargets; ++i) {
     Target &t = g_targets[i];
-    int rc = CheckTargetLocked(t, libc, &lo, &hi);
+    int rc = CheckTargetLocked(t, libc, ldso, &lo, &hi);
     if (rc == 0) continue;
     skip[i] = true;
     if (rc == -EEXIST || (!t.required && rc == -ENOSYS)) continue;
@@ -261,7 +282,7 @@ int PatchInstall() {
                      "notifier: patch: libc %s is already patched by another "
                      "library (UCX libucm, Open MPI, libfabric memhooks?)",
                      t.name);
-      dlclose(libc);
+      close_libs();
       return -EALREADY;
     }
     if (t.required) {
@@ -269,7 +290,7 @@ int PatchInstall() {
           internal::kLogWarn, "notifier: patch: %s of libc %s; not patching",
           rc == -ENOSYS ? "no symbol" : "unknown prologue or alignment",
           t.name);
-      dlclose(libc);
+      close_libs();
       return -ENOSYS;
     }
     internal::Logf(internal::kLogWarn,
@@ -280,7 +301,10 @@ int PatchInstall() {
                                    : "unknown prologue or alignment");
   }
   g_curbrk = static_cast<void **>(dlsym(libc, "__curbrk"));
-  dlclose(libc);  // RTLD_NOLOAD took a reference; libc stays loaded regardless
+  g_r_debug = ldso ? dlsym(RTLD_DEFAULT, "_r_debug") : nullptr;
+  for (size_t i = 0; i < kTargets; ++i)  // the ld.so hook reads _r_debug
+    if (g_targets[i].in_ldso && g_r_debug == nullptr) skip[i] = true;
+  close_libs();
   if (g_curbrk == nullptr) return -ENOSYS;
   if (g_tramp == nullptr) {
     g_tramp = MapNear(lo, hi);

@@ -148,6 +148,11 @@ extern "C" int HookShmdt(const void *addr);
 extern "C" void *HookShmat(int shmid, const void *addr, int flags);
 extern "C" void *HookMmap(void *addr, size_t len, int prot, int flags, int fd,
                           off_t off);
+// ld.so's _dl_debug_state (patch_dl_hook.cc): brackets dlclose's unmapping.
+extern "C" void HookDlDebugState();
+// ld.so's _r_debug (the first namespace's r_debug_extended), for the hook's
+// r_state. Set by PatchInstall (under g_mu) before the entry is patched.
+extern void *g_r_debug;
 
 // VMA lookups for the hooks (patch_file_hooks.cc). g_maps_fd: our own
 // PROCMAP_QUERY fd on /proc/self/maps; -1 until install, or when
@@ -172,6 +177,7 @@ struct Target {
   const char *name;
   void *hook;
   bool required;  // false: skipped with a warning when it cannot be patched
+  bool in_ldso = false;  // resolved in ld.so (LD_SO) instead of libc
   uint8_t *entry = nullptr;
   uint64_t orig = 0;     // original first 8 bytes
   uint64_t patched = 0;  // what we stored
@@ -180,7 +186,7 @@ struct Target {
 
 // The entries to patch (patch.cc), one trampoline slot each. kTargets is the
 // number of rows of g_targets (a row too many does not compile).
-constexpr size_t kTargets = 17;
+constexpr size_t kTargets = 18;
 static_assert(kTargets * 16 <= kPage, "one trampoline page");
 extern Target g_targets[kTargets];
 

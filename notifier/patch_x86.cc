@@ -27,7 +27,11 @@ bool KnownPrologue(const uint8_t *p) {
          (p[0] == 0x49 && p[1] == 0x89 && p[2] == 0xCA) ||  // mov %rcx, %r10
          (p[0] == 0x80 && p[1] == 0x3D) ||  // cmpb $imm8, rel32(%rip): 7 bytes
          (p[0] == 0xF3 && p[1] == 0x0F && p[2] == 0x1E &&
-          p[3] == 0xFA);  // endbr64
+          p[3] == 0xFA) ||  // endbr64
+         // ret, then padding (ld.so's _dl_debug_state): only the ret ever
+         // runs, so the jump may cover the nops after it.
+         (p[0] == 0xC3 &&
+          (p[1] == 0x66 || p[1] == 0x0F || p[1] == 0x90 || p[1] == 0xCC));
 }
 
 }  // namespace patch_impl

@@ -69,6 +69,7 @@ constexpr uint32_t kPatchPathProcessMadvise = 4;   // process_madvise
 constexpr uint32_t kPatchPathFile = 8;             // fallocate, (f)truncate
 constexpr uint32_t kPatchPathShmdt = 16;           // shmdt
 constexpr uint32_t kPatchPathRemapFilePages = 32;  // remap_file_pages
+constexpr uint32_t kPatchPathDlclose = 64;  // ld.so's _dl_debug_state (dlclose)
 extern std::atomic<uint32_t> g_patch_test_off;
 
 // uffd: userfaultfd monitor threads. 0, or -ENOSYS/-EPERM (no userfaultfd),

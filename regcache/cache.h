@@ -171,7 +171,12 @@ class CacheCore {
   // +1 in this thread's slot (HitSlot): member is &HitSlot::n, ::misses or
   // ::registrations.
   void CountInSlot(std::atomic<uint64_t> HitSlot::*member);
-  void Remember(CachedRegion *r, uint64_t word);
+  // Enters r (its generation from word) in this thread's front table. fresh:
+  // r was just published by this thread's miss, so no recent entry can be
+  // for it at its current generation: the next recent entry is overwritten
+  // without looking for one (an older entry for the same slot or start is
+  // stale, and Get forgets it when it meets it).
+  void Remember(CachedRegion *r, uint64_t word, bool fresh = false);
   // The front-table entry (a FrontEntry, private to hit_path.cc) that
   // covers the request: true and *out referenced if its region is unchanged.
   bool TryFront(const void *entry, uintptr_t addr, uintptr_t end,

@@ -150,11 +150,12 @@ void CacheCore::Stamp(CachedRegion *r) {
                     std::memory_order_relaxed);
 }
 
-void CacheCore::Remember(CachedRegion *r, uint64_t word) {
+void CacheCore::Remember(CachedRegion *r, uint64_t word, bool fresh) {
   ThreadState *ts = GetThreadState();
   if (ts == nullptr) return;
   FrontEntry *slot = nullptr;
   for (auto &e : ts->e) {
+    if (fresh) break;
     if (e.region == r || (e.cache_id == id_ && e.start == r->start)) {
       slot = &e;
       break;

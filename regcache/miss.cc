@@ -390,7 +390,7 @@ int Miss::PublishIndexed(CachedRegion **out)
   c->evict_.Inserted(r, verdict.hot);
   c->EvictLocked(&victims, false);
   UnlockEnded();
-  c->Remember(r, w);
+  c->Remember(r, w, /*fresh=*/true);
   read.End();
   c->DeregisterList(&victims);
   *out = r;
