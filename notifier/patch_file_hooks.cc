@@ -213,16 +213,13 @@ extern "C" int HookFallocate(int fd, int mode, off_t off, off_t len) {
 }
 
 // Shrinking drops the pages from the new end on (the page holding the new end
-// keeps its frame, only its tail is zeroed; it is included anyway).
-extern "C" int HookFtruncate(int fd, off_t len) {
-  auto call = [&] {
-    return RawSyscall6(SYS_ftruncate, fd, static_cast<long>(len), 0, 0, 0, 0);
-  };
+// keeps its frame, only its tail is zeroed; it is included anyway). stat_call
+// fills the file's stat (0 on success); call truncates.
+template <class StatFn, class Fn>
+int TruncateHook(off_t len, StatFn stat_call, Fn call) {
   struct stat st;
   long r;
-  if (len >= 0 && !TestOff(kPatchPathFile) &&
-      RawSyscall6(SYS_fstat, fd, reinterpret_cast<long>(&st), 0, 0, 0, 0) ==
-          0 &&
+  if (len >= 0 && !TestOff(kPatchPathFile) && stat_call(&st) == 0 &&
       len < st.st_size) {
     r = FileHook(st.st_ino, PageDown(static_cast<uint64_t>(len)), UINT64_MAX,
                  call);
@@ -232,23 +229,30 @@ extern "C" int HookFtruncate(int fd, off_t len) {
   return static_cast<int>(Ret(r, -1L));
 }
 
+extern "C" int HookFtruncate(int fd, off_t len) {
+  return TruncateHook(
+      len,
+      [&](struct stat *st) {
+        return RawSyscall6(SYS_fstat, fd, reinterpret_cast<long>(st), 0, 0, 0,
+                           0);
+      },
+      [&] {
+        return RawSyscall6(SYS_ftruncate, fd, static_cast<long>(len), 0, 0, 0,
+                           0);
+      });
+}
+
 extern "C" int HookTruncate(const char *path, off_t len) {
-  auto call = [&] {
-    return RawSyscall6(SYS_truncate, reinterpret_cast<long>(path),
-                       static_cast<long>(len), 0, 0, 0, 0);
-  };
-  struct stat st;
-  long r;
-  if (len >= 0 && !TestOff(kPatchPathFile) &&
-      RawSyscall6(SYS_stat, reinterpret_cast<long>(path),
-                  reinterpret_cast<long>(&st), 0, 0, 0, 0) == 0 &&
-      len < st.st_size) {
-    r = FileHook(st.st_ino, PageDown(static_cast<uint64_t>(len)), UINT64_MAX,
-                 call);
-  } else {
-    r = call();
-  }
-  return static_cast<int>(Ret(r, -1L));
+  return TruncateHook(
+      len,
+      [&](struct stat *st) {
+        return RawSyscall6(SYS_stat, reinterpret_cast<long>(path),
+                           reinterpret_cast<long>(st), 0, 0, 0, 0);
+      },
+      [&] {
+        return RawSyscall6(SYS_truncate, reinterpret_cast<long>(path),
+                           static_cast<long>(len), 0, 0, 0, 0);
+      });
 }
 
 }  // namespace patch_impl

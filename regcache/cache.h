@@ -188,7 +188,8 @@ class CacheCore {
   void Touch(CachedRegion *r);
   void Stamp(CachedRegion *r);  // a new stamp, always
 
-  // ---- miss pipeline (miss.cc)
+  // ---- miss pipeline (miss.cc, miss_plan.cc; EndInFlight and
+  // HandOutUncached in cache.cc, CountRegistered and DropBytes in stats.cc)
   int GetSlow(uintptr_t addr, size_t len, unsigned access, CachedRegion **out);
   // The prologue every registering call shares: not inside a range, not shut
   // down, within the driver's size. Fills the page-aligned request.
@@ -233,7 +234,7 @@ class CacheCore {
   void DebugCheckLocked() const REGCACHE_REQUIRES(mu_);
   std::string CheckLocked() const REGCACHE_REQUIRES(mu_);
 
-  // ---- eviction glue (cache.cc)
+  // ---- eviction glue (cache_evict.cc)
   // Evicts unused regions, least recently used first (exact among the
   // kEvictSample oldest in CLOCK order), until within limits (all unused ones
   // if `all`). With room_regions/room_bytes: until that much more also fits

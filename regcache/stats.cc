@@ -63,4 +63,25 @@ void CacheCore::MaybePrintStatsOnce() {
   }
 }
 
+// The counts a miss keeps (miss.cc), here beside the snapshot that reads them.
+void CacheCore::CountRegistered(uint64_t len) {
+  CountInSlot(&HitSlot::registrations);
+  Count(stats_.regions);
+  // peak_bytes is recorded where bytes drops (DropBytes), not here: growth
+  // to a new peak on every miss was a compare-exchange per miss.
+  stats_.bytes.fetch_add(len, std::memory_order_relaxed);
+}
+
+void CacheCore::DropBytes(uint64_t len) {
+  // Every change of bytes is one read-modify-write, so the value just before
+  // each drop is exact: the highest bytes ever seen is the highest of those
+  // and the current value (GetStats takes the max).
+  const uint64_t before =
+      stats_.bytes.fetch_sub(len, std::memory_order_relaxed);
+  uint64_t peak = stats_.peak_bytes.load(std::memory_order_relaxed);
+  while (before > peak && !stats_.peak_bytes.compare_exchange_weak(
+                              peak, before, std::memory_order_relaxed)) {
+  }
+}
+
 }  // namespace regcache::core

@@ -70,6 +70,7 @@ class AttackTest : public ::testing::Test {
     return stale;
   }
   [[noreturn]] void SignalRemapChild(bool expect_stale);
+  std::string RunSignalRemapChild(bool raw, bool expect_stale);
   bool DlcloseThenRemapIsStale();
   bool Explicit() const { return testing::ExplicitSourceActive(); }
 
@@ -358,17 +359,30 @@ void AttackTest::SignalRemapChild(bool expect_stale) {
   }
 }
 
+// Runs SignalRemapChild in a child (raw: the handler remaps with the raw
+// syscall) and reports how it ended: "" when it exited 0.
+std::string AttackTest::RunSignalRemapChild(bool raw, bool expect_stale) {
+  const pid_t pid = fork();
+  if (pid < 0) return "fork failed";
+  if (pid == 0) {
+    g_raw_remap = raw;
+    SignalRemapChild(expect_stale);
+  }
+  int st = 0;
+  if (waitpid(pid, &st, 0) != pid) return "waitpid failed";
+  if (!WIFEXITED(st))
+    return "child killed by signal " +
+           std::to_string(WIFSIGNALED(st) ? WTERMSIG(st) : 0) +
+           " (SIGALRM = hang)";
+  if (WEXITSTATUS(st) != 0)
+    return expect_stale ? "negative control: nothing stale"
+                        : "stale registrations (or no gets)";
+  return "";
+}
+
 TEST_F(AttackTest, SignalHandlerRemapsDuringGetPut) {
   if (Explicit()) GTEST_SKIP() << "the explicit source sees what the host says";
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) SignalRemapChild(false);
-  int st = 0;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  ASSERT_TRUE(WIFEXITED(st))
-      << "child killed by signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0)
-      << " (SIGALRM = hang)";
-  EXPECT_EQ(WEXITSTATUS(st), 0) << "stale registrations (or no gets)";
+  EXPECT_EQ(RunSignalRemapChild(false, false), "");
 }
 
 // Negative control (patch): the handler's raw mmap syscall is not seen, so the
@@ -376,17 +390,7 @@ TEST_F(AttackTest, SignalHandlerRemapsDuringGetPut) {
 TEST_F(AttackTest, SignalHandlerRemapsDuringGetPut_NegativeControl) {
   if (std::strcmp(regcache_notifier_source(), "patch") != 0)
     GTEST_SKIP() << "patch only (raw syscalls are its documented miss)";
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    g_raw_remap = true;
-    SignalRemapChild(true);
-  }
-  int st = 0;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  ASSERT_TRUE(WIFEXITED(st))
-      << "child killed by signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-  EXPECT_EQ(WEXITSTATUS(st), 0) << "negative control: nothing stale";
+  EXPECT_EQ(RunSignalRemapChild(true, true), "");
 }
 
 // The same raw-syscall remaps under uffd, which sees the kernel's unmaps
@@ -394,17 +398,7 @@ TEST_F(AttackTest, SignalHandlerRemapsDuringGetPut_NegativeControl) {
 TEST_F(AttackTest, SignalHandlerRawRemapSeenByUffd) {
   if (std::strcmp(regcache_notifier_source(), "uffd") != 0)
     GTEST_SKIP() << "uffd only";
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    g_raw_remap = true;
-    SignalRemapChild(false);
-  }
-  int st = 0;
-  ASSERT_EQ(waitpid(pid, &st, 0), pid);
-  ASSERT_TRUE(WIFEXITED(st))
-      << "child killed by signal " << (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
-  EXPECT_EQ(WEXITSTATUS(st), 0) << "stale registrations (or no gets)";
+  EXPECT_EQ(RunSignalRemapChild(true, false), "");
 }
 
 // fork, the child exits, the parent writes the registered memory. A NIC's
