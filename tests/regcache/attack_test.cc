@@ -60,6 +60,17 @@ class AttackTest : public ::testing::Test {
     EXPECT_FALSE(o_.IsStale(r)) << "stale right after registration";
     regcache_put(cache_, r);
   }
+  // New private anonymous memory, written (1s) and cached; nullptr if mmap
+  // failed (a test failure is recorded).
+  char *MapCached(size_t len) {
+    void *p = mmap(nullptr, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    EXPECT_NE(p, MAP_FAILED);
+    if (p == MAP_FAILED) return nullptr;
+    std::memset(p, 1, len);
+    Cache(p, len);
+    return static_cast<char *>(p);
+  }
   // get again: is what the cache returns stale?
   bool StaleNow(void *p, size_t len) {
     regcache_region_t *r = nullptr;
@@ -157,11 +168,8 @@ TEST_F(AttackTest, SbrkShrinkRegrow) {
 TEST_F(AttackTest, MremapShrinkThenRefillTail) {
   if (Explicit()) GTEST_SKIP() << "the explicit source sees what the host says";
   const size_t len = 64 * kPage;
-  char *p = static_cast<char *>(mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  ASSERT_NE(p, MAP_FAILED);
-  std::memset(p, 1, len);
-  Cache(p, len);
+  char *p = MapCached(len);
+  ASSERT_NE(p, nullptr);
   ASSERT_EQ(mremap(p, len, len / 2, 0), p);
   void *t = mmap(p + len / 2, len / 2, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
@@ -177,11 +185,8 @@ TEST_F(AttackTest, MremapShrinkThenRefillTail) {
 TEST_F(AttackTest, MremapDontunmapThenMoveAway) {
   if (Explicit()) GTEST_SKIP() << "the explicit source sees what the host says";
   const size_t len = 16 * kPage;
-  char *p = static_cast<char *>(mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  ASSERT_NE(p, MAP_FAILED);
-  std::memset(p, 1, len);
-  Cache(p, len);
+  char *p = MapCached(len);
+  ASSERT_NE(p, nullptr);
   void *q = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
   if (q == MAP_FAILED) {
     munmap(p, len);
@@ -407,11 +412,8 @@ TEST_F(AttackTest, SignalHandlerRawRemapSeenByUffd) {
 // what the oracle sees (informational; see the report).
 TEST_F(AttackTest, ForkThenParentWrite) {
   const size_t len = 16 * kPage;
-  char *p = static_cast<char *>(mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-  ASSERT_NE(p, MAP_FAILED);
-  std::memset(p, 1, len);
-  Cache(p, len);
+  char *p = MapCached(len);
+  ASSERT_NE(p, nullptr);
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
   if (pid == 0) _exit(0);
