@@ -246,6 +246,10 @@ TEST_F(AttackTest, FreeLargeThenMallocAgainAndRealloc) {
 // next malloc hands out again (zero pages, new frames).
 TEST_F(AttackTest, MallocTrimThenReuse) {
   if (Explicit()) GTEST_SKIP() << "the explicit source sees what the host says";
+#if defined(REGCACHE_SANITIZE_ADDRESS) || defined(REGCACHE_SANITIZE_THREAD)
+  GTEST_SKIP() << "the sanitizer's allocator replaces glibc's: no malloc_trim, "
+                  "and freed chunks wait in quarantine instead of being reused";
+#endif
   const size_t len = 64 * kPage;  // below the (dynamic) mmap threshold?
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);  // no trim at free: only malloc_trim
