@@ -219,7 +219,9 @@ int CheckTargetLocked(Target &t, void *libc, void *ldso, uintptr_t *lo,
                       uintptr_t *hi) {
   if (t.in_ldso) {
     // A handle of ld.so finds nothing through dlsym (its map has no search
-    // list): the global scope, and dladdr says whether that is ld.so.
+    // list): the global scope, and dladdr says whether that is ld.so. The
+    // hook reads _r_debug: without it, nothing to patch.
+    if (g_r_debug == nullptr) return -ENOSYS;
     t.entry = static_cast<uint8_t *>(dlsym(RTLD_DEFAULT, t.name));
     Dl_info info;
     if (t.entry == nullptr || dladdr(t.entry, &info) == 0 ||
@@ -260,11 +262,10 @@ int PatchInstall() {
   if (g_installed) return 0;
   void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
   if (libc == nullptr) return -ENOSYS;
-  // ld.so's load address, for _dl_debug_state (0: that target is skipped).
+  // ld.so's load address and its _r_debug, for _dl_debug_state (none: that
+  // target is skipped).
   void *ldso = reinterpret_cast<void *>(getauxval(AT_BASE));
-  auto close_libs = [&] {
-    dlclose(libc);  // RTLD_NOLOAD took a reference; libc stays loaded
-  };
+  g_r_debug = ldso ? dlsym(RTLD_DEFAULT, "_r_debug") : nullptr;
   // Resolve in libc itself: RTLD_DEFAULT could give an interposer (e.g. a
   // sanitizer's).
   uintptr_t lo = UINTPTR_MAX, hi = 0;
@@ -282,7 +283,7 @@ int PatchInstall() {
                      "notifier: patch: libc %s is already patched by another "
                      "library (UCX libucm, Open MPI, libfabric memhooks?)",
                      t.name);
-      close_libs();
+      dlclose(libc);
       return -EALREADY;
     }
     if (t.required) {
@@ -290,21 +291,18 @@ int PatchInstall() {
           internal::kLogWarn, "notifier: patch: %s of libc %s; not patching",
           rc == -ENOSYS ? "no symbol" : "unknown prologue or alignment",
           t.name);
-      close_libs();
+      dlclose(libc);
       return -ENOSYS;
     }
     internal::Logf(internal::kLogWarn,
-                   "notifier: patch: not hooking libc %s (%s): changes it "
+                   "notifier: patch: not hooking %s %s (%s): changes it "
                    "makes are not seen",
-                   t.name,
+                   t.in_ldso ? "ld.so" : "libc", t.name,
                    rc == -EALREADY ? "patched by another library"
                                    : "unknown prologue or alignment");
   }
   g_curbrk = static_cast<void **>(dlsym(libc, "__curbrk"));
-  g_r_debug = ldso ? dlsym(RTLD_DEFAULT, "_r_debug") : nullptr;
-  for (size_t i = 0; i < kTargets; ++i)  // the ld.so hook reads _r_debug
-    if (g_targets[i].in_ldso && g_r_debug == nullptr) skip[i] = true;
-  close_libs();
+  dlclose(libc);  // RTLD_NOLOAD took a reference; libc stays loaded regardless
   if (g_curbrk == nullptr) return -ENOSYS;
   if (g_tramp == nullptr) {
     g_tramp = MapNear(lo, hi);

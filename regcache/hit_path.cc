@@ -153,24 +153,28 @@ void CacheCore::Stamp(CachedRegion *r) {
 void CacheCore::Remember(CachedRegion *r, uint64_t word, bool fresh) {
   ThreadState *ts = GetThreadState();
   if (ts == nullptr) return;
+  // An entry for the same region, or for this cache's region at the same
+  // start, is replaced rather than duplicated.
+  auto same = [&](const FrontEntry &e) {
+    return e.region == r || (e.cache_id == id_ && e.start == r->start);
+  };
   FrontEntry *slot = nullptr;
-  for (auto &e : ts->e) {
-    if (fresh) break;
-    if (e.region == r || (e.cache_id == id_ && e.start == r->start)) {
-      slot = &e;
-      break;
+  if (!fresh) {
+    for (auto &e : ts->e) {
+      if (same(e)) {
+        slot = &e;
+        break;
+      }
     }
   }
   if (slot == nullptr) slot = &ts->e[ts->next++ % kFrontEntries];
   const FrontEntry fe{id_,      r->start, r->end, r, CachedRegion::Gen(word),
                       r->access};
   *slot = fe;
-  // The set of the region's start page: most recent first; an entry for the
-  // same region or start moves to the front instead of taking both ways.
+  // The set of the region's start page: most recent first; the same entry
+  // moves to the front instead of taking both ways.
   FrontEntry *way = ts->set[FrontSet(r->start)];
-  if (!(way[0].region == r ||
-        (way[0].cache_id == id_ && way[0].start == r->start)))
-    way[1] = way[0];
+  if (!same(way[0])) way[1] = way[0];
   way[0] = fe;
 }
 
