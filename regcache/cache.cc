@@ -149,9 +149,11 @@ void CacheCore::DrainAndUnlock() REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
   for (;;) {
     DrainPendingLocked();
     DebugCheckLocked();
-    mu_.Unlock();
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (!(attention_.load(std::memory_order_relaxed) & kPending)) return;
+    // The seq_cst load after UnlockFenced's barrier pairs with
+    // OnInvalidateStart's add, fence, try-lock: either it sees the range's
+    // bit, or its try-lock sees the mutex free.
+    mu_.UnlockFenced();
+    if (!(attention_.load(std::memory_order_seq_cst) & kPending)) return;
     if (!mu_.TryLock()) return;
   }
 }
@@ -292,7 +294,7 @@ void CacheCore::DeregisterOne(CachedRegion *r) {
   const size_t len = r->end - r->start;
   driver()->Deregister(r->reg);  // the driver logs its own failures
   Count(stats_.deregistrations);
-  stats_.regions.fetch_sub(1, std::memory_order_relaxed);
+  CountInSlot(&HitSlot::regions, ~uint64_t{0});
   DropBytes(len);
   r->reg = PortRegistration();
   FreeRegion(r);

@@ -168,9 +168,10 @@ class CacheCore {
   // ---- hit path (hit_path.cc)
   void CountHit();
   struct HitSlot;
-  // +1 in this thread's slot (HitSlot): member is &HitSlot::n, ::misses or
-  // ::registrations.
-  void CountInSlot(std::atomic<uint64_t> HitSlot::*member);
+  // + delta in this thread's slot (HitSlot): member is &HitSlot::n,
+  // ::misses, ::registrations or ::regions. delta wraps: a count that goes
+  // down (regions) adds uint64_t(-n); GetStats' sum wraps back.
+  void CountInSlot(std::atomic<uint64_t> HitSlot::*member, uint64_t delta = 1);
   // Enters r (its generation from word) in this thread's front table. fresh:
   // r was just published by this thread's miss, so no recent entry can be
   // for it at its current generation: the next recent entry is overwritten
@@ -187,6 +188,14 @@ class CacheCore {
   // LRU stamps (see hit_path.cc).
   void Touch(CachedRegion *r);
   void Stamp(CachedRegion *r);  // a new stamp, always
+  // Stamp for a holder of mu_ (the miss's publication): a load and a store
+  // of the clock instead of a locked add. Every other holder's stamp is
+  // ordered by mu_; only a hit's Touch (lock-free fetch_add) can fall in
+  // between, and then two regions share a stamp (the clock may step back by
+  // that one increment): equally old to the eviction sample, whose LRU order
+  // is approximate anyway (touch_slack_), and its age tests handle a stamp
+  // above the clock (eviction.cc).
+  void StampLocked(CachedRegion *r) REGCACHE_REQUIRES(mu_);
 
   // ---- miss pipeline (miss.cc, miss_plan.cc; EndInFlight and
   // HandOutUncached in cache.cc, CountRegistered and DropBytes in stats.cc)
@@ -381,6 +390,10 @@ class CacheCore {
     std::atomic<uint64_t> n{0};
     std::atomic<uint64_t> misses{0};
     std::atomic<uint64_t> registrations{0};
+    // Registered regions (indexed, dead or orphan): + at registration, - at
+    // deregistration, on whichever thread does it (a slot's own sum may
+    // wrap below zero; the sum over slots is exact).
+    std::atomic<uint64_t> regions{0};
   };
   HitSlot hit_slots_[kSlots + 1];
 

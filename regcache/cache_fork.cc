@@ -96,9 +96,10 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
       r->forked = true;
     }
   }
-  stats_.regions.fetch_sub(
-      std::min<uint64_t>(n, stats_.regions.load(std::memory_order_relaxed)),
-      std::memory_order_relaxed);
+  uint64_t regions = 0;  // one thread now: the slots' sum is exact
+  for (const HitSlot &slot : hit_slots_)
+    regions += slot.regions.load(std::memory_order_relaxed);
+  CountInSlot(&HitSlot::regions, uint64_t{0} - std::min<uint64_t>(n, regions));
   DropBytes(
       std::min<uint64_t>(bytes, stats_.bytes.load(std::memory_order_relaxed)));
   dead_bytes_ = 0;

@@ -104,15 +104,17 @@ void HitSlotsAfterFork() {
                     std::memory_order_relaxed);
 }
 
-void CacheCore::CountInSlot(std::atomic<uint64_t> HitSlot::*member) {
+void CacheCore::CountInSlot(std::atomic<uint64_t> HitSlot::*member,
+                            uint64_t delta) {
   static_assert(kSlots == kSlotsForThreads);
   ThreadState *ts = t_state;
   const int slot = ts ? ts->slot : kSlotsForThreads;
   auto &n = hit_slots_[slot].*member;
   if (slot < kSlotsForThreads) {
-    n.store(n.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    n.store(n.load(std::memory_order_relaxed) + delta,
+            std::memory_order_relaxed);
   } else {
-    n.fetch_add(1, std::memory_order_relaxed);
+    n.fetch_add(delta, std::memory_order_relaxed);
   }
 }
 
@@ -148,6 +150,13 @@ void CacheCore::Touch(CachedRegion *r) {
 void CacheCore::Stamp(CachedRegion *r) {
   r->last_use.store(use_clock_.fetch_add(1, std::memory_order_relaxed) + 1,
                     std::memory_order_relaxed);
+}
+
+void CacheCore::StampLocked(CachedRegion *r) {
+  mu_.AssertHeld();
+  const uint64_t t = use_clock_.load(std::memory_order_relaxed) + 1;
+  use_clock_.store(t, std::memory_order_relaxed);
+  r->last_use.store(t, std::memory_order_relaxed);
 }
 
 void CacheCore::Remember(CachedRegion *r, uint64_t word, bool fresh) {

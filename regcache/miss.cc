@@ -263,7 +263,7 @@ int Miss::Retry() {
   c->driver()->Deregister(nr->reg);
   nr->reg = PortRegistration();
   c->Count(c->stats_.deregistrations);
-  c->stats_.regions.fetch_sub(1, std::memory_order_relaxed);
+  c->CountInSlot(&CacheCore::HitSlot::regions, ~uint64_t{0});
   c->DropBytes(plen);
   return kRetry;
 }
@@ -369,7 +369,7 @@ int Miss::PublishIndexed(CachedRegion **out)
   if (!verdict.admit) {
     // The policy does not cache it (eviction.h): handed out as a held
     // orphan, never indexed, deregistered by its last put.
-    c->Stamp(r);
+    c->StampLocked(r);
     r->HandOutOrphan();
     c->OrphanLinkLocked(r);
     UnlockEnded();
@@ -384,7 +384,7 @@ int Miss::PublishIndexed(CachedRegion **out)
     ++folded;
   }
   if (folded) c->Count(c->stats_.merges, folded);
-  c->Stamp(r);  // unconditionally: a recycled slot keeps its old stamp
+  c->StampLocked(r);  // unconditionally: a recycled slot keeps its old stamp
   w = r->PublishHeld();
   c->IndexLocked(r);
   c->evict_.Inserted(r, verdict.hot);

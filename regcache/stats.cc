@@ -13,11 +13,12 @@ namespace regcache::core {
 
 void CacheCore::GetStats(regcache_stats_t *s) {
   std::memset(s, 0, sizeof(*s));
-  uint64_t hits = 0, misses = 0, registrations = 0;
+  uint64_t hits = 0, misses = 0, registrations = 0, regions = 0;
   for (const auto &slot : hit_slots_) {
     hits += slot.n.load(std::memory_order_relaxed);
     misses += slot.misses.load(std::memory_order_relaxed);
     registrations += slot.registrations.load(std::memory_order_relaxed);
+    regions += slot.regions.load(std::memory_order_relaxed);
   }
   {
     MutexLock l(&mu_);
@@ -26,6 +27,9 @@ void CacheCore::GetStats(regcache_stats_t *s) {
   }
   s->pending += static_cast<uint64_t>(pending_.Size());
   s->hits = hits;
+  // Slots read one after another: a region registered on one thread and
+  // deregistered on another between the two reads can show as -1 (wrapped).
+  s->regions = static_cast<int64_t>(regions) < 0 ? 0 : regions;
 #define REGCACHE_STATS_COPY(f) s->f = stats_.f.load(std::memory_order_relaxed);
   REGCACHE_STATS_COUNTERS(REGCACHE_STATS_COPY)
 #undef REGCACHE_STATS_COPY
@@ -66,7 +70,7 @@ void CacheCore::MaybePrintStatsOnce() {
 // The counts a miss keeps (miss.cc), here beside the snapshot that reads them.
 void CacheCore::CountRegistered(uint64_t len) {
   CountInSlot(&HitSlot::registrations);
-  Count(stats_.regions);
+  CountInSlot(&HitSlot::regions);
   // peak_bytes is recorded where bytes drops (DropBytes), not here: growth
   // to a new peak on every miss was a compare-exchange per miss.
   stats_.bytes.fetch_add(len, std::memory_order_relaxed);

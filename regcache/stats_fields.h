@@ -25,7 +25,7 @@
   COUNTER(invalidations)                        \
   COUNTER(registrations)                        \
   COUNTER(deregistrations)                      \
-  COUNTER(regions)                              \
+  COMPUTED(regions)                             \
   COUNTER(bytes)                                \
   COMPUTED(pending)                             \
   COUNTER(retries)                              \

@@ -86,6 +86,21 @@ class REGCACHE_CAPABILITY("mutex") Mutex {
       Futex(FUTEX_WAKE_PRIVATE, 1);
 #endif
   }
+  // Unlock, then a full barrier: a seq_cst load after it is ordered after the
+  // release (the unlocking half of a Dekker pair whose other half stores, then
+  // fences, then try-locks). The futex word's exchange is itself a seq_cst
+  // read-modify-write (one locked instruction where Unlock plus a fence were
+  // two); std::mutex's unlock is only a release, so that build fences.
+  void UnlockFenced() REGCACHE_RELEASE() {
+    ClearOwner();
+#ifdef REGCACHE_MUTEX_STD
+    mu_.unlock();
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+#else
+    if (word_.exchange(0, std::memory_order_seq_cst) == 2) [[unlikely]]
+      Futex(FUTEX_WAKE_PRIVATE, 1);
+#endif
+  }
   bool TryLock() REGCACHE_TRY_ACQUIRE(true) {
 #ifdef REGCACHE_MUTEX_STD
     if (!mu_.try_lock()) return false;
