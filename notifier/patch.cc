@@ -98,6 +98,7 @@
 #include <cstdint>
 #include <cstring>
 #include <mutex>
+#include <utility>
 
 #include "notifier/address_space.h"
 #include "notifier/internal.h"
@@ -154,12 +155,22 @@ bool g_atfork_registered = false;
 // ClearGuardLocked (emptied before uninstall or abandon changes a target), so
 // it holds exactly the active targets while g_installed. A reader that sees
 // the sequence odd or changed answers from g_targets under g_mu instead.
+// Every one of the kTargets slots is compared, always: a slot without an
+// active target names g_view_pad with 0 expected (a fixed trip count the
+// compilers unroll: no loop branch whose exit the predictor must learn, and
+// half the instructions of the loop over the active count).
+uint64_t g_view_pad = 0;  // never written
 struct IntactView {
   std::atomic<uint32_t> seq{0};  // odd while being rewritten
-  std::atomic<size_t> n{0};
   std::atomic<uint64_t *> entry[kTargets] = {};
   std::atomic<uint64_t> patched[kTargets] = {};
-} g_view;
+  // Constant-initialized (constinit below): the view is valid before any
+  // constructor can install the patch.
+  template <size_t... I>
+  constexpr explicit IntactView(std::index_sequence<I...>)
+      : entry{((void)I, &g_view_pad)...} {}
+};
+constinit IntactView g_view{std::make_index_sequence<kTargets>{}};
 
 void WriteViewLocked(bool installed) {
   const uint32_t s = g_view.seq.load(std::memory_order_relaxed);
@@ -173,7 +184,10 @@ void WriteViewLocked(bool installed) {
     g_view.patched[n].store(t.patched, std::memory_order_relaxed);
     ++n;
   }
-  g_view.n.store(n, std::memory_order_relaxed);
+  for (; n < kTargets; ++n) {
+    g_view.entry[n].store(&g_view_pad, std::memory_order_relaxed);
+    g_view.patched[n].store(0, std::memory_order_relaxed);
+  }
   g_view.seq.store(s + 2, std::memory_order_release);
 }
 
@@ -373,9 +387,9 @@ bool PatchIntact(const char **which) {
   // decides, and names the entry.
   if (const uint32_t s = g_view.seq.load(std::memory_order_acquire);
       (s & 1) == 0) {
-    const size_t n = g_view.n.load(std::memory_order_relaxed);
     uint64_t diff = 0;  // no branch per entry: damage is the rare answer
-    for (size_t i = 0; i < n; ++i)
+#pragma GCC unroll 18
+    for (size_t i = 0; i < kTargets; ++i)
       diff |= __atomic_load_n(g_view.entry[i].load(std::memory_order_relaxed),
                               __ATOMIC_SEQ_CST) ^
               g_view.patched[i].load(std::memory_order_relaxed);
