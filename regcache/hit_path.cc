@@ -3,6 +3,7 @@
 // table it reads (hit_path.h). docs/cache.md "Hit path".
 #include "regcache/hit_path.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <new>
@@ -41,6 +42,11 @@ inline unsigned FrontSet(uintptr_t addr) {
 
 struct ThreadState {
   FrontEntry e[kFrontEntries] = {};
+  // [lo, hi) holds every entry of e written since the last exact
+  // recomputation (Remember: a superset between them). A request outside it
+  // cannot be covered by a recent entry: a miss on fresh memory (the common
+  // miss) skips the scan of e.
+  uintptr_t lo = UINTPTR_MAX, hi = 0;
   FrontEntry set[kFrontSets][2] = {};
   unsigned next = 0;
   int slot = 0;
@@ -176,10 +182,27 @@ void CacheCore::Remember(CachedRegion *r, uint64_t word, bool fresh) {
       }
     }
   }
-  if (slot == nullptr) slot = &ts->e[ts->next++ % kFrontEntries];
+  const bool ring = slot == nullptr;
+  if (ring) slot = &ts->e[ts->next++ % kFrontEntries];
   const FrontEntry fe{id_,      r->start, r->end, r, CachedRegion::Gen(word),
                       r->access};
   *slot = fe;
+  // The recent entries' span: widened here, recomputed once per round of
+  // the ring (entries replaced since may have held its ends: a superset,
+  // which only costs a scan).
+  if (ring && ts->next % kFrontEntries == 0) {
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (const FrontEntry &e : ts->e) {
+      const bool used = e.cache_id != 0;
+      lo = used && e.start < lo ? e.start : lo;
+      hi = used && e.end > hi ? e.end : hi;
+    }
+    ts->lo = lo;
+    ts->hi = hi;
+  } else {
+    ts->lo = std::min(ts->lo, fe.start);
+    ts->hi = std::max(ts->hi, fe.end);
+  }
   // The set of the region's start page: most recent first; the same entry
   // moves to the front instead of taking both ways.
   FrontEntry *way = ts->set[FrontSet(r->start)];
@@ -249,10 +272,12 @@ int CacheCore::Get(uintptr_t addr, size_t len, unsigned access,
       if (TryFront(&e, addr, end, access, out)) return 0;
       e.cache_id = 0;
     }
-    for (FrontEntry &e : ts->e) {
-      if (!Applies(e, id_, addr, end, access)) continue;
-      if (TryFront(&e, addr, end, access, out)) return 0;
-      e.cache_id = 0;
+    if (ts->lo <= addr && end <= ts->hi) {
+      for (FrontEntry &e : ts->e) {
+        if (!Applies(e, id_, addr, end, access)) continue;
+        if (TryFront(&e, addr, end, access, out)) return 0;
+        e.cache_id = 0;
+      }
     }
   }
   return GetSlow(addr, len, access, out);

@@ -108,8 +108,13 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     }
     // Nothing indexed overlaps the request (the common miss): nothing covers
     // it either (no second descent), and the plan is the request, no merge
-    // to look for.
-    CachedRegion *first = c->index_.FirstOverlap(req_start, req_end);
+    // to look for. The callback's filter bounds hold every indexed region
+    // (CheckLocked): a request outside them (fresh memory, mapped below or
+    // above everything cached) overlaps nothing, without a descent.
+    const bool outside = req_end <= c->lo_.load(std::memory_order_relaxed) ||
+                         req_start >= c->hi_.load(std::memory_order_relaxed);
+    CachedRegion *first =
+        outside ? nullptr : c->index_.FirstOverlap(req_start, req_end);
     uint64_t w;
     CachedRegion *r =
         first ? c->index_.FindCovering(addr, end, access) : nullptr;
