@@ -367,6 +367,51 @@ TEST_F(CacheTest, HitsBeyondTheRecentEntriesStayLockFree) {
   EXPECT_EQ(control, -EDEADLK);
 }
 
+// Issue 14: a miss on fresh memory skips the scan of the 8 recent front-table
+// entries when the request lies outside their span (hit_path.cc,
+// ThreadState::lo/hi). The span must still hold every recent entry: sub-range
+// hits (a region's second page, which only the recent entries know) of the
+// 8 most recent regions stay lock-free, whichever order they were cached in
+// (addresses going down, then up: both ends of the span move) and after the
+// ring wrapped (the span recomputed). Control: the 9th most recent region's
+// second page is known to neither level and takes the slow path (-EDEADLK
+// inside the thread's own unmap bracket).
+TEST_F(CacheTest, RecentEntrySpanKeepsSubRangeHitsLockFree) {
+  regcache_t *c = CreateWith(1000, SIZE_MAX, 0);
+  static char unrelated[4096] __attribute__((aligned(4096)));
+  for (const bool down : {true, false}) {
+    SCOPED_TRACE(down ? "addresses going down" : "addresses going up");
+    constexpr size_t kRegions = 21;  // wraps the ring of 8 twice
+    std::vector<regcache_region_t *> regs;
+    for (size_t i = 0; i < kRegions; ++i) {
+      const size_t at = (down ? 300 - 3 * i : 400 + 3 * i);
+      regs.push_back(Get(c, Page(at), 2 * kPage));  // a gap page: no merge
+      regcache_put(c, regs.back());
+    }
+    auto second_page = [&](size_t i) {
+      return Page(down ? 300 - 3 * i : 400 + 3 * i) + kPage + 8;
+    };
+    ASSERT_EQ(regcache_notify_unmap_start(unrelated, sizeof unrelated), 0);
+    int rcs[8];
+    regcache_region_t *got[8] = {};
+    for (size_t k = 0; k < 8; ++k) {
+      rcs[k] = regcache_get(c, second_page(kRegions - 1 - k), 64,
+                            REGCACHE_ACCESS_LOCAL_WRITE, &got[k]);
+      if (rcs[k] == 0) regcache_put(c, got[k]);
+    }
+    regcache_region_t *old = nullptr;
+    const int control = regcache_get(c, second_page(kRegions - 9), 64,
+                                     REGCACHE_ACCESS_LOCAL_WRITE, &old);
+    if (control == 0) regcache_put(c, old);
+    ASSERT_EQ(regcache_notify_unmap_end(unrelated, sizeof unrelated), 0);
+    for (size_t k = 0; k < 8; ++k) {
+      EXPECT_EQ(rcs[k], 0) << "recent region " << k << " took the slow path";
+      EXPECT_EQ(got[k], regs[kRegions - 1 - k]);
+    }
+    EXPECT_EQ(control, -EDEADLK);
+  }
+}
+
 TEST_F(CacheTest, ConcurrentMissesOnTheSameMemoryRegisterOnce) {
   regcache_t *c = CreateWith(1000, SIZE_MAX, 0);
   std::thread second;
