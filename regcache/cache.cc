@@ -353,10 +353,13 @@ void CacheCore::OnInvalidateStart(uintptr_t start, size_t len) {
   if (end < start) end = UINTPTR_MAX;
   // Cheap filter: unrelated munmaps cost three loads and never touch the
   // lock (the third: the writability hint, which any change over it voids).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // The bounds' loads are seq_cst, after the range's seq_cst log increment
+  // (LogRange, while a miss reads): the Dekker pair with the publication's
+  // seq_cst widening then its log check (Miss::PublishIndexed). On x86 a
+  // seq_cst load is a plain load: no fence on the munmap path.
   ForgetWritableSpanOver(start, end);
-  if (end <= lo_.load(std::memory_order_relaxed) ||
-      start >= hi_.load(std::memory_order_relaxed))
+  if (end <= lo_.load(std::memory_order_seq_cst) ||
+      start >= hi_.load(std::memory_order_seq_cst))
     return;
   ++t_invalidating;
   struct Leave {

@@ -44,6 +44,7 @@
 
 #include "regcache/driver_port.h"
 #include "regcache/eviction.h"
+#include "regcache/page.h"
 #include "regcache/pending_set.h"
 #include "regcache/region.h"
 #include "regcache/region_index.h"
@@ -361,6 +362,10 @@ class CacheCore {
   // rests on the interval read alone.
   std::atomic<uint64_t> wspan_{0};
   static constexpr int kSpanPagesBits = 29;
+  // log2 of the page size, read once: the whole-space callback decodes the
+  // hint on every munmap (a multiplication by page::Size() there went
+  // through its static's guard twice).
+  const int page_shift_ = __builtin_ctzl(page::Size());
   bool InWritableSpan(uintptr_t start, uintptr_t end) const;
   void RememberWritableSpan(uintptr_t lo, uintptr_t hi);
   void ForgetWritableSpanOver(uintptr_t start, uintptr_t end);

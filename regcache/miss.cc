@@ -318,14 +318,20 @@ int Miss::PublishIndexed(CachedRegion **out)
   }
   while (spare.head != nullptr && c->stash_.n < CacheCore::kStashMax)
     c->stash_.Push(spare.Pop());
-  // Widen the callback's filter before checking the sequence. Paired with the
-  // fence in OnInvalidateStart: either that callback sees the new bounds, or
-  // ReadRetry sees its invalidation.
+  // Widen the callback's filter before checking the log, with seq_cst stores:
+  // against OnInvalidateStart's seq_cst loads of the bounds, which follow the
+  // range's seq_cst increment of the log (LogRange), either that callback
+  // sees the new bounds or ReadRetryInterval's seq_cst load of the log sees
+  // the range (all four in one total order). Bounds that already cover the
+  // plan need no store: the store that widened them was seq_cst too and
+  // happened before this (mu_), so the same order holds; they are reset only
+  // while the index is empty, under mu_, which we hold until the insert. One
+  // locked instruction only when widening (the fence it replaces was one on
+  // every miss).
   if (plan.start < c->lo_.load(std::memory_order_relaxed))
-    c->lo_.store(plan.start, std::memory_order_relaxed);
+    c->lo_.store(plan.start, std::memory_order_seq_cst);
   if (plan.end > c->hi_.load(std::memory_order_relaxed))
-    c->hi_.store(plan.end, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+    c->hi_.store(plan.end, std::memory_order_seq_cst);
   // A regcache_invalidate of this range since the miss began revokes the
   // registration too (its keys predate the revoke).
   const bool revoked =

@@ -60,21 +60,21 @@ int WritableMemory(uintptr_t start, uintptr_t end, uintptr_t *span_lo,
 }
 
 namespace {
-bool SpanOverlaps(uint64_t w, int pages_bits, uintptr_t start, uintptr_t end) {
-  const uintptr_t lo = (w >> pages_bits) * page::Size();
-  const uintptr_t hi =
-      lo + (w & ((uint64_t{1} << pages_bits) - 1)) * page::Size();
-  return start < hi && lo < end;
+// The bytes [lo, hi) of a packed hint (first page << bits | pages).
+struct SpanBytes {
+  uintptr_t lo, hi;
+};
+inline SpanBytes Unpack(uint64_t w, int pages_bits, int page_shift) {
+  const uintptr_t lo = (w >> pages_bits) << page_shift;
+  return {lo, lo + ((w & ((uint64_t{1} << pages_bits) - 1)) << page_shift)};
 }
 }  // namespace
 
 bool CacheCore::InWritableSpan(uintptr_t start, uintptr_t end) const {
   const uint64_t w = wspan_.load(std::memory_order_relaxed);
   if (w == 0) return false;
-  const uintptr_t lo = (w >> kSpanPagesBits) * page::Size();
-  const uintptr_t hi =
-      lo + (w & ((uint64_t{1} << kSpanPagesBits) - 1)) * page::Size();
-  return lo <= start && end <= hi;
+  const SpanBytes s = Unpack(w, kSpanPagesBits, page_shift_);
+  return s.lo <= start && end <= s.hi;
 }
 
 void CacheCore::RememberWritableSpan(uintptr_t lo, uintptr_t hi) {
@@ -88,7 +88,9 @@ void CacheCore::RememberWritableSpan(uintptr_t lo, uintptr_t hi) {
 
 void CacheCore::ForgetWritableSpanOver(uintptr_t start, uintptr_t end) {
   uint64_t w = wspan_.load(std::memory_order_relaxed);
-  if (w != 0 && SpanOverlaps(w, kSpanPagesBits, start, end))
+  if (w == 0) return;
+  const SpanBytes s = Unpack(w, kSpanPagesBits, page_shift_);
+  if (start < s.hi && s.lo < end)
     wspan_.compare_exchange_strong(w, 0, std::memory_order_relaxed);
 }
 
