@@ -103,9 +103,12 @@ void UffdSyncForLookup();
 // registration racing a madvise(DONTNEED) is cached (REMOVE comes before the
 // zap). kUffdTestNoProtectionCheck: a cache's hit is not checked against the
 // memory's current protection (notifier/protection.h).
+// kUffdTestSignalsUnblocked: monitor threads start with the creator's signal
+// mask (read when the monitor starts).
 constexpr uint32_t kUffdTestNoRefuseUnseen = 1;
 constexpr uint32_t kUffdTestNoRemoveGrace = 2;
 constexpr uint32_t kUffdTestNoProtectionCheck = 4;
+constexpr uint32_t kUffdTestSignalsUnblocked = 8;
 extern std::atomic<uint32_t> g_uffd_test_off;
 // Tests only: called on a monitor thread after it dispatched a REMOVE and left
 // its hold (the window REMOVE IS BEFORE THE ZAP describes), with its range.

@@ -6,6 +6,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -194,14 +195,28 @@ int StartLocked() {
   g_stop_fd = stop;
   g_args = {fd, stop};
   procmap::Init();  // optional (fallback: /proc/self/maps)
+  // The monitor threads block every signal (a thread starts with its
+  // creator's mask): a process-directed signal (SIGALRM, SIGCHLD, a
+  // profiler's SIGPROF, a launcher's SIGUSR1) is never handled on one of
+  // them. The program's handler would run on a thread it does not know,
+  // possibly inside a delivery (a callback depth it does not expect), and
+  // would interrupt the monitor's poll. Synchronous faults are not blockable
+  // and stay fatal as on any thread.
+  sigset_t all, saved;
+  sigfillset(&all);
+  const bool mask = (g_uffd_test_off.load(std::memory_order_relaxed) &
+                     kUffdTestSignalsUnblocked) == 0;
+  if (mask) pthread_sigmask(SIG_SETMASK, &all, &saved);
   for (int i = 0; i < kThreads; ++i) {
     rc = -pthread_create(&g_threads[i], nullptr, MonitorMain, &g_args);
-    if (rc != 0) {
-      StopLocked();
-      return rc;
-    }
+    if (rc != 0) break;
     ++g_nthreads;
     pthread_setname_np(g_threads[i], "regcache-uffd");
+  }
+  if (mask) pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  if (rc != 0) {
+    StopLocked();
+    return rc;
   }
   g_probe_fd.store(fd, std::memory_order_seq_cst);
   g_need_restart.store(false, std::memory_order_seq_cst);

@@ -26,6 +26,7 @@
 #include <linux/userfaultfd.h>
 #include <regcache/notifier.h>
 #include <regcache/regcache.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -391,6 +392,56 @@ TEST_F(UffdCache, ForkChildInheritedCacheSeesUnmaps) {
     _exit(fails > 9 ? 9 : fails);
   }
   EXPECT_EQ(WaitChild(pid), 0);
+}
+
+// The monitor threads block every signal: a process-directed signal that the
+// program's own threads block stays pending, never handled on a monitor
+// thread, until a program thread unblocks it. Control: with
+// kUffdTestSignalsUnblocked the monitor starts with its creator's mask (here
+// nothing blocked) and one of its threads handles the signal.
+std::atomic<pid_t> g_handler_tid{0};
+void RecordHandlerTid(int) { g_handler_tid.store(gettid()); }
+
+// Blocks SIGUSR2 in this thread (the test's only thread besides the
+// monitor's), sends it to the process, waits up to 200 ms for a handler to
+// run, unblocks it: the thread that handled it.
+pid_t ThreadHandlingAProcessSignal() {
+  g_handler_tid.store(0);
+  struct sigaction sa {};
+  sa.sa_handler = RecordHandlerTid;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGUSR2, &sa, nullptr);
+  sigset_t usr2, saved;
+  sigemptyset(&usr2);
+  sigaddset(&usr2, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &usr2, &saved);
+  kill(getpid(), SIGUSR2);
+  for (int i = 0; i < 200 && g_handler_tid.load() == 0; ++i) usleep(1000);
+  pthread_sigmask(SIG_SETMASK, &saved, nullptr);  // runs it here if pending
+  signal(SIGUSR2, SIG_DFL);
+  return g_handler_tid.load();
+}
+
+TEST_F(UffdCache, MonitorThreadsHandleNoSignal) {
+  EXPECT_EQ(ThreadHandlingAProcessSignal(), gettid())
+      << "a uffd monitor thread ran the program's signal handler";
+}
+
+TEST(UffdSignals, NegativeControlUnmaskedMonitorHandlesTheSignal) {
+  src::g_uffd_test_off.fetch_or(src::kUffdTestSignalsUnblocked);
+  ASSERT_EQ(regcache_config_set("MONITOR", "uffd"), 0);
+  StaleOracle o;
+  regcache_t *c = nullptr;
+  const int rc = regcache_create(o.driver(), nullptr, &c);
+  if (rc != 0) GTEST_SKIP() << "uffd unavailable: " << regcache_strerror(rc);
+  if (std::strcmp(regcache_notifier_source(), "uffd") != 0) {
+    regcache_destroy(c);
+    GTEST_SKIP() << "uffd not active (" << regcache_notifier_source() << ")";
+  }
+  const pid_t tid = ThreadHandlingAProcessSignal();
+  EXPECT_NE(tid, 0);
+  EXPECT_NE(tid, gettid()) << "the control expects a monitor thread to run it";
+  regcache_destroy(c);
 }
 
 }  // namespace
