@@ -864,6 +864,47 @@ TEST_F(CacheTest, ConcurrentHitsInvalidationsAndMisses) {
   EXPECT_EQ(td_->bad_deregs, 0);
 }
 
+// stats.regions is summed over per-thread slots (registration +1 on the
+// registering thread, deregistration -1 on whichever thread does it): exact
+// with more live threads than slots (the shared slot), after the threads
+// exited (their slots reused by the next ones), and when another thread
+// deregisters.
+TEST_F(CacheTest, RegionsCountOverThreadSlotsAndExits) {
+  regcache_t *c = CreateWith(1024, SIZE_MAX, 0);
+  constexpr size_t kThreads = 80;  // > the 64 per-thread slots
+  for (int round = 0; round < 2; ++round) {
+    std::atomic<size_t> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> ts;
+    for (size_t t = 0; t < kThreads; ++t) {
+      ts.emplace_back([&, t] {
+        // All alive at once: the last ones count in the shared slot.
+        ready.fetch_add(1);
+        while (!go.load()) std::this_thread::yield();
+        regcache_region_t *r = nullptr;
+        ASSERT_EQ(
+            regcache_get(c, Page(round * 2 * kThreads + 2 * t), kPage, 0, &r),
+            0);
+        regcache_put(c, r);
+      });
+    }
+    while (ready.load() != kThreads) std::this_thread::yield();
+    go = true;
+    for (auto &t : ts) t.join();
+    EXPECT_EQ(Stats(c).regions, (round + 1) * kThreads);
+    EXPECT_EQ(td_->Live(), (round + 1) * kThreads);
+  }
+  // Deregistered on this thread (its slot goes below zero; the sum does not).
+  ASSERT_EQ(regcache_notify_unmapped(Page(0), 4 * kThreads * kPage), 0);
+  EXPECT_EQ(regcache_flush(c), 0);
+  EXPECT_EQ(td_->Live(), 0u);
+  EXPECT_EQ(Stats(c).regions, 0u);
+  regcache_region_t *r = Get(c, Page(1), kPage);
+  ASSERT_NE(r, nullptr);
+  regcache_put(c, r);
+  EXPECT_EQ(Stats(c).regions, 1u);
+}
+
 // ---------------------------------------------------------------- host driver
 class HostCacheTest : public ::testing::Test {
  protected:
