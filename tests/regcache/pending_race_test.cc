@@ -89,12 +89,21 @@ Result RunRace(bool notify, std::chrono::milliseconds duration) {
           errors.fetch_add(1);
           continue;
         }
-        const bool is_stale = o.IsStale(r);
+        // A registration that raced a replacement may have recorded a page
+        // not present (frame 0): the oracle would fall back to its nonce
+        // check, which writes into the pages the replacer writes. Such a get
+        // is not quiet anyway (the replacement was in progress during it).
+        const auto *rec =
+            static_cast<const StaleOracle::Record *>(regcache_region_handle(r));
+        bool exact = rec != nullptr && !rec->frames.empty();
+        for (size_t k = 0; exact && k < rec->frames.size(); ++k)
+          exact = rec->frames[k] != 0;
+        const bool is_stale = exact && o.IsStale(r);
         // The region's pages (a merge may cover neighbours of the request).
         const auto *ra = static_cast<const char *>(regcache_region_addr(r));
         const size_t lo = static_cast<size_t>(ra - buf) / page;
         const size_t hi = lo + regcache_region_length(r) / page;
-        bool quiet = lo < hi && hi <= kPages;
+        bool quiet = exact && lo < hi && hi <= kPages;
         for (size_t k = lo; quiet && k < hi; ++k)
           quiet = (before[k] & 1) == 0 && seq[k].load() == before[k];
         regcache_put(c, r);
