@@ -24,6 +24,7 @@
 #include "regcache/cache.h"
 #include "regcache/page.h"
 #include "tests/common/cache_fixture.h"
+#include "tests/common/fork_child.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -903,6 +904,53 @@ TEST_F(CacheTest, RegionsCountOverThreadSlotsAndExits) {
   ASSERT_NE(r, nullptr);
   regcache_put(c, r);
   EXPECT_EQ(Stats(c).regions, 1u);
+}
+
+// The fork child drops the parent's registrations from stats.regions (summed
+// over the per-thread slots, some of them of parent threads that exited or do
+// not exist in the child): 0 there, whatever slots the parent counted them in;
+// the child's own registrations then count from 0, and the parent's count is
+// unchanged.
+TEST_F(CacheTest, RegionsCountInForkChild) {
+  regcache_t *c = CreateWith(64, SIZE_MAX, 0);
+  // Counted in other threads' slots: one exited, one alive at the fork.
+  std::thread([&] {
+    regcache_region_t *r = Get(c, Page(0), kPage);
+    regcache_put(c, r);
+  }).join();
+  std::atomic<bool> counted{false}, done{false};
+  std::thread alive([&] {
+    regcache_region_t *r = Get(c, Page(2), kPage);
+    regcache_put(c, r);
+    counted = true;
+    while (!done.load()) std::this_thread::yield();
+  });
+  while (!counted.load()) std::this_thread::yield();
+  regcache_region_t *held = Get(c, Page(4), kPage);  // held across the fork
+  ASSERT_NE(held, nullptr);
+  regcache_region_t *r = Get(c, Page(6), kPage);
+  regcache_put(c, r);
+  ASSERT_EQ(Stats(c).regions, 4u);
+  const int status = regcache::testing::RunChild(
+      [&] {
+        if (Stats(c).regions != 0) return 1;
+        regcache_region_t *mine = nullptr;
+        if (regcache_get(c, Page(8), kPage, 0, &mine) != 0) return 2;
+        regcache_put(c, mine);
+        if (Stats(c).regions != 1) return 3;
+        regcache_put(c, held);  // the parent's: dropped without the driver
+        if (Stats(c).regions != 1) return 4;
+        if (regcache_notify_unmapped(Page(8), kPage) != 0) return 5;
+        if (regcache_flush(c) != 0) return 6;
+        return Stats(c).regions == 0 ? 0 : 7;
+      },
+      30);
+  done = true;
+  alive.join();
+  EXPECT_TRUE(regcache::testing::ChildOk(status))
+      << regcache::testing::Describe(status);
+  EXPECT_EQ(Stats(c).regions, 4u);
+  regcache_put(c, held);
 }
 
 // ---------------------------------------------------------------- host driver
