@@ -953,6 +953,37 @@ TEST_F(CacheTest, RegionsCountInForkChild) {
   regcache_put(c, held);
 }
 
+// The same while other threads miss and evict: at the fork some are between
+// their registration (counted) and its publication under the mutex the fork
+// holds, or between a victim's removal and its deregistration (not yet
+// uncounted). Those registrations are the parent's too: the child counts 0
+// regions and 0 bytes, not the parent's in-flight ones.
+TEST_F(CacheTest, RegionsCountInForkChildWhileThreadsMiss) {
+  regcache_t *c = CreateWith(8, SIZE_MAX, 0);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> ts;
+  for (size_t t = 0; t < 2; ++t) {
+    ts.emplace_back([&, t] {
+      for (size_t i = 0; !stop.load(); ++i) {
+        regcache_region_t *r = nullptr;
+        if (regcache_get(c, Page(t * 256 + 2 * (i % 64)), kPage, 0, &r) == 0)
+          regcache_put(c, r);
+      }
+    });
+  }
+  std::string why;
+  const int failed = regcache::testing::FirstFailingChild(
+      100,
+      [&] {
+        const regcache_stats_t s = Stats(c);
+        return s.regions == 0 && s.bytes == 0 ? 0 : 1;
+      },
+      30, &why);
+  stop = true;
+  for (auto &t : ts) t.join();
+  EXPECT_EQ(failed, -1) << "child " << failed << ": " << why;
+}
+
 // ---------------------------------------------------------------- host driver
 class HostCacheTest : public ::testing::Test {
  protected:
