@@ -73,22 +73,13 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
   // orphans stay until their last put, marked so that it skips the driver.
   // All of them stop counting as registrations of this process (orphans
   // marked by an earlier fork already did).
-  uint64_t n = 0, bytes = 0;
   auto take = [&](RegionBatch *l) {
-    while (CachedRegion *r = l->Pop()) {
-      ++n;
-      bytes += r->end - r->start;
-      drop->Push(r);
-    }
+    while (CachedRegion *r = l->Pop()) drop->Push(r);
   };
   take(&gone);
   take(&dead_);
   for (CachedRegion *r = orphans_.head(), *next; r != nullptr; r = next) {
     next = r->next;
-    if (!r->forked) {
-      ++n;
-      bytes += r->end - r->start;
-    }
     if (CachedRegion::Refs(r->word.load(std::memory_order_relaxed)) == 0) {
       OrphanUnlinkLocked(r);
       drop->Push(r);
@@ -96,12 +87,17 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
       r->forked = true;
     }
   }
-  uint64_t regions = 0;  // one thread now: the slots' sum is exact
+  // Every registration counted so far is the parent's: those above, and
+  // those of parent threads caught between their count and the lists (a miss
+  // registered, waiting for mu_ to publish; a victim taken off the lists, not
+  // yet deregistered), which no list here holds and no thread here finishes.
+  // So the child's counts go to 0, not down by n (that left those counted
+  // for good). One thread now: the slots' sum is exact.
+  uint64_t regions = 0;
   for (const HitSlot &slot : hit_slots_)
     regions += slot.regions.load(std::memory_order_relaxed);
-  CountInSlot(&HitSlot::regions, uint64_t{0} - std::min<uint64_t>(n, regions));
-  DropBytes(
-      std::min<uint64_t>(bytes, stats_.bytes.load(std::memory_order_relaxed)));
+  CountInSlot(&HitSlot::regions, uint64_t{0} - regions);
+  DropBytes(stats_.bytes.load(std::memory_order_relaxed));
   dead_bytes_ = 0;
   attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);
   // Misses in flight on the parent's threads never finish here.

@@ -55,11 +55,19 @@ struct ThreadState {
 constexpr int kSlotsForThreads = 64;
 std::atomic<uint64_t> g_slot_bits{0};
 
+// A slot's counters are written by its owner with a plain load and store
+// (CountInSlot): the next owner must read the last value the previous one
+// stored, or its first store loses those counts (for regions, a gauge, for
+// good). Release at ReleaseSlot, acquire at AcquireSlot: the previous owner's
+// stores happen before the next owner's loads (x86 orders this anyway; the
+// C++ model and weaker CPUs need the pair). Once per thread: no cost that
+// matters.
 int AcquireSlot() {
   uint64_t b = g_slot_bits.load(std::memory_order_relaxed);
   while (b != ~uint64_t{0}) {
     int i = __builtin_ctzll(~b);
     if (g_slot_bits.compare_exchange_weak(b, b | (uint64_t{1} << i),
+                                          std::memory_order_acquire,
                                           std::memory_order_relaxed))
       return i;
   }
@@ -68,7 +76,7 @@ int AcquireSlot() {
 
 void ReleaseSlot(int i) {
   if (i < kSlotsForThreads)
-    g_slot_bits.fetch_and(~(uint64_t{1} << i), std::memory_order_relaxed);
+    g_slot_bits.fetch_and(~(uint64_t{1} << i), std::memory_order_release);
 }
 
 // initial-exec: one pointer of static TLS (a dlopen'ed library can afford it)

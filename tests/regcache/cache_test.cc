@@ -24,6 +24,7 @@
 #include "regcache/cache.h"
 #include "regcache/page.h"
 #include "tests/common/cache_fixture.h"
+#include "tests/common/fork_child.h"
 #include "tests/regcache/test_driver.h"
 
 namespace {
@@ -862,6 +863,125 @@ TEST_F(CacheTest, ConcurrentHitsInvalidationsAndMisses) {
   EXPECT_EQ(regcache_flush(c), 0);
   EXPECT_EQ(td_->Live(), 0u);
   EXPECT_EQ(td_->bad_deregs, 0);
+}
+
+// stats.regions is summed over per-thread slots (registration +1 on the
+// registering thread, deregistration -1 on whichever thread does it): exact
+// with more live threads than slots (the shared slot), after the threads
+// exited (their slots reused by the next ones), and when another thread
+// deregisters.
+TEST_F(CacheTest, RegionsCountOverThreadSlotsAndExits) {
+  regcache_t *c = CreateWith(1024, SIZE_MAX, 0);
+  constexpr size_t kThreads = 80;  // > the 64 per-thread slots
+  for (int round = 0; round < 2; ++round) {
+    std::atomic<size_t> ready{0};
+    std::atomic<bool> go{false};
+    std::vector<std::thread> ts;
+    for (size_t t = 0; t < kThreads; ++t) {
+      ts.emplace_back([&, t] {
+        // All alive at once: the last ones count in the shared slot.
+        ready.fetch_add(1);
+        while (!go.load()) std::this_thread::yield();
+        regcache_region_t *r = nullptr;
+        ASSERT_EQ(
+            regcache_get(c, Page(round * 2 * kThreads + 2 * t), kPage, 0, &r),
+            0);
+        regcache_put(c, r);
+      });
+    }
+    while (ready.load() != kThreads) std::this_thread::yield();
+    go = true;
+    for (auto &t : ts) t.join();
+    EXPECT_EQ(Stats(c).regions, (round + 1) * kThreads);
+    EXPECT_EQ(td_->Live(), (round + 1) * kThreads);
+  }
+  // Deregistered on this thread (its slot goes below zero; the sum does not).
+  ASSERT_EQ(regcache_notify_unmapped(Page(0), 4 * kThreads * kPage), 0);
+  EXPECT_EQ(regcache_flush(c), 0);
+  EXPECT_EQ(td_->Live(), 0u);
+  EXPECT_EQ(Stats(c).regions, 0u);
+  regcache_region_t *r = Get(c, Page(1), kPage);
+  ASSERT_NE(r, nullptr);
+  regcache_put(c, r);
+  EXPECT_EQ(Stats(c).regions, 1u);
+}
+
+// The fork child drops the parent's registrations from stats.regions (summed
+// over the per-thread slots, some of them of parent threads that exited or do
+// not exist in the child): 0 there, whatever slots the parent counted them in;
+// the child's own registrations then count from 0, and the parent's count is
+// unchanged.
+TEST_F(CacheTest, RegionsCountInForkChild) {
+  regcache_t *c = CreateWith(64, SIZE_MAX, 0);
+  // Counted in other threads' slots: one exited, one alive at the fork.
+  std::thread([&] {
+    regcache_region_t *r = Get(c, Page(0), kPage);
+    regcache_put(c, r);
+  }).join();
+  std::atomic<bool> counted{false}, done{false};
+  std::thread alive([&] {
+    regcache_region_t *r = Get(c, Page(2), kPage);
+    regcache_put(c, r);
+    counted = true;
+    while (!done.load()) std::this_thread::yield();
+  });
+  while (!counted.load()) std::this_thread::yield();
+  regcache_region_t *held = Get(c, Page(4), kPage);  // held across the fork
+  ASSERT_NE(held, nullptr);
+  regcache_region_t *r = Get(c, Page(6), kPage);
+  regcache_put(c, r);
+  ASSERT_EQ(Stats(c).regions, 4u);
+  const int status = regcache::testing::RunChild(
+      [&] {
+        if (Stats(c).regions != 0) return 1;
+        regcache_region_t *mine = nullptr;
+        if (regcache_get(c, Page(8), kPage, 0, &mine) != 0) return 2;
+        regcache_put(c, mine);
+        if (Stats(c).regions != 1) return 3;
+        regcache_put(c, held);  // the parent's: dropped without the driver
+        if (Stats(c).regions != 1) return 4;
+        if (regcache_notify_unmapped(Page(8), kPage) != 0) return 5;
+        if (regcache_flush(c) != 0) return 6;
+        return Stats(c).regions == 0 ? 0 : 7;
+      },
+      30);
+  done = true;
+  alive.join();
+  EXPECT_TRUE(regcache::testing::ChildOk(status))
+      << regcache::testing::Describe(status);
+  EXPECT_EQ(Stats(c).regions, 4u);
+  regcache_put(c, held);
+}
+
+// The same while other threads miss and evict: at the fork some are between
+// their registration (counted) and its publication under the mutex the fork
+// holds, or between a victim's removal and its deregistration (not yet
+// uncounted). Those registrations are the parent's too: the child counts 0
+// regions and 0 bytes, not the parent's in-flight ones.
+TEST_F(CacheTest, RegionsCountInForkChildWhileThreadsMiss) {
+  regcache_t *c = CreateWith(8, SIZE_MAX, 0);
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> ts;
+  for (size_t t = 0; t < 2; ++t) {
+    ts.emplace_back([&, t] {
+      for (size_t i = 0; !stop.load(); ++i) {
+        regcache_region_t *r = nullptr;
+        if (regcache_get(c, Page(t * 256 + 2 * (i % 64)), kPage, 0, &r) == 0)
+          regcache_put(c, r);
+      }
+    });
+  }
+  std::string why;
+  const int failed = regcache::testing::FirstFailingChild(
+      100,
+      [&] {
+        const regcache_stats_t s = Stats(c);
+        return s.regions == 0 && s.bytes == 0 ? 0 : 1;
+      },
+      30, &why);
+  stop = true;
+  for (auto &t : ts) t.join();
+  EXPECT_EQ(failed, -1) << "child " << failed << ": " << why;
 }
 
 // ---------------------------------------------------------------- host driver
