@@ -19,10 +19,12 @@ namespace regcache::core {
 // ranges that began since the token, instead of registering and unregistering
 // an interval subscription per miss (issue 14: ~2 100 of ~5 300 instructions
 // per miss). Sound because the cache's whole-space subscription exists before
-// any miss, its start callback tests the filter bounds that the miss widens
-// before a seq_cst fence, and Changed() runs after that fence under mu_:
-// either the callback sees the new region, or Changed() sees the range
-// (tests/notifier/interval_log.pml models exactly this).
+// any miss, its start callback loads the filter bounds (seq_cst) after the
+// range's seq_cst log increment, and the miss widens them with seq_cst stores
+// under mu_ before Changed()'s seq_cst load of the log: either the callback
+// sees the new region, or Changed() sees the range (docs/cache.md, "Ordering
+// argument for the filter"; tests/notifier/interval_log.pml models the log
+// and the miss with the callback under the cache lock, not the filter).
 // INVARIANT: a read is in flight between a successful Begin and End (or
 // destruction), counted in once; Changed() is meaningful only then.
 // LOCK RULE: Begin may wait for overlapping ranges in flight (their callbacks

@@ -27,8 +27,9 @@ void CacheCore::GetStats(regcache_stats_t *s) {
   }
   s->pending += static_cast<uint64_t>(pending_.Size());
   s->hits = hits;
-  // Slots read one after another: a region registered on one thread and
-  // deregistered on another between the two reads can show as -1 (wrapped).
+  // Slots read one after another: while other threads register and
+  // deregister, the sum is off by the changes that raced the reads (exact
+  // when nothing runs concurrently); a sum below zero (wrapped) reads as 0.
   s->regions = static_cast<int64_t>(regions) < 0 ? 0 : regions;
 #define REGCACHE_STATS_COPY(f) s->f = stats_.f.load(std::memory_order_relaxed);
   REGCACHE_STATS_COUNTERS(REGCACHE_STATS_COPY)
