@@ -171,7 +171,8 @@ REGCACHE_API void regcache_destroy(regcache_t *cache);
  * Errors: -EINVAL (bad input), -ESHUTDOWN (the address space was torn down), -ENOMEM
  * (the driver could not pin even after evicting every unused region), -EFAULT/-EACCES
  * (memory not mapped / not writable), -EAGAIN (the memory kept changing while it was
- * being registered), or the driver's error. On error *region_p is untouched.
+ * being registered: invalidated during each of at least 8 attempts over 100 ms), or
+ * the driver's error. On error *region_p is untouched.
  */
 REGCACHE_API int regcache_get(regcache_t *cache, const void *addr, size_t len,
                               unsigned access, regcache_region_t **region_p);
