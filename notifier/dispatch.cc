@@ -127,8 +127,9 @@ REGCACHE_HOT void BeginRange(Frame *f, uintptr_t start, uintptr_t end) {
   f->gen = g_gen.load(std::memory_order_seq_cst);
   // After the claim (ReadBeginInterval's table scan either sees the claim or
   // its token precedes this entry) and before any start callback (a reader
-  // that checks under the lock the callback takes, or behind a filter and a
-  // fence, sees this entry or is seen by the callback).
+  // that checks under the lock the callback takes, or behind a filter the
+  // callback reads with seq_cst loads after this seq_cst increment, sees this
+  // entry or is seen by the callback).
   if (g_log_on.load(std::memory_order_seq_cst) != 0) [[unlikely]]
     LogRange(start, end);
   // Pass 1: sequence numbers first, so that every start callback (which may

@@ -45,8 +45,10 @@ extern std::atomic<uint64_t> g_log_next;
 extern LogEntry g_range_log[kIntervalLogEntries];
 
 // Logs the span of a range that is starting (RANGE LOG). The increment is
-// seq_cst: it is the range's half of the Dekker pair with a reader's
-// filter-and-fence (and is ordered after the range's claim).
+// seq_cst: it is the range's half of the Dekker pair with a reader's filter
+// (a cache widens its bounds with seq_cst stores, then reads the log with a
+// seq_cst load; its callback loads the bounds with seq_cst loads after this
+// increment), and is ordered after the range's claim.
 inline void LogRange(uintptr_t start, uintptr_t end) {
   const uint64_t s = g_log_next.fetch_add(1, std::memory_order_seq_cst);
   LogEntry &e = g_range_log[s % kIntervalLogEntries];
