@@ -23,8 +23,9 @@ namespace regcache::core {
 // range's seq_cst log increment, and the miss widens them with seq_cst stores
 // under mu_ before Changed()'s seq_cst load of the log: either the callback
 // sees the new region, or Changed() sees the range (docs/cache.md, "Ordering
-// argument for the filter"; tests/notifier/interval_log.pml models the log
-// and the miss with the callback under the cache lock, not the filter).
+// argument for the filter"; tests/notifier/interval_log.pml models the log,
+// the filter and the miss, with -DLATE_WIDEN as the control that widens after
+// the check).
 // INVARIANT: a read is in flight between a successful Begin and End (or
 // destruction), counted in once; Changed() is meaningful only then.
 // LOCK RULE: Begin may wait for overlapping ranges in flight (their callbacks

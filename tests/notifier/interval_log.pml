@@ -10,13 +10,16 @@
  * itself as LogRange does (take a slot number s with one increment of
  * lognext; CAS the entry's tag from an older, not busy value to BUSY | s+1,
  * else write nothing; write the span; store the tag s+1), run the cache's
- * whole-space start callback under the cache lock (invalidates the published
- * registration if it overlaps), change the memory, then end. The log has
- * K = 2 entries, so four ranges wrap it.
+ * whole-space start callback: its filter first (one load of whether the
+ * cache's bounds cover I: outside them the callback returns at once), then
+ * under the cache lock (invalidates the published registration if it
+ * overlaps); change the memory, then end. The log has K = 2 entries, so four
+ * ranges wrap it.
  * The registrar (the cache's miss) on address I: read_begin_interval (count
  * the read in, token =
  * lognext, then scan the table entry by entry; an overlapping entry: wait for
  * it to clear and start again), pin the memory, then under the cache lock
+ * widen the bounds to cover I (Miss::PublishIndexed's seq_cst stores), then
  * read_retry_interval (now = lognext; now - t > K: retry; each entry i in
  * [t, now): tag not i + 1 before or after reading the span, or the span
  * overlaps: retry) and publish or retry.
@@ -34,7 +37,9 @@
  * (writers store span and tag unconditionally: a writer of an older lap,
  * slow between its increment and its stores, overwrites a newer span after
  * the newer writer checked nothing; the first version of LogRange, which
- * this model caught).
+ * this model caught), -DLATE_WIDEN (the bounds are widened after the log
+ * check: a callback that read them before the widening skips the cache, and
+ * the check read the log before its range logged itself).
  * Each atomic of the implementation is one Promela statement (seq_cst).
  */
 #define X 0
@@ -50,6 +55,7 @@ byte tag[K];           /* g_range_log[i].tag: slot number + 1 once written   */
 byte span[K];          /* g_range_log[i].span: the address                   */
 bit lock = 0;          /* the cache's lock                                   */
 byte readers = 0;      /* g_log_on: interval reads in flight                 */
+bit covered = 0;       /* the cache's filter bounds [lo_, hi_) cover I       */
 bit published = 0;     /* the cache's index holds the registration of I      */
 bit pub_valid = 0;     /* ... and it was not invalidated since               */
 byte I = X;            /* the registrar's interval                           */
@@ -82,8 +88,13 @@ proctype Dispatcher(byte a) {
      :: else -> skip                        /* no read in flight: no log     */
      fi;
 #endif
-     /* the cache's whole-space start callback, under its lock              */
-     atomic { lock == 0 -> if :: published && a == I -> pub_valid = 0 :: else -> skip fi };
+     /* the cache's whole-space start callback: the filter (seq_cst loads of
+      * the bounds, after the log increment), then under its lock           */
+     if
+     :: covered ->
+        atomic { lock == 0 -> if :: published && a == I -> pub_valid = 0 :: else -> skip fi }
+     :: else -> skip                        /* outside the bounds            */
+     fi;
      mem[a]++;                              /* the unmap / change            */
      assert(!(published && pub_valid && a == I));
      if
@@ -121,6 +132,9 @@ again:
 #endif
   pin = mem[I];                             /* the driver pins the pages     */
   atomic { lock == 0 -> lock = 1 };
+#ifndef LATE_WIDEN
+  covered = 1;                              /* widen the bounds, then check  */
+#endif
   /* read_retry_interval, under the lock                                   */
   retry = 0;
   now = lognext;
@@ -141,6 +155,9 @@ again:
   if
   :: retry -> tries++
   :: else ->
+#ifdef LATE_WIDEN
+     covered = 1;
+#endif
      assert(pin == mem[I]);
      published = 1; pub_valid = 1
   fi;
