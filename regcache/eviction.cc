@@ -163,10 +163,10 @@ Eviction::Verdict Eviction::Admit(uintptr_t start, uintptr_t end, uint64_t now,
                                   CachedRegion *victim, uint64_t saved_hits) {
   if (mode_ == EvictionMode::kLru) return {true, true};
   bool hot = overlaps;
-  uint32_t tag = 0;
+  uint32_t tag = 0, none = 0;
   // Until the first ghost is written (the first eviction) the table is all
   // zero: no hash, and no read of a random line of it per miss.
-  uint32_t *g = ghosts_written_ ? Ghost(start, end, &tag) : &ghost_none_;
+  uint32_t *g = ghosts_written_ ? Ghost(start, end, &tag) : &none;
   if ((*g & kGhostValid) && ((*g >> kTagShift) & kTagMask) == tag) {
     const uint64_t age = (static_cast<uint32_t>(now) - *g) & kStampMask;
     if (age <= window_) {

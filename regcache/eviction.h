@@ -138,7 +138,6 @@ class Eviction {
   uint64_t saved_base_ = 0;  // saved_hits already discounted (halvings)
   uint64_t decisions_ = 0;   // admission decisions that needed room
   bool ghosts_written_ = false;  // Remember has written a ghost
-  uint32_t ghost_none_ = 0;      // the "no ghost" entry read before that
 };
 
 }  // namespace regcache::core
