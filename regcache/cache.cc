@@ -358,9 +358,7 @@ void CacheCore::OnInvalidateStart(uintptr_t start, size_t len) {
   // seq_cst widening then its log check (Miss::PublishIndexed). On x86 a
   // seq_cst load is a plain load: no fence on the munmap path.
   ForgetWritableSpanOver(start, end);
-  if (end <= lo_.load(std::memory_order_seq_cst) ||
-      start >= hi_.load(std::memory_order_seq_cst))
-    return;
+  if (OutsideBounds(start, end, std::memory_order_seq_cst)) return;
   ++t_invalidating;
   struct Leave {
     ~Leave() { --t_invalidating; }

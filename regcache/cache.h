@@ -351,6 +351,11 @@ class CacheCore {
   // reset only when the index becomes empty (docs/cache.md "Invalidation").
   std::atomic<uintptr_t> lo_{UINTPTR_MAX};
   std::atomic<uintptr_t> hi_{0};
+  // [start, end) lies outside the bounds, so it overlaps no indexed region.
+  bool OutsideBounds(uintptr_t start, uintptr_t end,
+                     std::memory_order order) const {
+    return end <= lo_.load(order) || start >= hi_.load(order);
+  }
   // ACCESS_POLICY=all's writability hint: the last run of writable VMAs a
   // miss's PROCMAP_QUERY found, packed (first page << 29 | pages, at most
   // 2^29 pages), 0: none. A miss inside it widens without the ioctl. The
@@ -401,6 +406,8 @@ class CacheCore {
     std::atomic<uint64_t> regions{0};
   };
   HitSlot hit_slots_[kSlots + 1];
+  // The sum of one counter over every slot (wrapping: see HitSlot::regions).
+  uint64_t SlotSum(std::atomic<uint64_t> HitSlot::*member) const;
 
   // The process-wide list of live caches (fork handlers); guarded by the
   // list's mutex in cache_fork.cc. Last: off every line the hit path reads.

@@ -93,10 +93,7 @@ void CacheCore::ForkChildLocked(RegionBatch *drop) {
   // yet deregistered), which no list here holds and no thread here finishes.
   // So the child's counts go to 0, not down by n (that left those counted
   // for good). One thread now: the slots' sum is exact.
-  uint64_t regions = 0;
-  for (const HitSlot &slot : hit_slots_)
-    regions += slot.regions.load(std::memory_order_relaxed);
-  CountInSlot(&HitSlot::regions, uint64_t{0} - regions);
+  CountInSlot(&HitSlot::regions, uint64_t{0} - SlotSum(&HitSlot::regions));
   DropBytes(stats_.bytes.load(std::memory_order_relaxed));
   dead_bytes_ = 0;
   attention_.fetch_and(~uint32_t{kDead | kDeadMany}, std::memory_order_relaxed);

@@ -130,10 +130,10 @@ int Miss::LookupOrPlan(CachedRegion **out) REGCACHE_NO_THREAD_SAFETY_ANALYSIS {
     // to look for. The callback's filter bounds hold every indexed region
     // (CheckLocked): a request outside them (fresh memory, mapped below or
     // above everything cached) overlaps nothing, without a descent.
-    const bool outside = req_end <= c->lo_.load(std::memory_order_relaxed) ||
-                         req_start >= c->hi_.load(std::memory_order_relaxed);
     CachedRegion *first =
-        outside ? nullptr : c->index_.FirstOverlap(req_start, req_end);
+        c->OutsideBounds(req_start, req_end, std::memory_order_relaxed)
+            ? nullptr
+            : c->index_.FirstOverlap(req_start, req_end);
     uint64_t w;
     CachedRegion *r =
         first ? c->index_.FindCovering(addr, end, access) : nullptr;

@@ -11,15 +11,19 @@
 
 namespace regcache::core {
 
+uint64_t CacheCore::SlotSum(std::atomic<uint64_t> HitSlot::*member) const {
+  uint64_t sum = 0;
+  for (const HitSlot &slot : hit_slots_)
+    sum += (slot.*member).load(std::memory_order_relaxed);
+  return sum;
+}
+
 void CacheCore::GetStats(regcache_stats_t *s) {
   std::memset(s, 0, sizeof(*s));
-  uint64_t hits = 0, misses = 0, registrations = 0, regions = 0;
-  for (const auto &slot : hit_slots_) {
-    hits += slot.n.load(std::memory_order_relaxed);
-    misses += slot.misses.load(std::memory_order_relaxed);
-    registrations += slot.registrations.load(std::memory_order_relaxed);
-    regions += slot.regions.load(std::memory_order_relaxed);
-  }
+  uint64_t hits = SlotSum(&HitSlot::n);
+  const uint64_t misses = SlotSum(&HitSlot::misses);
+  const uint64_t registrations = SlotSum(&HitSlot::registrations);
+  const uint64_t regions = SlotSum(&HitSlot::regions);
   {
     MutexLock l(&mu_);
     hits += slow_hits_;

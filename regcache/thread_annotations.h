@@ -77,30 +77,13 @@ class REGCACHE_CAPABILITY("mutex") Mutex {
 #endif
     SetOwner();
   }
-  void Unlock() REGCACHE_RELEASE() {
-    ClearOwner();
-#ifdef REGCACHE_MUTEX_STD
-    mu_.unlock();
-#else
-    if (word_.exchange(0, std::memory_order_release) == 2) [[unlikely]]
-      Futex(FUTEX_WAKE_PRIVATE, 1);
-#endif
-  }
+  void Unlock() REGCACHE_RELEASE() { Release(std::memory_order_release); }
   // Unlock, then a full barrier: a seq_cst load after it is ordered after the
   // release (the unlocking half of a Dekker pair whose other half stores, then
   // fences, then try-locks). The futex word's exchange is itself a seq_cst
   // read-modify-write (one locked instruction where Unlock plus a fence were
   // two); std::mutex's unlock is only a release, so that build fences.
-  void UnlockFenced() REGCACHE_RELEASE() {
-    ClearOwner();
-#ifdef REGCACHE_MUTEX_STD
-    mu_.unlock();
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-#else
-    if (word_.exchange(0, std::memory_order_seq_cst) == 2) [[unlikely]]
-      Futex(FUTEX_WAKE_PRIVATE, 1);
-#endif
-  }
+  void UnlockFenced() REGCACHE_RELEASE() { Release(std::memory_order_seq_cst); }
   bool TryLock() REGCACHE_TRY_ACQUIRE(true) {
 #ifdef REGCACHE_MUTEX_STD
     if (!mu_.try_lock()) return false;
@@ -126,6 +109,19 @@ class REGCACHE_CAPABILITY("mutex") Mutex {
   }
 
  private:
+  // Unlock with the futex word's exchange at `order` (release or seq_cst;
+  // std::mutex builds fence after a seq_cst one).
+  void Release(std::memory_order order) REGCACHE_RELEASE() {
+    ClearOwner();
+#ifdef REGCACHE_MUTEX_STD
+    mu_.unlock();
+    if (order == std::memory_order_seq_cst)
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+#else
+    if (word_.exchange(0, order) == 2) [[unlikely]]
+      Futex(FUTEX_WAKE_PRIVATE, 1);
+#endif
+  }
 #ifndef NDEBUG
   // pthread_self() of the holder, 0 when free. Written only by the holder;
   // read by AssertHeld (equal only if the reader is the holder).
