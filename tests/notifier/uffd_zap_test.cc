@@ -73,6 +73,7 @@
 #include "notifier/internal.h"
 #include "notifier/procmap.h"
 #include "notifier/sources.h"
+#include "tests/common/anon_memory.h"
 #include "tests/common/stale_oracle.h"
 
 #ifndef MADV_GUARD_INSTALL
@@ -140,14 +141,7 @@ class UffdZap : public ::testing::Test {
   regcache_t *c_ = nullptr;
 };
 
-char *MapAnon(size_t len) {
-  void *p = mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  EXPECT_NE(p, MAP_FAILED);
-  if (p == MAP_FAILED) return nullptr;
-  std::memset(p, 1, len);
-  return static_cast<char *>(p);
-}
+using regcache::testing::MapWritten;
 
 // ---------------------------------------------------------------- unseeable
 enum class Unseen {
@@ -289,7 +283,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Private anonymous memory next to a refused mapping is still cached.
 TEST_F(UffdZap, PrivateAnonymousIsCached) {
   const size_t len = 16 * kPage;
-  char *m = MapAnon(len);
+  char *m = MapWritten(len);
   ASSERT_NE(m, nullptr);
   EXPECT_TRUE(GetPut(m, len));
   EXPECT_FALSE(GetPut(m, len)) << "private anonymous memory not cached";
@@ -330,7 +324,7 @@ struct RaceResult {
 RaceResult RunDontneedRace(regcache_t *c, StaleOracle *o, int rounds,
                            bool stop_at_first) {
   const size_t len = 16 * kPage;
-  char *m = MapAnon(len);
+  char *m = MapWritten(len);
   RaceResult res;
   if (m == nullptr) return res;
   constexpr int kGetters = 2;
@@ -464,7 +458,7 @@ void GetAtDispatch(uintptr_t lo, uintptr_t hi) {
 RaceResult RunAtDispatch(regcache_t *c, StaleOracle *o, int rounds) {
   RaceResult res;
   g_at.len = 16 * kPage;
-  g_at.m = MapAnon(g_at.len);
+  g_at.m = MapWritten(g_at.len);
   if (g_at.m == nullptr) return res;
   g_at.c = c;
   g_at.cpu = sched_getcpu() >= 0 ? sched_getcpu() : 0;
@@ -559,7 +553,7 @@ TEST_F(UffdZap, MprotectKeepsFramesAndAccess) {
   // Protection checks off: what uffd alone gives (the kernel's side).
   src::g_uffd_test_off.store(src::kUffdTestNoProtectionCheck);
   const size_t len = 8 * kPage;
-  char *m = MapAnon(len);
+  char *m = MapWritten(len);
   ASSERT_NE(m, nullptr);
   ASSERT_TRUE(GetPut(m, len));
   std::vector<uint64_t> before(len / kPage);
@@ -595,7 +589,7 @@ TEST_F(UffdZap, MprotectKeepsFramesAndAccess) {
 // must refuse).
 int MprotectViolations(regcache_t *c, StaleOracle *o, bool partial) {
   const size_t len = 8 * kPage;
-  char *m = MapAnon(len);
+  char *m = MapWritten(len);
   EXPECT_NE(m, nullptr);
   if (m == nullptr) return -1;
   int bad = 0;
@@ -664,7 +658,7 @@ TEST_F(UffdZap, MprotectCheckedFind) {
   if (notifier_procmap_missing())
     GTEST_SKIP() << "no PROCMAP_QUERY (Linux < 6.11): the documented miss";
   const size_t len = 4 * kPage;
-  char *m = MapAnon(len);
+  char *m = MapWritten(len);
   ASSERT_NE(m, nullptr);
   ASSERT_TRUE(GetPut(m, len));
   regcache_region_t *r = nullptr;
@@ -695,7 +689,7 @@ TEST(UffdGuard, KernelSendsNoEventForGuardInstall) {
   api.features = UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE;
   ASSERT_EQ(ioctl(fd, UFFDIO_API, &api), 0);
   const size_t len = 4 * kPage;
-  char *p = MapAnon(len);
+  char *p = MapWritten(len);
   ASSERT_NE(p, nullptr);
   uffdio_register reg{};
   reg.range.start = reinterpret_cast<uintptr_t>(p);
@@ -735,7 +729,7 @@ TEST(UffdGuard, KernelSendsNoEventForGuardInstall) {
 
 TEST_F(UffdZap, GuardInstallIsAKnownMiss) {
   const size_t len = 8 * kPage;
-  char *m = MapAnon(len);
+  char *m = MapWritten(len);
   ASSERT_NE(m, nullptr);
   ASSERT_TRUE(GetPut(m, len));
   if (madvise(m + kPage, kPage, MADV_GUARD_INSTALL) != 0)

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "notifier/sources.h"
+#include "tests/common/anon_memory.h"
 #include "tests/common/source_cache.h"
 #include "tests/common/stale_oracle.h"
 
@@ -63,13 +64,9 @@ class AttackTest : public ::testing::Test {
   // New private anonymous memory, written (1s) and cached; nullptr if mmap
   // failed (a test failure is recorded).
   char *MapCached(size_t len) {
-    void *p = mmap(nullptr, len, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    EXPECT_NE(p, MAP_FAILED);
-    if (p == MAP_FAILED) return nullptr;
-    std::memset(p, 1, len);
-    Cache(p, len);
-    return static_cast<char *>(p);
+    char *p = regcache::testing::MapWritten(len);
+    if (p != nullptr) Cache(p, len);
+    return p;
   }
   // get again: is what the cache returns stale?
   bool StaleNow(void *p, size_t len) {
